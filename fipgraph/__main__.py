@@ -1,0 +1,5 @@
+import sys
+
+from fipgraph.cli import main
+
+sys.exit(main())
