@@ -1,0 +1,8 @@
+"""Offline-first data: named sources cut into task sequences with held-out test splits."""
+
+from fipgraph.data.task import Batch, BatchLoader, Task
+from fipgraph.data.tasks import concat_batches, known_sources, make_tasks, split_tasks
+from fipgraph.data.vision import load_digits, load_fashion_mnist, load_mnist, read_idx
+
+__all__ = ["Batch", "BatchLoader", "Task", "concat_batches", "known_sources", "load_digits",
+           "load_fashion_mnist", "load_mnist", "make_tasks", "read_idx", "split_tasks"]

@@ -1,0 +1,125 @@
+"""The model registry: one ``@register_model`` per builder, a JSON spec per built model.
+
+A spec is ``{"name": str, "kwargs": dict}`` (optionally ``"tokenizer"``). ``build_model`` stamps it
+on the module as ``fipgraph_spec``; the store records it, so ``model_from_node`` can rebuild any
+stored node without the code that first created it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fipgraph.errors import ConfigError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``fn(**kwargs) -> nn.Module`` buildable as ``{"name": name, "kwargs": ...}``."""
+    def wrap(fn: Builder) -> Builder:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ConfigError(f"model name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def known_models() -> list[str]:
+    """Registered model names."""
+    return sorted(_REGISTRY)
+
+
+def normalize_spec(spec: str | dict) -> dict:
+    """Accept "mlp" or {"name": ..., "kwargs": ...}; check it is JSON-able; return a deep copy."""
+    if isinstance(spec, str):
+        spec = {"name": spec, "kwargs": {}}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"a model spec is {{'name': ..., 'kwargs': {{...}}}}, got {spec!r}")
+    spec = {"kwargs": {}, **copy.deepcopy(spec)}
+    if not isinstance(spec["kwargs"], dict):
+        raise ConfigError(f"model spec kwargs must be a dict, got {spec['kwargs']!r}")
+    try:
+        # round-trip so tuples become lists: the stored spec and the in-memory one then compare equal
+        spec = json.loads(json.dumps(spec))
+    except TypeError as e:
+        raise ConfigError(f"model spec for {spec['name']!r} is not JSON-able ({e}); "
+                          "use plain numbers, strings, lists and dicts") from None
+    return spec
+
+
+def build_model(spec: str | dict) -> nn.Module:
+    """Build a registered model from its spec and set ``model.fipgraph_spec``."""
+    spec = normalize_spec(spec)
+    name = spec["name"]
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; known models: {known_models()}")
+    try:
+        model = _REGISTRY[name](**spec["kwargs"])
+    except TypeError as e:  # wrong kwarg names surface here; say which model and what it takes
+        raise ConfigError(f"cannot build model {name!r} with kwargs {spec['kwargs']}: {e}") from None
+    if getattr(model, "fipgraph_spec", None) is None:  # a builder may set a cheaper rebuild spec itself
+        model.fipgraph_spec = spec
+    return model
+
+
+def model_from_node(store: Any, node_id: int) -> nn.Module:
+    """Rebuild the architecture recorded for ``node_id`` and load its weights."""
+    spec = store.arch_spec(node_id).get("model")
+    if not spec:
+        raise ConfigError(f"node {node_id} has no model spec in the store (it was appended as a bare "
+                          "module or state dict); build the model yourself and call store.load_into(model, "
+                          f"{node_id}), or append models made by fipgraph.models.build_model")
+    model = build_model(spec)
+    store.load_into(model, node_id)
+    return model
+
+
+def model_kind(model: nn.Module) -> str:
+    """'classifier' | 'masked_lm' | 'causal_lm', from an explicit ``fipgraph_kind`` or the HF class."""
+    kind = getattr(model, "fipgraph_kind", None)
+    if kind is not None:
+        return kind
+    cls = type(model).__name__
+    if cls.endswith("ForMaskedLM"):
+        return "masked_lm"
+    if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
+        return "causal_lm"
+    return "classifier"
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return hasattr(model, "config") and type(model).__module__.startswith("transformers")
+
+
+def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (P, C) at the scored positions and their labels (P,).
+
+    Classifier: one position per example. Masked LM: positions with label != -100. Causal LM:
+    HF convention (labels == input_ids, unshifted); position t predicts token t+1.
+    """
+    kind = model_kind(model)
+    labels = batch["labels"]
+    if kind == "classifier":
+        if "x" in batch:
+            out = model(pixel_values=batch["x"]) if _is_hf(model) else model(batch["x"])
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        logits = out.logits if hasattr(out, "logits") else out
+        if logits.shape[0] != labels.shape[0]:
+            raise ConfigError(f"model gave {logits.shape[0]} rows of logits for {labels.shape[0]} labels")
+        return logits, labels
+    if "input_ids" not in batch:
+        raise ConfigError(f"a {kind} model needs a text batch with input_ids; got keys {sorted(batch)}")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits  # (B, T, V)
+    if kind == "causal_lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    elif kind != "masked_lm":
+        raise ConfigError(f"unknown model kind {kind!r}; expected classifier, masked_lm or causal_lm")
+    scored = labels != -100
+    return logits[scored], labels[scored]

