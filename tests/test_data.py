@@ -192,3 +192,102 @@ def test_csv_and_parquet_and_dataset_sources(tmp_path):
         make_tasks(ds, label_column="y")
     with pytest.raises(ConfigError, match=r"image_shape \(1, 3, 3\)"):
         make_tasks(ds, image_shape=[1, 3, 3])
+
+
+# ---- text ----------------------------------------------------------------------------------------
+
+WORDS = "good bad day movie great awful the a film was not very fun boring love hate it".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    from transformers import BertTokenizerFast
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    path = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(path))
+
+
+def _fake_vader_sdist(folder):
+    """The real layout: an sdist whose additional_resources/ holds a second tarball."""
+    import io
+    import tarfile
+    from fipgraph.data import text
+    rows = [f"{i}\t{r}\t{t}\r\n" for i, (r, t) in enumerate(
+        [(2.5, "great fun movie"), (-1.75, "awful boring film"), (0.0, "the film"), (1.0, "good day"),
+         (-3.0, "bad day"), (0.5, "love it"), (-0.5, "hate it"), (3.1, "very good"), (-2.2, "not good"),
+         (1.2, "fun day"), (-1.0, "boring day")])]
+
+    def tar_bytes(members: dict) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    inner = tar_bytes({"hutto_ICWSM_2014/tweets_GroundTruth.txt": "".join(rows).encode()})
+    (folder / text.VADER_SDIST).write_bytes(tar_bytes({text.VADER_INNER: inner}))
+
+
+def test_vader_tasks_from_the_sdist(tmp_path, monkeypatch, tiny_tokenizer):
+    from fipgraph.data import text
+    _fake_vader_sdist(tmp_path)
+    monkeypatch.setenv("FIPGRAPH_DATA", str(tmp_path))
+    texts, labels = text.load_vader("tweets")
+    assert "the film" not in texts and len(texts) == 10  # the 0.0 rating is dropped
+    assert labels[:3] == [1, 0, 1] and sum(labels) == 5
+    (task,) = make_tasks("vader", split=["tweets"], tokenizer=tiny_tokenizer, test_size=0.4, seed=0)
+    assert task.classes == [0, 1] and task.n_classes == 2 and (task.n_train, task.n_test) == (6, 4)
+    assert task.test["labels"].tolist().count(1) == 2  # stratified
+    b = task.sample(3)
+    assert set(b) == {"input_ids", "attention_mask", "labels"} and b["input_ids"].shape[0] == 3
+    ids = tiny_tokenizer("great fun movie")["input_ids"]
+    rows = [r[m.bool()].tolist() for r, m in zip(task.train["input_ids"], task.train["attention_mask"])]
+    assert ids in rows or ids in [r[m.bool()].tolist() for r, m in zip(task.test["input_ids"], task.test["attention_mask"])]
+    with pytest.raises(ConfigError, match="unknown VADER domain 'imdb'"):
+        make_tasks("vader", split=["imdb"], tokenizer=tiny_tokenizer)
+
+
+def test_missing_text_sources_say_how_to_get_them(tmp_path, monkeypatch, tiny_tokenizer):
+    from fipgraph.data import text
+    monkeypatch.setenv("FIPGRAPH_DATA", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"pip download --no-deps --no-binary :all: vaderSentiment==3\.3\.2"):
+        make_tasks("vader", tokenizer=tiny_tokenizer)
+    real = text.importlib.util.find_spec
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda n, *a: None if n == "gensim" else real(n, *a))
+    with pytest.raises(ConfigError, match="pip install gensim"):
+        make_tasks("lee", tokenizer=tiny_tokenizer)
+
+
+def _docs(n: int = 20) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(WORDS, size=40)) for _ in range(n)]
+
+
+def test_masked_lm_task_masks_15_percent_at_a_fixed_seed(tiny_tokenizer):
+    from fipgraph.data.text import lm_task
+    a = lm_task(_docs(), tiny_tokenizer, objective="mlm", block_size=16, seed=0, test_size=0.25)
+    b = lm_task(_docs(), tiny_tokenizer, objective="mlm", block_size=16, seed=0, test_size=0.25)
+    assert a.kind == "masked_lm" and a.n_classes == len(tiny_tokenizer) and a.classes == []
+    assert torch.equal(a.train["input_ids"], b.train["input_ids"]) and torch.equal(a.train["labels"], b.train["labels"])
+    scored = a.train["labels"] != -100
+    assert 0.11 < scored.float().mean().item() < 0.19
+    mask_id = tiny_tokenizer.mask_token_id
+    assert (a.train["input_ids"] == mask_id).sum() > 0.7 * scored.sum()
+    assert not (a.train["input_ids"][~scored] == mask_id).any()  # only scored positions are masked
+    assert (a.train["labels"][scored] != mask_id).all()  # labels hold the original tokens
+    assert a.train["input_ids"].shape[1] == 16 and a.n_test >= 1
+
+
+def test_causal_lm_task_labels_are_inputs(tiny_tokenizer):
+    from fipgraph.data.text import lm_task
+    t = lm_task(_docs(), tiny_tokenizer, objective="causal", block_size=32, seed=1)
+    assert t.kind == "causal_lm" and torch.equal(t.train["labels"], t.train["input_ids"])
+    total = (t.n_train + t.n_test) * 32
+    assert total <= 20 * 41 < total + 2 * 32  # 40 words + separator per doc, cut into whole blocks
+    with pytest.raises(ConfigError, match="objective"):
+        lm_task(_docs(), tiny_tokenizer, objective="seq2seq")
+    with pytest.raises(ConfigError, match="lower block_size"):
+        lm_task(_docs(2), tiny_tokenizer, objective="causal", block_size=10_000)

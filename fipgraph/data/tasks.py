@@ -47,7 +47,7 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
         raise ConfigError(f"test_size must be in (0, 1), got {test_size}")
     if isinstance(source, str) and source in TEXT_SOURCES:
         from fipgraph.data import text
-        return text.make_text_tasks(source, split=split, seed=seed, test_size=test_size, **options)
+        return text.make_text_tasks(source, split=split, seed=seed, test_size=test_size, head=head, **options)
     if isinstance(source, str) and source in IMAGE_SOURCES:
         arrays = IMAGE_SOURCES[source](test_size, seed, **options)
         name = source

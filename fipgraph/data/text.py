@@ -1,0 +1,219 @@
+"""Text tasks: VADER's rated sentences by domain (classification) and LM corpora (wiki, lee).
+
+Classification batches: ``{"input_ids", "attention_mask", "labels"}`` with labels (B,).
+LM batches: labels (B, T), -100 where not scored. Masked LM masks 15 % of tokens once, at a fixed
+seed, so every evaluation of a node scores the same positions; causal LM labels are the inputs
+(HF convention: unshifted, ``forward_logits`` shifts them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from fipgraph.data.task import Task
+from fipgraph.errors import ConfigError
+
+VADER_DOMAINS = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
+                 "tweets": "tweets", "nyt": "nytEditorialSnippets"}
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+GENSIM_INSTALL = "pip install gensim"
+LM_OBJECTIVES = ("mlm", "causal")
+
+
+def cache_dir() -> Path:
+    """Where downloaded source archives are looked for: $FIPGRAPH_DATA, else ~/.cache/fipgraph."""
+    env = os.environ.get("FIPGRAPH_DATA")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fipgraph"
+
+
+def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int = 128) -> dict[str, torch.Tensor]:
+    """Pad to the longest text (at most ``max_length`` tokens) -> input_ids, attention_mask (N, T)."""
+    if tokenizer is None:
+        raise ConfigError("text data needs tokenizer=...; e.g. fipgraph.models.load_tokenizer('minilm')")
+    if tokenizer.pad_token is None:  # causal-LM tokenizers often have none; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+# ---- VADER ---------------------------------------------------------------------------------------
+
+def _vader_member_bytes(archive: Path) -> tarfile.TarFile:
+    outer = tarfile.open(archive, "r:gz")
+    names = outer.getnames()
+    if VADER_INNER in names:  # the sdist: the ground-truth files sit in a nested archive
+        inner = outer.extractfile(VADER_INNER).read()
+        return tarfile.open(fileobj=io.BytesIO(inner), mode="r:gz")
+    return outer  # hutto_ICWSM_2014.tar.gz itself
+
+
+def find_vader(archive: str | Path | None = None) -> Path:
+    """The VADER source archive (sdist or inner tarball) or an extracted hutto_ICWSM_2014 folder."""
+    if archive is not None:
+        candidates = [Path(archive)]
+    else:
+        d = cache_dir()
+        candidates = [d / VADER_SDIST, d / "hutto_ICWSM_2014.tar.gz", d / "hutto_ICWSM_2014"]
+    for c in candidates:
+        if c.exists():
+            return c
+    d = cache_dir()
+    raise ConfigError(f"VADER's rated sentences not found (looked for {[str(c) for c in candidates]}); "
+                      f"download them with: mkdir -p {d} && pip download --no-deps --no-binary :all: "
+                      f"vaderSentiment==3.3.2 -d {d}   (or set FIPGRAPH_DATA to the folder holding {VADER_SDIST})")
+
+
+def load_vader(domain: str, archive: str | Path | None = None) -> tuple[list[str], list[int]]:
+    """Sentences and labels (1 = mean rating > 0, 0 = < 0; neutral 0.0 dropped) of one domain."""
+    if domain not in VADER_DOMAINS:
+        raise ConfigError(f"unknown VADER domain {domain!r}; choose from {list(VADER_DOMAINS)}")
+    path = find_vader(archive)
+    fname = f"{VADER_DOMAINS[domain]}_GroundTruth.txt"
+    if path.is_dir():
+        raw = (path / fname).read_bytes()
+    else:
+        with _vader_member_bytes(path) as tar:
+            member = next((m for m in tar.getnames() if m.endswith("/" + fname) or m == fname), None)
+            if member is None:
+                raise ConfigError(f"{path} has no {fname}; is it the vaderSentiment 3.3.2 source archive?")
+            raw = tar.extractfile(member).read()
+    texts, labels = [], []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        rating = float(parts[1])
+        if rating != 0.0:
+            texts.append(parts[2].strip())
+            labels.append(int(rating > 0))
+    return texts, labels
+
+
+def vader_tasks(domains: Sequence[str] | None, tokenizer: Any, *, seed: int = 0, test_size: float = 0.2,
+                max_length: int = 64, head: str = "single", archive: str | Path | None = None,
+                limit: int | None = None) -> list[Task]:
+    """One binary sentiment task per domain (domain-incremental: one 2-way head by default)."""
+    from sklearn.model_selection import train_test_split
+
+    tasks = []
+    for i, domain in enumerate(domains or list(VADER_DOMAINS)):
+        texts, labels = load_vader(domain, archive)
+        if limit is not None:  # a fixed, seed-independent prefix keeps small experiments comparable
+            texts, labels = texts[:limit], labels[:limit]
+        tr_x, te_x, tr_y, te_y = train_test_split(texts, labels, test_size=test_size, random_state=seed,
+                                                  stratify=labels)
+        train = {**tokenize_texts(tr_x, tokenizer, max_length), "labels": torch.tensor(tr_y)}
+        test = {**tokenize_texts(te_x, tokenizer, max_length), "labels": torch.tensor(te_y)}
+        tasks.append(Task(name=f"vader/{domain}", classes=[0, 1], n_classes=2,
+                          label_offset=0 if head == "single" else 2 * i, train=train, test=test,
+                          meta={"source": "vader", "domain": domain, "head": head, "index": i}))
+    return tasks
+
+
+# ---- language-model text -------------------------------------------------------------------------
+
+def _gensim_path(name: str) -> Path:
+    if importlib.util.find_spec("gensim") is None:
+        raise ConfigError(f"text source needs gensim's bundled corpora; install it with: {GENSIM_INSTALL}")
+    from gensim.test.utils import datapath
+    return Path(datapath(name))
+
+
+def load_lee() -> list[str]:
+    """Lee news corpus: 300 documents, one per line."""
+    raw = _gensim_path("lee_background.cor").read_text(encoding="latin-1")
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def load_wiki(min_words: int = 50) -> list[str]:
+    """The 106-article Wikipedia dump bundled with gensim, markup stripped."""
+    import bz2
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    path = _gensim_path("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    docs = []
+    with bz2.open(path) as f:
+        for page in extract_pages(f):
+            text = " ".join(filter_wiki(page[1]).split())
+            if len(text.split()) >= min_words:  # drop redirects and stubs
+                docs.append(text)
+    return docs
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer: Any, seed: int, prob: float = 0.15,
+                special: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking at a fixed seed: of the chosen 15 %, 80 % [MASK], 10 % random, 10 % kept."""
+    if tokenizer.mask_token_id is None:
+        raise ConfigError(f"objective 'mlm' needs a tokenizer with a mask token; {type(tokenizer).__name__} has none")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(input_ids.shape, generator=gen) < prob
+    if special is not None:
+        chosen &= ~special
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    roll = torch.rand(input_ids.shape, generator=gen)
+    random_ids = torch.randint(len(tokenizer), input_ids.shape, generator=gen)
+    ids = torch.where(chosen & (roll < 0.8), torch.full_like(input_ids, tokenizer.mask_token_id), input_ids)
+    ids = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, ids)
+    return ids, labels
+
+
+def _blocks(docs: Sequence[str], tokenizer: Any, block_size: int) -> torch.Tensor:
+    """Concatenate the documents' tokens (separated by sep/eos) and cut into (N, block_size) blocks."""
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    ids: list[int] = []
+    for doc in docs:
+        ids += tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]  # long docs are cut into blocks below
+        if sep is not None:
+            ids.append(sep)
+    n = len(ids) // block_size
+    if n == 0:
+        raise ConfigError(f"text has {len(ids)} tokens, fewer than one block of {block_size}; lower block_size")
+    return torch.tensor(ids[:n * block_size]).reshape(n, block_size)
+
+
+def lm_task(docs: Sequence[str], tokenizer: Any, *, name: str = "text", objective: str = "mlm",
+            block_size: int = 128, seed: int = 0, test_size: float = 0.2, mlm_prob: float = 0.15) -> Task:
+    """A masked- or causal-LM task from raw documents; held-out documents form the test split."""
+    if objective not in LM_OBJECTIVES:
+        raise ConfigError(f"objective must be one of {LM_OBJECTIVES}, got {objective!r}")
+    if tokenizer is None:
+        raise ConfigError("LM text needs tokenizer=...; e.g. fipgraph.models.load_tokenizer('smollm2')")
+    if len(docs) < 2:
+        raise ConfigError(f"need at least 2 documents to hold some out, got {len(docs)}")
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, round(test_size * len(docs)))
+    splits = {"test": [docs[i] for i in order[:n_test]], "train": [docs[i] for i in order[n_test:]]}
+    out = {}
+    for k, (split, part) in enumerate(splits.items()):
+        ids = _blocks(part, tokenizer, block_size)
+        if objective == "mlm":
+            special = ids == tokenizer.sep_token_id if tokenizer.sep_token_id is not None else None
+            masked, labels = mask_tokens(ids, tokenizer, seed=seed * 2 + k, prob=mlm_prob, special=special)
+            out[split] = {"input_ids": masked, "attention_mask": torch.ones_like(ids), "labels": labels}
+        else:
+            out[split] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    kind = "masked_lm" if objective == "mlm" else "causal_lm"
+    return Task(name=f"{name}/{objective}", classes=[], n_classes=len(tokenizer), label_offset=0,
+                train=out["train"], test=out["test"], kind=kind,
+                meta={"source": name, "objective": objective, "block_size": block_size, "n_docs": len(docs)})
+
+
+def make_text_tasks(source: str, split: Any = None, seed: int = 0, test_size: float = 0.2, *,
+                    tokenizer: Any = None, head: str = "single", **options: Any) -> list[Task]:
+    """Dispatch for ``make_tasks``: "vader" (split = list of domains), "wiki" / "lee" (LM)."""
+    if source == "vader":
+        return vader_tasks(split, tokenizer, seed=seed, test_size=test_size, head=head, **options)
+    if split is not None:
+        raise ConfigError(f"text source {source!r} is one LM task; split must be None, got {split!r}")
+    docs = load_lee() if source == "lee" else load_wiki()
+    return [lm_task(docs, tokenizer, name=source, seed=seed, test_size=test_size, **options)]
