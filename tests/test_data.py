@@ -291,3 +291,16 @@ def test_causal_lm_task_labels_are_inputs(tiny_tokenizer):
         lm_task(_docs(), tiny_tokenizer, objective="seq2seq")
     with pytest.raises(ConfigError, match="lower block_size"):
         lm_task(_docs(2), tiny_tokenizer, objective="causal", block_size=10_000)
+
+
+def test_hf_dataset_text_column_is_tokenized(tiny_tokenizer):
+    import datasets
+    texts = ["good day", "bad day", "great fun", "awful film", "love it", "hate it", "very good", "not good"]
+    ds = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": texts, "y": [1, 0, 1, 0, 1, 0, 1, 0]}),
+        "test": datasets.Dataset.from_dict({"sentence": ["good film", "boring day"], "y": [1, 0]})})
+    (task,) = make_tasks(ds, label_column="y", text_column="sentence", tokenizer=tiny_tokenizer)
+    assert task.n_train == 8 and task.n_test == 2  # the official test split is kept as is
+    assert task.test["labels"].tolist() == [1, 0]
+    first = task.test["input_ids"][0][task.test["attention_mask"][0].bool()].tolist()
+    assert first == tiny_tokenizer("good film")["input_ids"]
