@@ -42,3 +42,7 @@ class NonFiniteWeightsError(FipgraphError, ValueError):
 
 class ConfigError(FipgraphError, ValueError):
     """A build, query or model configuration is invalid."""
+
+
+class QueryError(FipgraphError, ValueError):
+    """SQL that DuckDB could not run (DuckDB's own message is kept)."""

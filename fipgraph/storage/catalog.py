@@ -1,0 +1,132 @@
+"""The DuckDB side of the store: lineage, metrics and runs, and the commit point of every node.
+
+DuckDB lets one process open a file read-write *or* many processes open it read-only, never both
+at once. So no connection is held: the writer opens the file for one short transaction per batch
+of nodes and closes it, and readers open it read-only per query. Whoever finds the file busy waits
+a few milliseconds and retries. Readers therefore see every committed node while a build runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pandas as pd
+
+from fipgraph.errors import FipgraphError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS archs (arch_id VARCHAR PRIMARY KEY, spec JSON);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE, op VARCHAR, config JSON, status VARCHAR,
+    started_at TIMESTAMP, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id BIGINT PRIMARY KEY, parent_id BIGINT, run_id INTEGER, op VARCHAR, step BIGINT,
+    created_at TIMESTAMP, arch_id VARCHAR, n_params BIGINT, l2_norm DOUBLE, sparsity DOUBLE,
+    path_length DOUBLE, tags JSON);
+CREATE TABLE IF NOT EXISTS edges (src BIGINT, dst BIGINT, distance DOUBLE, output_distance DOUBLE);
+CREATE TABLE IF NOT EXISTS evals (node_id BIGINT, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
+-- where each node's bits live and how to check them; internal, but readable
+CREATE TABLE IF NOT EXISTS storage (
+    node_id BIGINT PRIMARY KEY, arch_id VARCHAR, row BIGINT, encoding VARCHAR, chain_depth INTEGER,
+    checksum VARCHAR, max_abs_error DOUBLE, stored_bytes BIGINT);
+"""
+
+NODE_COLUMNS = ["node_id", "parent_id", "run_id", "op", "step", "created_at", "arch_id", "n_params",
+                "l2_norm", "sparsity", "path_length", "tags"]
+STORAGE_COLUMNS = ["node_id", "arch_id", "row", "encoding", "chain_depth", "checksum", "max_abs_error", "stored_bytes"]
+EVAL_COLUMNS = ["node_id", "dataset", "metric", "value", "created_at"]
+EDGE_COLUMNS = ["src", "dst", "distance", "output_distance"]
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def wide_view_sql(pairs: list[tuple[str, str]]) -> str:
+    """One column per (dataset, metric), latest value wins; names are `{dataset}_{metric}`."""
+    cols = []
+    for dataset, metric in sorted(pairs):
+        name = f"{dataset}_{metric}" if dataset else metric
+        ds, me = dataset.replace("'", "''"), metric.replace("'", "''")
+        ident = name.replace('"', '""')
+        cols.append(f"arg_max(e.value, e.created_at) FILTER (WHERE e.dataset = '{ds}' AND e.metric = '{me}') AS \"{ident}\"")
+    if not cols:
+        return "CREATE OR REPLACE VIEW wide AS SELECT * FROM nodes"
+    return (
+        "CREATE OR REPLACE VIEW wide AS SELECT n.*, m.* EXCLUDE (node_id) FROM nodes n LEFT JOIN "
+        f"(SELECT e.node_id, {', '.join(cols)} FROM evals e GROUP BY e.node_id) m USING (node_id)"
+    )
+
+
+class Catalog:
+    """Short-lived DuckDB connections with lock-conflict retry."""
+
+    def __init__(self, path: Path, *, read_only: bool, lock_timeout: float = 60.0) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        self._local = threading.Lock()  # one connection at a time inside this process
+
+    @contextmanager
+    def connect(self, read_only: bool | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        read_only = self.read_only if read_only is None else read_only
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.002
+        with self._local:
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.Error as exc:
+                    if not _is_lock_conflict(exc) or time.monotonic() > deadline:
+                        if _is_lock_conflict(exc):
+                            raise FipgraphError(
+                                f"{self.path} stayed locked by another process for {self.lock_timeout:.0f} s: {exc}"
+                            ) from exc
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, 0.05)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def create(self) -> None:
+        with self.connect() as con:
+            con.execute(SCHEMA)
+            con.execute(wide_view_sql([]))
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run SQL on a read-only connection (users' SQL can never modify the store)."""
+        with self.connect(read_only=True) as con:
+            rel = con.sql(sql, params=params)
+            # Arrow then pandas is ~10x faster than fetchdf() for small results (measured: 1 vs 10 ms)
+            return pd.DataFrame() if rel is None else rel.to_arrow_table().to_pandas()
+
+    def write(self, fn) -> None:
+        """Run fn(con) in one transaction: all of it commits, or none."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                fn(con)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
+    if rows:
+        marks = ", ".join("?" * len(columns))
+        con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
+def to_json(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)

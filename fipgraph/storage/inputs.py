@@ -1,0 +1,59 @@
+"""Validation of what users hand to Store.append: clear errors, and nothing stored on failure."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping
+
+import torch
+
+from fipgraph.errors import FipgraphError
+
+
+def state_dict_of(weights: Any) -> dict[str, torch.Tensor]:
+    if isinstance(weights, torch.nn.Module):
+        return dict(weights.state_dict())
+    if isinstance(weights, Mapping):
+        bad = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise FipgraphError(f"a state dict maps parameter names (str) to torch.Tensor; entry {bad[0]!r} "
+                                f"is a {type(weights[bad[0]]).__name__}")
+        if not weights:
+            raise FipgraphError("the state dict is empty: there is no network to store")
+        return dict(weights)
+    raise FipgraphError(f"weights must be a torch.nn.Module or a state dict, got {type(weights).__name__}")
+
+
+def model_spec_of(weights: Any) -> dict | None:
+    """How to rebuild the module later: its fipgraph_spec, or a transformers class + config."""
+    spec = getattr(weights, "fipgraph_spec", None)
+    if spec is not None:
+        return spec
+    config = getattr(weights, "config", None)
+    if isinstance(weights, torch.nn.Module) and hasattr(config, "to_dict"):
+        return {"name": "hf", "kwargs": {"hf_class": type(weights).__name__, "hf_config": config.to_dict()}}
+    return None
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise FipgraphError(f"metric {where} must be a number, got {value!r}")
+    return float(value)
+
+
+def normalise_evals(metrics: Mapping | None) -> list[tuple[str, str, float]]:
+    """{metric: v} -> dataset ""; {dataset: {metric: v}} -> (dataset, metric, v) rows."""
+    if metrics is None:
+        return []
+    if not isinstance(metrics, Mapping):
+        raise FipgraphError(f"metrics must be a dict like {{'accuracy': 0.9}} or {{'task1': {{'accuracy': 0.9}}}}, got {metrics!r}")
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            rows += [(str(key), str(m), _number(v, f"{key}/{m}")) for m, v in value.items()]
+        else:
+            rows.append(("", str(key), _number(value, str(key))))
+    return rows

@@ -1,0 +1,153 @@
+"""Architecture layouts: how a state dict maps onto flat, dtype-grouped rows of bits.
+
+Every tensor is stored by its exact bit pattern (viewed as unsigned integers of its own width), so
+any dtype (float32, bfloat16, int64 counters, bool masks) round-trips bit for bit. Tensors of one
+dtype are concatenated into one row per node: one zarr array per (architecture, dtype) group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from fipgraph.errors import ArchitectureMismatchError
+
+# Word width used to store each itemsize; 16-byte dtypes (complex128) are stored as two uint64 words.
+_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.uint64}
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ArchitectureMismatchError(f"unknown tensor dtype {name!r} in a stored architecture")
+    return dtype
+
+
+@dataclass(frozen=True)
+class Group:
+    """All tensors of one dtype, laid end to end in one row of words."""
+
+    dtype: str  # torch dtype name, e.g. "float32"
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @cached_property
+    def torch_dtype(self) -> torch.dtype:
+        return _torch_dtype(self.dtype)
+
+    @cached_property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    @property
+    def word(self) -> type:
+        return _WORDS[self.itemsize]
+
+    @property
+    def words_per_item(self) -> int:
+        return max(1, self.itemsize // 8)
+
+    @cached_property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    @property
+    def n_items(self) -> int:
+        return sum(self.numels)
+
+    @property
+    def n_words(self) -> int:
+        return self.n_items * self.words_per_item
+
+    @property
+    def is_float(self) -> bool:
+        return self.torch_dtype.is_floating_point
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Parameter names, shapes and dtypes of one architecture, in state-dict order."""
+
+    params: tuple[tuple[str, tuple[int, ...], str], ...]
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> "Layout":
+        return cls(tuple((k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()))
+
+    @classmethod
+    def from_spec(cls, params: list) -> "Layout":
+        return cls(tuple((name, tuple(shape), dtype) for name, shape, dtype in params))
+
+    def to_spec(self) -> list:
+        return [[name, list(shape), dtype] for name, shape, dtype in self.params]
+
+    @cached_property
+    def arch_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_spec()).encode()).hexdigest()[:16]
+
+    @cached_property
+    def groups(self) -> tuple[Group, ...]:
+        by_dtype: dict[str, list] = {}
+        for name, shape, dtype in self.params:
+            by_dtype.setdefault(dtype, []).append((name, shape))
+        return tuple(
+            Group(dtype, tuple(n for n, _ in items), tuple(s for _, s in items)) for dtype, items in by_dtype.items()
+        )
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.n_items for g in self.groups)
+
+    def check_matches(self, other: "Layout", what: str) -> None:
+        """Raise a readable error naming the first parameter that differs."""
+        if self == other:
+            return
+        mine, theirs = {p[0]: p for p in self.params}, {p[0]: p for p in other.params}
+        missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
+        if missing or extra:
+            detail = f"missing {missing[:5]}" if missing else ""
+            detail += (", " if detail and extra else "") + (f"unexpected {extra[:5]}" if extra else "")
+        else:
+            diff = next(n for n in mine if mine[n] != theirs[n])
+            detail = f"{diff!r} is {mine[diff][1]} {mine[diff][2]}, expected {theirs[diff][1]} {theirs[diff][2]}"
+            if list(mine) != list(theirs) and mine == theirs:
+                detail = "same parameters in a different order"
+        raise ArchitectureMismatchError(
+            f"state dict does not match {what} (architecture {other.arch_id}): {detail}. "
+            "Append it without a parent to start a new root, or pass allow_arch_change=True."
+        )
+
+    def pack(self, state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Copy a state dict into one contiguous word array per dtype group (the snapshot)."""
+        rows = {}
+        for g in self.groups:
+            parts = [state[name].detach().reshape(-1).cpu().contiguous().view(torch.uint8) for name in g.names]
+            flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+            rows[g.dtype] = flat.numpy().view(g.word).copy() if len(parts) == 1 else flat.numpy().view(g.word)
+        return rows
+
+    def unpack(self, rows: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Inverse of pack: tensors that own their memory, in state-dict order."""
+        out = {}
+        for g in self.groups:
+            data = torch.from_numpy(np.ascontiguousarray(rows[g.dtype]).view(np.uint8).copy())
+            offset = 0
+            for name, shape, numel in zip(g.names, g.shapes, g.numels):
+                nbytes = numel * g.itemsize
+                out[name] = data[offset : offset + nbytes].view(g.torch_dtype).reshape(shape)
+                offset += nbytes
+        return {name: out[name] for name, _, _ in self.params}
+
+    def as_float(self, rows: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Float64 views of the floating-point groups (for norms and distances)."""
+        return [
+            torch.from_numpy(rows[g.dtype].view(np.uint8)).view(g.torch_dtype).to(torch.float64).numpy()
+            for g in self.groups
+            if g.is_float and not g.torch_dtype.is_complex
+        ]

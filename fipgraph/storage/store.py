@@ -1,0 +1,359 @@
+"""The Store: append networks as nodes, read them back bit-exact, query them with SQL.
+
+Layout of a store directory (see store/README.md):
+    fipgraph.json     format marker and version          writer.lock   single-writer flock
+    metrics.duckdb    nodes, edges, evals, runs, archs, storage (the commit point of a node)
+    weights.zarr/     <arch_id>/<dtype>[.q8|.scale]: one row per node, XOR-to-parent or keyframe
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import math
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+
+from fipgraph.errors import (ArchitectureMismatchError, FipgraphError, FormatVersionError, NodeNotFoundError,
+                             NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
+from fipgraph.storage import codec
+from fipgraph.storage.catalog import Catalog, insert_rows, to_json
+from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
+from fipgraph.storage.layout import Layout
+from fipgraph.storage.lock import WriterLock
+from fipgraph.storage.weights import WeightArrays
+from fipgraph.storage.writer import NodeJob, SqlJob, Writer
+
+FORMAT_VERSION = 1
+MARKER = "fipgraph.json"
+ENCODINGS = {"lossless": "xor", "int8": "q8"}
+_OPEN_WRITERS: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+@dataclass
+class NodeInfo:
+    parent_id: int | None
+    arch_id: str
+    row: int
+    encoding: str
+    chain_depth: int
+    path_length: float | None
+
+
+def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
+    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``."""
+    return Store(path, mode, **options)
+
+
+class Store:
+    def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
+                 keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
+                 lock_timeout: float = 60.0) -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+        if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
+            raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
+        self.root, self.mode = Path(path), mode
+        self.encoding, self.keyframe_every = ENCODINGS[encoding], keyframe_every
+        self._lock = None
+        if mode == "a":
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.root / "writer.lock").acquire()
+        try:
+            self._check_marker(create=mode == "a")
+            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout)
+            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r")
+            self._layouts: dict[str, Layout] = {}
+            self._index: dict[int, NodeInfo] = {}
+            self._run_names: dict[str, int] = {}
+            self._decoded: OrderedDict[int, dict] = OrderedDict()
+            self._load_index()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._writer = None
+        if mode == "a":
+            pairs = set(map(tuple, self.catalog.query("SELECT DISTINCT dataset, metric FROM evals").values.tolist()))
+            self._next_id = max(self._index, default=-1) + 1
+            self._next_run = int(self.catalog.query("SELECT coalesce(max(run_id), -1) AS m FROM runs")["m"][0]) + 1
+            rows = self.catalog.query("SELECT arch_id, max(row) AS r FROM storage GROUP BY arch_id")
+            self._next_row = dict(zip(rows["arch_id"], rows["r"].astype(int) + 1))
+            self._pending: set[int] = set()
+            self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
+                                  commit_interval=commit_interval, max_pending_bytes=max_pending_bytes)
+            self._writer.start()
+            _OPEN_WRITERS.add(self)
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _check_marker(self, create: bool) -> None:
+        marker = self.root / MARKER
+        if not marker.exists():
+            if not create:
+                raise StoreNotFoundError(f"{self.root} is not a fipgraph store (no {MARKER}); "
+                                         "create one with fipgraph.open_store(path, mode='a') or `fipgraph build`")
+            stray = [p.name for p in self.root.iterdir() if p.name not in ("README.md", ".gitignore", "writer.lock")]
+            if stray:
+                raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
+                                         "choose an empty or new directory")
+            Catalog(self.root / "metrics.duckdb", read_only=False).create()
+            # the marker is written last: a store whose creation was interrupted is simply recreated
+            marker.write_text(json.dumps({"format": "fipgraph-store", "format_version": FORMAT_VERSION}))
+        meta = json.loads(marker.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise FormatVersionError(f"{self.root} was written with store format {meta['format_version']}, "
+                                     f"this fipgraph reads up to {FORMAT_VERSION}: upgrade with `pip install -U fipgraph`")
+
+    def _load_index(self, after: int = -1) -> None:
+        df = self.catalog.query(
+            "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length "
+            "FROM storage s JOIN nodes n USING (node_id) WHERE s.node_id > ? ORDER BY s.node_id", [after])
+        for r in df.itertuples(index=False):
+            parent = None if pd.isna(r.parent_id) else int(r.parent_id)
+            self._index[int(r.node_id)] = NodeInfo(parent, r.arch_id, int(r.row), r.encoding, int(r.chain_depth), r.path_length)
+        if self.mode == "a" or after < 0:
+            runs = self.catalog.query("SELECT run_id, name FROM runs")
+            self._run_names.update(zip(runs["name"], runs["run_id"].astype(int)))
+
+    def _info(self, node_id: int) -> NodeInfo:
+        if not isinstance(node_id, (int, np.integer)) or isinstance(node_id, bool):
+            raise NodeNotFoundError(f"node ids are integers, got {node_id!r}")
+        node_id = int(node_id)
+        if node_id not in self._index and self.mode == "r":
+            self._load_index(after=max(self._index, default=-1))  # a writer may have committed it since
+        if node_id not in self._index:
+            known = f"ids 0..{max(self._index)}" if self._index else "no nodes yet"
+            raise NodeNotFoundError(f"no node {node_id} in store {self.root} ({known}); "
+                                    "list them with store.sql('SELECT node_id FROM nodes')")
+        return self._index[node_id]
+
+    def layout(self, arch_id: str) -> Layout:
+        if arch_id not in self._layouts:
+            spec = self.catalog.query("SELECT spec FROM archs WHERE arch_id = ?", [arch_id])["spec"]
+            self._layouts[arch_id] = Layout.from_spec(json.loads(spec[0])["params"])
+        return self._layouts[arch_id]
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _writable(self) -> Writer:
+        if self._writer is None:
+            raise ReadOnlyStoreError(f"store {self.root} was opened read-only (mode='r'); open it with mode='a' to write")
+        return self._writer
+
+    def append(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], *, parent: int | None = None,
+               run: int | None = None, op: str | None = None, step: int | None = None,
+               metrics: Mapping | None = None, tags: Mapping | None = None, output_distance: float | None = None,
+               allow_nonfinite: bool = False, allow_arch_change: bool = False) -> int:
+        """Add a network as a node (child of ``parent``) and return its id; the write commits in the background."""
+        writer = self._writable()
+        state = state_dict_of(weights)
+        layout = Layout.of(state)
+        parent_info = None if parent is None else self._info(parent)
+        same_arch = parent_info is not None and parent_info.arch_id == layout.arch_id
+        if parent_info is not None and not same_arch and not allow_arch_change:
+            layout.check_matches(self.layout(parent_info.arch_id), f"parent node {parent}")
+        if run is not None and int(run) not in self._run_names.values():
+            raise FipgraphError(f"no run {run} in store {self.root}; create it with store.start_run(name, op, config)")
+        if not allow_nonfinite:
+            for name, t in state.items():
+                if t.is_floating_point() or t.is_complex():
+                    bad = int(t.numel() - torch.isfinite(t).sum())
+                    if bad:
+                        raise NonFiniteWeightsError(f"parameter {name!r} has {bad} NaN/Inf values of {t.numel()}; "
+                                                    "nothing was stored. Pass allow_nonfinite=True to store it anyway")
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        evals = [(ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
+        tags_json = to_json(dict(tags)) if tags is not None else None
+        arch_spec = None
+        if layout.arch_id not in self._next_row:
+            arch_spec = {"params": layout.to_spec(), "model": model_spec_of(weights)}
+        rows = layout.pack(state)
+
+        node_id = self._next_id
+        depth = 0
+        if same_arch and parent_info.chain_depth + 1 < self.keyframe_every:
+            depth = parent_info.chain_depth + 1
+        row = self._next_row.get(layout.arch_id, 0)
+        node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
+                        arch_id=layout.arch_id, n_params=layout.n_params, tags=tags_json)
+        job = NodeJob(node_id, parent, layout, rows, row, self.encoding, depth, same_arch, node_row,
+                      [(node_id, *e) for e in evals], output_distance, arch_spec,
+                      nbytes=int(sum(a.nbytes for a in rows.values())))
+        self._layouts[layout.arch_id] = layout
+        writer.put(job)
+        self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1
+        encoding = "key" if depth == 0 else self.encoding
+        self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
+        self._pending.add(node_id)
+        return node_id
+
+    def _committed(self, jobs: list[NodeJob]) -> None:
+        for job in jobs:
+            self._index[job.node_id].path_length = job.node_row["path_length"]
+            self._pending.discard(job.node_id)
+
+    def _path_length(self, node_id: int) -> float:
+        return float(self._index[node_id].path_length or 0.0)
+
+    def add_evals(self, node_id: int, metrics: Mapping) -> None:
+        """Attach evaluations ({metric: value} or {dataset: {metric: value}}) to an existing node."""
+        writer = self._writable()
+        self._info(node_id)
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        rows = [(int(node_id), ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
+        writer.put(SqlJob(lambda con: insert_rows(con, "evals", ["node_id", "dataset", "metric", "value", "created_at"], rows),
+                          [(ds, m) for _, ds, m, _, _ in rows]))
+
+    def start_run(self, name: str, op: str | None = None, config: Mapping | None = None) -> int:
+        """Register a run (its full resolved config is kept as JSON) and return its id."""
+        writer = self._writable()
+        if name in self._run_names:
+            raise FipgraphError(f"a run named {name!r} already exists (run {self._run_names[name]}); "
+                                "pick another name or resume it via store.find_run(name)")
+        run_id, self._next_run = self._next_run, self._next_run + 1
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        row = (run_id, name, op, to_json(dict(config or {})), "running", now, None)
+        writer.put(SqlJob(lambda con: insert_rows(con, "runs", ["run_id", "name", "op", "config", "status", "started_at", "finished_at"], [row])))
+        self._run_names[name] = run_id
+        return run_id
+
+    def finish_run(self, run_id: int, status: str = "finished") -> None:
+        writer = self._writable()
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        writer.put(SqlJob(lambda con: con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                                                  [status, now, int(run_id)])))
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        writer = self._writable()
+        writer.put(SqlJob(lambda con: con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, int(run_id)])))
+
+    def find_run(self, name: str) -> dict | None:
+        self.flush()
+        df = self.catalog.query("SELECT * FROM runs WHERE name = ?", [name])
+        if df.empty:
+            return None
+        run = df.iloc[0].to_dict()
+        run["config"] = json.loads(run["config"]) if run["config"] else {}
+        return run
+
+    def flush(self) -> None:
+        """Block until every appended node and evaluation is committed."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.flush()
+            finally:
+                self._writer.stop()
+                self._writer = None
+                _OPEN_WRITERS.discard(self)
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, mode={self.mode!r}, nodes={len(self._index)})"
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _decode(self, node_id: int) -> dict[str, np.ndarray]:
+        """Decoded rows of a node: walk up to its keyframe (at most keyframe_every rows), XOR down."""
+        if node_id in self._decoded:
+            self._decoded.move_to_end(node_id)
+            return self._decoded[node_id]
+        chain = []
+        nid = node_id
+        while nid not in self._decoded:
+            info = self._info(nid)
+            chain.append((nid, info))
+            if info.chain_depth == 0:
+                break
+            nid = info.parent_id
+        rows = self._decoded[nid] if chain[-1][1].chain_depth else None
+        for nid, info in reversed(chain):
+            layout = self.layout(info.arch_id)
+            stored = self.weights.read_row(info.arch_id, info.row, codec.array_names(layout, info.encoding))
+            rows = codec.decode_step(layout, stored, rows, info.encoding)
+            self._decoded[nid] = rows
+            while len(self._decoded) > 8:
+                self._decoded.popitem(last=False)
+        return rows
+
+    def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
+        """The node's tensors, bit-identical to what was appended (unless stored with encoding='int8')."""
+        info = self._info(node_id)
+        if self._writer is not None and int(node_id) in self._pending:
+            self.flush()
+        return self.layout(info.arch_id).unpack(self._decode(int(node_id)))
+
+    def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
+        state = self.state_dict(node_id)
+        expected = Layout.of(model.state_dict())
+        expected.check_matches(self.layout(self._info(node_id).arch_id), f"node {node_id}")
+        model.load_state_dict(state)
+        return model
+
+    def node(self, node_id: int) -> dict:
+        self._info(node_id)
+        self.flush()
+        return self.catalog.query("SELECT * FROM nodes WHERE node_id = ?", [int(node_id)]).iloc[0].to_dict()
+
+    def arch_spec(self, node_id: int) -> dict:
+        info = self._info(node_id)
+        self.flush()
+        return json.loads(self.catalog.query("SELECT spec FROM archs WHERE arch_id = ?", [info.arch_id])["spec"][0])
+
+    def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
+        """Run read-only SQL over the catalog (tables nodes, edges, evals, runs, archs, storage; view wide)."""
+        self.flush()
+        try:
+            return self.catalog.query(query, params)
+        except Exception as exc:
+            import duckdb
+
+            if isinstance(exc, duckdb.Error):
+                raise QueryError(str(exc)) from None
+            raise
+
+    def graph(self) -> nx.DiGraph:
+        """The lineage graph with every nodes column as node attributes; no weights are read."""
+        self.flush()
+        nodes = self.catalog.query("SELECT * FROM nodes ORDER BY node_id")
+        edges = self.catalog.query("SELECT * FROM edges")
+        g = nx.DiGraph()
+        cols = list(nodes.columns)
+        g.add_nodes_from((int(rec[0]), dict(zip(cols[1:], rec[1:]))) for rec in nodes.itertuples(index=False, name=None))
+        g.add_edges_from((int(s), int(d), {"distance": x, "output_distance": o})
+                         for s, d, x, o in edges.itertuples(index=False, name=None))
+        return g
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@atexit.register
+def _close_open_writers() -> None:  # a forgotten close() must not lose queued nodes
+    for store in list(_OPEN_WRITERS):
+        try:
+            store.close()
+        except Exception:
+            pass

@@ -1,0 +1,213 @@
+"""The background writer: encodes and writes weights, then commits catalog rows in batches.
+
+Training threads only snapshot the weights (one memcpy) and enqueue; this thread does the XOR,
+compression, Zarr writes, norms and distances, and commits to DuckDB at most every
+``commit_interval`` seconds, so saving every step costs the training loop almost nothing.
+Order is kept: a job commits in the same or a later transaction than every job queued before it.
+Write order makes crashes safe: chunks first, catalog rows (the commit point) last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from fipgraph.storage import codec
+from fipgraph.storage.catalog import (EDGE_COLUMNS, EVAL_COLUMNS, NODE_COLUMNS, STORAGE_COLUMNS, Catalog,
+                                      insert_rows, to_json, wide_view_sql)
+from fipgraph.storage.layout import Layout
+from fipgraph.storage.weights import WeightArrays
+
+
+@dataclass
+class NodeJob:
+    node_id: int
+    parent_id: int | None
+    layout: Layout
+    rows: dict[str, np.ndarray]
+    row: int
+    encoding: str
+    chain_depth: int
+    same_arch_as_parent: bool
+    node_row: dict[str, Any]  # nodes columns known at append time
+    evals: list[tuple]
+    output_distance: float | None
+    arch_spec: dict | None  # set when this arch is new to the catalog
+    nbytes: int = 0
+
+
+@dataclass
+class SqlJob:
+    """Catalog-only work (runs, later evaluations), committed in order with the nodes."""
+
+    apply: Callable[[Any], None]
+    new_pairs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def checksum(layout: Layout, rows: dict[str, np.ndarray]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for g in layout.groups:
+        h.update(np.ascontiguousarray(rows[g.dtype]).view(np.uint8))
+    return h.hexdigest()
+
+
+def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
+    """(L2 norm, fraction of exact zeros, Euclidean distance to parent) over floating-point params."""
+    xs = layout.as_float(rows)
+    n = sum(x.size for x in xs)
+    sq = sum(float(np.dot(x, x)) for x in xs)
+    zeros = sum(int(np.count_nonzero(x == 0)) for x in xs)
+    dist = None
+    if parent is not None:
+        dist = float(np.sqrt(sum(float(np.sum((x - p) ** 2)) for x, p in zip(xs, layout.as_float(parent)))))
+    return float(np.sqrt(sq)), (zeros / n if n else 0.0), dist
+
+
+class Writer(threading.Thread):
+    def __init__(self, catalog: Catalog, weights: WeightArrays, read_decoded: Callable[[int], dict],
+                 path_length_of: Callable[[int], float], on_commit: Callable[[list[NodeJob]], None],
+                 known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30) -> None:
+        super().__init__(name="fipgraph-writer", daemon=True)
+        self.catalog, self.weights = catalog, weights
+        self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
+        self.known_pairs = known_pairs
+        self.commit_interval = commit_interval
+        self.max_pending_bytes = max_pending_bytes
+        self.error: BaseException | None = None
+        self._jobs: list = []
+        self._cv = threading.Condition()
+        self._pending_bytes = 0
+        self._stopping = False
+        self._flush_waiters: list[threading.Event] = []
+        self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
+        self._path_length: dict[int, float] = {}
+
+    # -- producer side -------------------------------------------------------------------------
+    def put(self, job) -> None:
+        nbytes = getattr(job, "nbytes", 0)
+        with self._cv:
+            # bounded memory: block the producer while too many bytes wait (always admit one job)
+            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes and not self.error:
+                self._cv.wait()
+            self._raise_error()
+            self._pending_bytes += nbytes
+            self._jobs.append(job)
+            self._cv.notify_all()
+
+    def flush(self) -> None:
+        done = threading.Event()
+        with self._cv:
+            self._raise_error()
+            self._flush_waiters.append(done)
+            self._cv.notify_all()
+        done.wait()
+        self._raise_error()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self.join()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(
+                f"the store's background writer failed, so nodes queued after the failure were not saved: "
+                f"{self.error!r}. Reopen the store to continue from the last committed node."
+            ) from self.error
+
+    # -- consumer side -------------------------------------------------------------------------
+    def run(self) -> None:
+        batch: list = []
+        last_commit = time.monotonic()
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stopping and not self._flush_waiters:
+                    timeout = self.commit_interval - (time.monotonic() - last_commit) if batch else None
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._cv.wait(timeout)
+                jobs, self._jobs = self._jobs, []
+                waiters, self._flush_waiters = self._flush_waiters, []
+                stop = self._stopping
+            try:
+                if self.error is None:
+                    for job in jobs:
+                        if isinstance(job, NodeJob):
+                            self._write_weights(job)
+                            with self._cv:
+                                self._pending_bytes -= job.nbytes
+                                self._cv.notify_all()
+                        batch.append(job)
+                    due = time.monotonic() - last_commit >= self.commit_interval or len(batch) >= 512
+                    if batch and (due or waiters or stop):
+                        self._commit(batch)
+                        batch, last_commit = [], time.monotonic()
+            except BaseException as exc:  # surfaced to the producer on its next call
+                self.error = exc
+                with self._cv:
+                    self._pending_bytes = 0
+                    self._cv.notify_all()
+            for w in waiters:
+                w.set()
+            if stop and not self._jobs:
+                return
+
+    def _write_weights(self, job: NodeJob) -> None:
+        parent = None
+        if job.parent_id is not None and job.same_arch_as_parent:
+            parent = self._recent.get(job.parent_id) or self.read_decoded(job.parent_id)
+        enc = codec.encode(job.layout, job.rows, parent if job.chain_depth else None, job.encoding)
+        self.weights.write_row(job.layout.arch_id, job.row, enc.arrays)
+        l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
+        parent_len = 0.0
+        if job.parent_id is not None:
+            parent_len = self._path_length.get(job.parent_id)
+            if parent_len is None:
+                parent_len = self.path_length_of(job.parent_id)
+        self._path_length[job.node_id] = parent_len + (dist or 0.0)
+        job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
+        job.distance = dist
+        job.storage_row = (job.node_id, job.layout.arch_id, job.row, enc_name(job), job.chain_depth,
+                           checksum(job.layout, enc.decoded), enc.max_abs_error,
+                           self.weights.row_nbytes(job.layout.arch_id, job.row, enc.arrays))
+        self._recent[job.node_id] = enc.decoded
+        while len(self._recent) > 4:
+            self._recent.popitem(last=False)
+        job.rows = None  # free the snapshot now that it is on disk
+
+    def _commit(self, batch: list) -> None:
+        nodes = [j for j in batch if isinstance(j, NodeJob)]
+        new_pairs = {(ds, m) for j in nodes for (_, ds, m, _, _) in j.evals}
+        new_pairs |= {p for j in batch if isinstance(j, SqlJob) for p in j.new_pairs}
+        new_pairs -= self.known_pairs
+
+        def apply(con) -> None:
+            for job in batch:  # in queue order, so runs exist before their nodes
+                if isinstance(job, SqlJob):
+                    job.apply(con)
+                else:
+                    if job.arch_spec is not None:
+                        con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                    [job.layout.arch_id, to_json(job.arch_spec)])
+                    insert_rows(con, "nodes", NODE_COLUMNS, [tuple(job.node_row[c] for c in NODE_COLUMNS)])
+                    if job.parent_id is not None:
+                        insert_rows(con, "edges", EDGE_COLUMNS, [(job.parent_id, job.node_id, job.distance, job.output_distance)])
+                    insert_rows(con, "evals", EVAL_COLUMNS, job.evals)
+                    insert_rows(con, "storage", STORAGE_COLUMNS, [job.storage_row])
+            if new_pairs:
+                con.execute(wide_view_sql(sorted(self.known_pairs | new_pairs)))
+
+        self.catalog.write(apply)
+        self.known_pairs |= new_pairs
+        self.on_commit(nodes)
+
+
+def enc_name(job: NodeJob) -> str:
+    return "key" if job.chain_depth == 0 else job.encoding
