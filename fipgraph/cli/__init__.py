@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except FipgraphError as exc:
+    except (FipgraphError, FileNotFoundError) as exc:
         print(f"fipgraph {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -114,10 +114,12 @@ class Layout:
             detail = f"missing {missing[:5]}" if missing else ""
             detail += (", " if detail and extra else "") + (f"unexpected {extra[:5]}" if extra else "")
         else:
-            diff = next(n for n in mine if mine[n] != theirs[n])
-            detail = f"{diff!r} is {mine[diff][1]} {mine[diff][2]}, expected {theirs[diff][1]} {theirs[diff][2]}"
-            if list(mine) != list(theirs) and mine == theirs:
+            diffs = [n for n in mine if mine[n] != theirs[n]]
+            if not diffs:
                 detail = "same parameters in a different order"
+            else:
+                d = diffs[0]
+                detail = f"{d!r} is {list(mine[d][1])} {mine[d][2]}, expected {list(theirs[d][1])} {theirs[d][2]}"
         raise ArchitectureMismatchError(
             f"state dict does not match {what} (architecture {other.arch_id}): {detail}. "
             "Append it without a parent to start a new root, or pass allow_arch_change=True."

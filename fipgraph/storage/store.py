@@ -159,6 +159,11 @@ class Store:
         layout = Layout.of(state)
         parent_info = None if parent is None else self._info(parent)
         same_arch = parent_info is not None and parent_info.arch_id == layout.arch_id
+        if parent_info is not None and not same_arch:
+            parent_layout = self.layout(parent_info.arch_id)
+            if sorted(layout.params) == sorted(parent_layout.params):  # e.g. safetensors sorts its keys
+                state = {name: state[name] for name, _, _ in parent_layout.params}
+                layout, same_arch = parent_layout, True
         if parent_info is not None and not same_arch and not allow_arch_change:
             layout.check_matches(self.layout(parent_info.arch_id), f"parent node {parent}")
         if run is not None and int(run) not in self._run_names.values():
