@@ -1,0 +1,55 @@
+"""``fipgraph build``: walk the runs of a config into a store (default: the embedded digits demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fipgraph.cli import add_store_argument
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build", help="build FIP paths into a store (no arguments: the digits demo)",
+        description="Run every [[runs]] entry of CONFIG.toml (default: the embedded digits demo, also in "
+                    "examples/default.toml). Rerunning the same command resumes each run from its last node.")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded demo)")
+    add_store_argument(p)
+    p.add_argument("--run", default=None, metavar="NAME",
+                   help="build name: runs are stored as NAME/<run> (default: the config's name)")
+    p.add_argument("--from", dest="start", type=int, default=None, metavar="NODE",
+                   help="start every run that has no `from` at this stored node")
+    p.add_argument("--max-hours", type=float, default=None, metavar="H",
+                   help="stop (saving the current node) after H hours; rerun to continue")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after N optimizer steps in total; rerun to continue")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override config values: lr=0.01 (every run), runs.continual.steps=50, data.seed=1")
+    p.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from fipgraph.path import build, format_table, load_config
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path:  # `fipgraph build lr=0.01`: no config file given
+        overrides.insert(0, config_path)
+        config_path = None
+    if args.run:
+        overrides.append(f"name={args.run!r}".replace("'", '"'))
+    config = load_config(config_path, overrides)
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    result = build(config, args.store, start=args.start, max_hours=args.max_hours, max_steps=args.max_steps,
+                   progress=not args.no_progress)
+    print(format_table(result))
+    print(f"store: {args.store}   log: {result.log_path}")
+    if result.status != "finished":
+        last = result.runs[-1]
+        reason = "interrupted" if last.stop_reason == "interrupt" else "stopped at the step/time limit"
+        print(f"run {last.name!r} {reason} at node {last.last_node}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130 if last.stop_reason == "interrupt" else 0
+    return 0

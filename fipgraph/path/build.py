@@ -1,0 +1,162 @@
+"""``build``: check a whole config against data, models and store, then walk its runs in order.
+
+setup (tasks, store, plan and every check) → walk each run → summary. All configuration errors
+surface in setup, before the first optimizer step of the first run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import fipgraph
+from fipgraph.data import make_tasks
+from fipgraph.errors import ConfigError, NodeNotFoundError
+from fipgraph.models import build_model, forward_logits, normalize_spec
+from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict
+from fipgraph.path.objectives import OBJECTIVES
+from fipgraph.path.walk import Limits, RunResult, walk
+
+log = logging.getLogger("fipgraph.build")
+
+
+@dataclass
+class Plan:
+    run: RunConfig
+    name: str  # run name in the store
+    spec: dict  # model spec of every node of this run
+    start: int | str | None  # node id, earlier run name, or None (new network)
+
+
+@dataclass
+class BuildResult:
+    status: str  # finished | interrupted
+    runs: list[RunResult]
+    accuracy: dict[str, dict[str, float]]  # run name -> {task: test accuracy at its last node}
+    log_path: Path
+
+
+def _node_spec(store, node_id: int) -> dict:
+    try:
+        spec = store.arch_spec(node_id).get("model")
+    except NodeNotFoundError as exc:
+        raise ConfigError(f"--from {node_id}: {exc}; list nodes with `fipgraph sql \"select node_id, run_id, op, step from nodes\"`") from None
+    if not spec:
+        raise ConfigError(f"node {node_id} has no model spec, so it cannot be rebuilt; start from a node appended by fipgraph build")
+    return spec
+
+
+def _same_arch(wanted: dict, found: dict) -> bool:
+    """The config's model matches a node's if the names agree and every kwarg the config sets agrees."""
+    w, f = normalize_spec(wanted), normalize_spec(found)
+    return w["name"] == f["name"] and all(f["kwargs"].get(k, v) == v for k, v in w["kwargs"].items())
+
+
+def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Plan]:
+    plans: dict[str, Plan] = {}
+    for run in config.runs:
+        start = run.start if run.start is not None else start_override
+        explicit = run.model or config.model
+        if start is None:
+            if explicit is None:
+                raise ConfigError(f"run {run.name!r} builds a new network but the config has no [model]; add one, e.g. "
+                                  "[model] name = \"mlp\", or start from a stored node with --from NODE")
+            spec = normalize_spec(explicit)
+        elif isinstance(start, str):
+            spec = plans[start].spec
+        else:
+            spec = _node_spec(store, int(start))
+            if explicit is not None and not _same_arch(explicit, spec):
+                raise ConfigError(f"run {run.name!r}: node {start} is a {spec} but the config's model is {explicit}; "
+                                  f"start from a node of that architecture, or drop [model] from the config")
+        plans[run.name] = Plan(run, config.run_name(run), spec, start)
+    return list(plans.values())
+
+
+def check_plan(plan: Plan, tasks: list, head: str) -> None:
+    """Everything that can fail before a step: model builds, data fits its input and head, objective setup."""
+    run = plan.run
+    model = build_model(plan.spec)
+    OBJECTIVES[run.op](run, model)  # e.g. sparsify raises if nothing is prunable
+    for i, task in enumerate(tasks[: run.task]):
+        batch = task.sample(2, seed=0)
+        try:
+            with torch.no_grad():
+                logits, _ = forward_logits(model, batch)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"run {run.name!r}: model {plan.spec} does not accept task{i + 1}'s data "
+                              f"({exc}); use a model whose input matches the data, e.g. mlp in_features=64 for digits") from None
+        hi = task.label_offset + task.n_classes if head == "per_task" else max(task.classes) + 1
+        if hi > logits.shape[-1]:
+            raise ConfigError(f"run {run.name!r}: task{i + 1} uses output units up to {hi - 1} (classes {task.classes}) "
+                              f"but model {plan.spec['name']} has {logits.shape[-1]} outputs; size the head for all "
+                              f"tasks from the start, e.g. model.kwargs.n_classes={hi if head == 'single' else 'sum of task sizes'}")
+
+
+def _setup_log(store_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(store_dir / "build.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def last_accuracies(store, node_id: int) -> dict[str, float]:
+    df = store.sql("SELECT dataset, value FROM evals WHERE node_id = ? AND metric = 'accuracy' ORDER BY dataset", [int(node_id)])
+    return dict(zip(df["dataset"], df["value"].astype(float)))
+
+
+def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
+          max_hours: float | None = None, max_steps: int | None = None, progress: bool = True) -> BuildResult:
+    """Run (or resume) every run of ``config`` into the store at ``store_dir``."""
+    data = config.data
+    tasks = make_tasks(data.source, split=data.split, seed=data.seed, head=data.head, **data.kwargs)
+    if len(tasks) < max(r.task for r in config.runs):
+        raise ConfigError(f"data gave {len(tasks)} tasks but a run asks for task {max(r.task for r in config.runs)}")
+    limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
+                    max_steps=max_steps, progress=progress)
+    store_dir = Path(store_dir)
+    with fipgraph.open_store(store_dir, mode="a") as store:
+        plans = plan_runs(config, store, start)
+        for plan in plans:
+            check_plan(plan, tasks, data.head)
+        handler = _setup_log(store_dir)
+        try:
+            log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
+            results, last = [], {}
+            base = {k: v for k, v in config_to_dict(config).items() if k not in ("runs", "name", "model")}
+            for plan in plans:
+                start_node = last[plan.start] if isinstance(plan.start, str) else plan.start
+                resolved = {"build": config.name, **base, "model": plan.spec, "run": plan.run.to_dict(),
+                            "start_node": start_node}
+                result = walk(plan, store, store_dir, tasks, data.head, limits, resolved, config.eval_all_tasks)
+                results.append(result)
+                last[plan.run.name] = result.last_node
+                if result.status != "finished":
+                    break
+            store.flush()
+            accuracy = {r.name: last_accuracies(store, r.last_node) for r in results}
+            status = "finished" if all(r.status == "finished" for r in results) and len(results) == len(plans) else "interrupted"
+            log.info("build %s: %s", config.name, status)
+            return BuildResult(status, results, accuracy, store_dir / "build.log")
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def format_table(result: BuildResult) -> str:
+    """Per-task test accuracy at the last node of each run, as a plain text table."""
+    tasks = sorted({t for accs in result.accuracy.values() for t in accs}, key=lambda s: (len(s), s))
+    width = max([len("run")] + [len(n) for n in result.accuracy])
+    lines = [f"{'run':<{width}}  {'node':>5}  " + "  ".join(f"{t:>7}" for t in tasks)]
+    nodes = {r.name: r.last_node for r in result.runs}
+    for name, accs in result.accuracy.items():
+        cells = "  ".join(f"{accs[t] * 100:6.1f}%" if t in accs else f"{'-':>7}" for t in tasks)
+        lines.append(f"{name:<{width}}  {nodes[name]:>5}  {cells}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,66 @@
+"""Evaluations written at saved nodes: per-task accuracy/loss, prunable sparsity, robustness H."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fipgraph.models import forward_logits
+from fipgraph.path.memory import Batch
+
+
+def head_slice(task, head: str) -> slice:
+    """Logit columns a task is scored on: all of them (single head) or its own block (per_task)."""
+    if head == "per_task":
+        return slice(task.label_offset, task.label_offset + task.n_classes)
+    return slice(None)
+
+
+def task_logits(model: nn.Module, batch: Batch, task, head: str) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = forward_logits(model, batch)
+    return logits[:, head_slice(task, head)], labels
+
+
+@torch.no_grad()
+def evaluate_tasks(model: nn.Module, tasks: dict[str, object], head: str, batch_size: int = 256) -> dict:
+    """{dataset: {"accuracy", "loss"}} on each task's held-out split."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, task in tasks.items():
+        correct = total = 0
+        loss = 0.0
+        for batch in task.test_loader(batch_size):
+            logits, labels = task_logits(model, batch, task, head)
+            loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += int(labels.numel())
+        out[name] = {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+    model.train(was_training)
+    return out
+
+
+def robustness_h(model: nn.Module, batch: Batch, odist, attack: str, epsilon: float,
+                 generator: torch.Generator) -> float | None:
+    """H = odist(f(x; w), f(x'; w)) per example, x' = x + eps*sign(grad_x CE) or uniform l_inf noise.
+
+    Only for float inputs (``"x"``); token inputs have no input gradient (returns None)."""
+    if "x" not in batch:
+        return None
+    was_training = model.training
+    model.eval()
+    x = batch["x"].detach()
+    if attack == "fgsm":
+        x_adv = x.clone().requires_grad_(True)
+        logits, labels = forward_logits(model, {**batch, "x": x_adv})
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), x_adv)
+        x_pert = x + epsilon * grad.sign()
+    else:
+        x_pert = x + epsilon * (2 * torch.rand(x.shape, generator=generator) - 1)
+    with torch.no_grad():
+        clean, _ = forward_logits(model, batch)
+        pert, _ = forward_logits(model, {**batch, "x": x_pert})
+        h = float(odist(pert, clean)) / x.shape[0]
+    model.train(was_training)
+    return h

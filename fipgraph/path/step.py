@@ -1,0 +1,60 @@
+"""One FIP step: S(w) = odist(f(x_mem; w), f(x_mem; w_ref)) + λ·L(w), one forward pass.
+
+The new-task batch and the memory batch go through the network together, so FIP costs one forward
+and one backward on (new + memory); the reference side is cached logits (see memory.FrozenReference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fipgraph.models import forward_logits
+from fipgraph.path.memory import Batch, cat_batches, n_scored
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # S(w), still attached to the graph
+    terms: dict[str, float]  # "odist" and/or "L", for the progress bar and log
+    memory_logits: torch.Tensor | None  # live logits on the memory batch (detached), for the live-reference guard
+
+
+def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch | None,
+             memory_batch: Batch | None, ref_logits: torch.Tensor | None, cols: slice = slice(None)) -> StepOutput:
+    """S(w) for one step. ``cols`` selects the task's logit columns for its cross-entropy."""
+    batches = [b for b in (task_batch, memory_batch) if b is not None]
+    logits, labels = forward_logits(model, batches[0] if len(batches) == 1 else cat_batches(batches))
+    n_task = n_scored(task_batch) if task_batch is not None else 0
+    terms: dict[str, float] = {}
+    if task_batch is not None:
+        L = objective.penalty(model, logits[:n_task, cols], labels[:n_task])
+    else:
+        L = objective.penalty(model, None, None)
+    loss = lam * L if memory_batch is not None else L
+    terms["L"] = float(L.detach())
+    mem_logits = None
+    if memory_batch is not None:
+        mem_logits = logits[n_task:]  # (P_mem, C)
+        d = odist(mem_logits, ref_logits)
+        loss = d + loss
+        terms["odist"] = float(d.detach())
+        mem_logits = mem_logits.detach()
+    return StepOutput(loss, terms, mem_logits)
+
+
+def fip_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective, odist, lam: float,
+             task_batch: Batch | None, memory_batch: Batch | None, ref_logits: torch.Tensor | None,
+             cols: slice = slice(None), keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> StepOutput:
+    """Forward, backward, optimizer step; ``keep`` = (param, mask) pairs whose zeros must stay zero."""
+    out = fip_loss(model, objective, odist, lam, task_batch, memory_batch, ref_logits, cols)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    if keep:
+        with torch.no_grad():
+            for p, m in keep:
+                p.mul_(m)
+    return out

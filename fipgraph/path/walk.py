@@ -1,0 +1,280 @@
+"""Walk one run: start or resume, step, save nodes with evaluations, stop cleanly.
+
+Steps are numbered from the start node (step 0). A node is saved every ``save_every`` steps, at the
+last step and whenever the walk stops early, so a rerun resumes from the last node with no step
+stored twice. The optimizer state of the last saved node is kept beside the store
+(``<store>/optim/run-<id>.pt``) and restored when it matches the node a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fipgraph.errors import FipgraphError
+from fipgraph.models import build_model, forward_logits, model_from_node
+from fipgraph.path.evaluate import evaluate_tasks, head_slice, robustness_h
+from fipgraph.path.memory import FrozenReference, batch_stream, cat_batches, index_batch
+from fipgraph.path.objectives import OBJECTIVES
+from fipgraph.path.odist import get_odist
+from fipgraph.path.sparsity import prunable_names, sparsity_of
+from fipgraph.path.step import fip_step
+
+log = logging.getLogger("fipgraph.build")
+
+
+class LiveReferenceError(FipgraphError, RuntimeError):
+    """The odist reference moved with the live network, so the FIP constraint did nothing."""
+
+
+@dataclass
+class Limits:
+    """Shared by every run of one build: the --max-hours deadline and a step cap (tests, demos)."""
+
+    deadline: float | None = None  # time.time() after which runs stop and save
+    max_steps: int | None = None  # optimizer steps left for this invocation
+    progress: bool = True  # show a tqdm bar
+
+    def exhausted(self) -> bool:
+        if self.max_steps is not None and self.max_steps <= 0:
+            return True
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def count(self) -> None:
+        if self.max_steps is not None:
+            self.max_steps -= 1
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_id: int
+    status: str  # finished | interrupted
+    last_node: int
+    steps_done: int = 0  # optimizer steps taken by this invocation
+    stop_reason: str | None = None  # "limit" | "interrupt"
+
+
+@dataclass
+class _State:
+    parent: int | None = None
+    parent_probe: torch.Tensor | None = None
+    optim_snapshot: dict | None = None
+    saved_step: int = -1  # step of the last node this run has in the store
+    accs: dict = field(default_factory=dict)  # last evaluated accuracies, for the progress bar
+    last_write: float = field(default_factory=time.time)
+
+
+def make_optimizer(run, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if run.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+    cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=run.lr, weight_decay=run.weight_decay)
+
+
+def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
+    df = store.sql("SELECT node_id, step, tags FROM nodes WHERE run_id = ? ORDER BY step DESC, node_id DESC LIMIT 1", [int(run_id)])
+    if df.empty:
+        return None
+    tags = df["tags"][0]
+    return int(df["node_id"][0]), int(df["step"][0]), (json.loads(tags) if isinstance(tags, str) and tags else {})
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
+
+
+def _write_optim(path: Path, snapshot: dict | None) -> None:
+    if snapshot is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(snapshot, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+
+
+def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
+         eval_all: bool = False) -> RunResult:
+    """Execute (or resume) one planned run; see the module docstring."""
+    run, name = plan.run, plan.name
+    existing = store.find_run(name)
+    found = None
+    if existing is not None:
+        if existing["config"] != resolved:
+            from fipgraph.errors import ConfigError
+            diff = sorted(k for k in set(resolved) | set(existing["config"]) if resolved.get(k) != existing["config"].get(k))
+            raise ConfigError(f"run {name!r} is already in the store with a different config (differs in {diff}); "
+                              f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
+        run_id = int(existing["run_id"])
+        found = last_node(store, run_id)
+        if existing["status"] == "finished" and found is not None:
+            log.info("run %s already finished at node %d", name, found[0])
+            return RunResult(name, run_id, "finished", found[0])
+    else:
+        run_id = store.start_run(name, run.op, resolved)
+
+    start = resolved["start_node"]
+    if start is None:
+        torch.manual_seed(run.seed)  # same seed, same initial network, also when resuming
+        model = build_model(plan.spec)
+    else:
+        model = model_from_node(store, start)
+    model.train()
+    objective = OBJECTIVES[run.op](run, model)
+    odist = get_odist(run.odist)
+    task = tasks[run.task - 1]
+    shown = tasks if eval_all else tasks[: run.task]
+    seen = {f"task{i + 1}": t for i, t in enumerate(shown)}
+    cols = head_slice(task, head)
+    prunable = prunable_names(model, run.prunable)
+    params = dict(model.named_parameters())
+
+    reference = None
+    if objective.uses_memory:  # taken from the start network, before any resume or step
+        memory = cat_batches([tasks[t - 1].sample(run.memory_size, seed=run.seed * 1000 + t)
+                              for t in objective.memory_tasks(run.task)])
+        reference = FrozenReference.take(model, memory, run.eval_batch_size)
+    probe = index_batch(reference.memory, torch.arange(min(64, len(reference)))) if reference else task.sample(64, run.seed)
+
+    keep = None
+    start_tags = store.node(start).get("tags") if start is not None else None
+    start_tags = json.loads(start_tags) if isinstance(start_tags, str) and start_tags else start_tags
+    mask_info = start_tags.get("sparse_mask") if isinstance(start_tags, dict) else None
+    if run.keep_zeros or (run.keep_zeros is None and mask_info):
+        names = mask_info["params"] if mask_info else prunable
+        keep = [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
+
+    total = run.steps if run.steps is not None else math.ceil(run.epochs * len(task.train_loader(run.batch_size, 0)))
+    eval_every = run.eval_every or run.save_every
+    optimizer = make_optimizer(run, model)
+    optim_path = Path(store_dir) / "optim" / f"run-{run_id}.pt"
+    st = _State()
+
+    def probe_logits() -> torch.Tensor:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            out = forward_logits(model, probe)[0]
+        model.train(was)
+        return out
+
+    def save(step: int, tags: dict | None = None, final: bool = False) -> int:
+        metrics: dict[str, dict[str, float]] = {}
+        if final or step % eval_every == 0:
+            metrics = evaluate_tasks(model, seen, head, run.eval_batch_size)
+            metrics["prunable"] = {"sparsity": sparsity_of([params[n].detach() for n in prunable])}
+            if run.op == "undirected":
+                gen = torch.Generator().manual_seed(run.seed + step)
+                for ds, t in seen.items():
+                    batch = next(iter(t.test_loader(run.eval_batch_size)))
+                    h = robustness_h(model, batch, odist, run.h_attack, run.h_epsilon, gen)
+                    if h is not None:
+                        metrics[ds]["H"] = h
+        now = probe_logits()
+        od = None if st.parent_probe is None else float(odist(now, st.parent_probe)) / now.shape[0]
+        nid = store.append(model, parent=st.parent, run=run_id, op=run.op, step=step,
+                           metrics=metrics or None, tags=tags, output_distance=od)
+        st.parent, st.parent_probe, st.saved_step = nid, now, step
+        if metrics:
+            st.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
+        st.optim_snapshot = {"node": nid, "step": step, "state": _clone(optimizer.state_dict())}
+        if time.time() - st.last_write > 60:  # bound what a hard kill can lose
+            _write_optim(optim_path, st.optim_snapshot)
+            st.last_write = time.time()
+        if metrics:
+            log.info("%s step %d node %d %s", name, step, nid,
+                     {k: round(v.get("accuracy", v.get("sparsity", 0.0)), 4) for k, v in metrics.items()})
+        return nid
+
+    step = 0
+    if found is None and start is None:
+        save(0)  # the freshly initialised network is the root of this branch
+    elif found is None:
+        st.parent, st.parent_probe, st.saved_step = start, probe_logits(), 0
+    else:
+        st.parent, step, st.saved_step = found[0], found[1], found[1]
+        store.load_into(model, found[0])
+        st.parent_probe = probe_logits()
+        store.set_run_status(run_id, "running")
+        if optim_path.exists():
+            saved = torch.load(optim_path, weights_only=False)
+            if saved.get("node") == found[0]:
+                optimizer.load_state_dict(saved["state"])
+                log.info("%s: resumed at step %d (node %d) with its optimizer state", name, step, found[0])
+            else:
+                log.warning("%s: optimizer state is for node %s, not %d; restarting the optimizer", name, saved.get("node"), found[0])
+        if found[2].get("final_projection"):  # interrupted after the final node: nothing left to do
+            store.finish_run(run_id, "finished")
+            return RunResult(name, run_id, "finished", found[0])
+        log.info("%s: resuming from node %d at step %d of %d", name, found[0], step, total)
+
+    stream = batch_stream(task, run.batch_size, run.seed, step) if objective.uses_task_batch else None
+    bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not limits.progress, dynamic_ncols=True)
+    done, stop, guarded = 0, None, False
+    try:
+        while step < total:
+            if limits.exhausted():
+                stop = "limit"
+                break
+            step += 1
+            torch.manual_seed(run.seed * 1_000_003 + step)  # dropout/noise reproducible per step, across resumes
+            gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
+            task_batch = next(stream) if stream is not None else None
+            mem_batch, ref_logits = reference.sample(run.memory_batch_size, gen) if reference else (None, None)
+            out = fip_step(model, optimizer, objective, odist, run.lam, task_batch, mem_batch, ref_logits, cols, keep)
+            done += 1
+            limits.count()
+            if reference is not None and not guarded and step >= 2:
+                guarded = True  # weights moved since the reference was taken: outputs must differ somewhere
+                if torch.equal(out.memory_logits, ref_logits):
+                    raise LiveReferenceError(
+                        f"run {name!r}: at step {step} the memory outputs equal the reference outputs exactly, "
+                        "so the reference follows the live network and odist constrains nothing; the "
+                        "reference must be a frozen copy taken when the task starts")
+            converged = objective.converged()
+            if converged or step % run.save_every == 0 or step == total:
+                save(step)
+            bar.update(1)
+            if step % 10 == 0 or step == total:
+                bar.set_postfix({**{k: f"{v:.3g}" for k, v in out.terms.items()}, **st.accs}, refresh=False)
+            if converged:
+                break
+    except KeyboardInterrupt:
+        stop = "interrupt"
+    finally:
+        bar.close()
+
+    if stop is not None:
+        if stop == "limit" and st.saved_step != step:
+            save(step)  # between steps: a consistent network, so keep the work
+        store.flush()
+        _write_optim(optim_path, st.optim_snapshot)
+        store.set_run_status(run_id, "interrupted")
+        log.info("%s: stopped (%s) at step %d; rerun the same command to resume", name, stop, step)
+        return RunResult(name, run_id, "interrupted", st.parent, done, stop)
+
+    tags = objective.finish(model)
+    if tags is not None:
+        step += 1
+        save(step, tags, final=True)  # e.g. the hard projection onto exactly p sparse
+    store.finish_run(run_id, "finished")
+    store.flush()
+    optim_path.unlink(missing_ok=True)
+    log.info("%s: finished at step %d, node %d", name, step, st.parent)
+    return RunResult(name, run_id, "finished", st.parent, done)
