@@ -35,19 +35,19 @@ def resolve_nodes(store, nodes: Iterable[int] | None) -> list[int]:
     return ids
 
 
-def check_same_arch(store, ids: Sequence[int]) -> int:
+def check_same_arch(store, ids: Sequence[int]):
     """The single arch_id shared by `ids`; ConfigError naming the groups otherwise."""
     id_list = ",".join(str(int(i)) for i in ids)
     df = store.sql(f"select node_id, arch_id from nodes where node_id in ({id_list})")
     groups = df.groupby("arch_id")["node_id"].apply(list).to_dict()
     if len(groups) > 1:
-        shown = {int(a): [int(n) for n in v[:5]] for a, v in groups.items()}
+        shown = {a: [int(n) for n in v[:5]] for a, v in groups.items()}
         raise ConfigError(
             f"nodes of {len(groups)} different architectures in one query (arch_id -> first nodes: "
             f"{shown}); pass nodes of one architecture, e.g. "
-            f"nodes=store.sql('select node_id from nodes where arch_id = {next(iter(shown))}')"
+            f"nodes=store.sql(\"select node_id from nodes where arch_id = '{next(iter(shown))}'\")"
         )
-    return int(next(iter(groups)))
+    return next(iter(groups))
 
 
 def float_param_names(store, nid: int, params: Sequence[str] | None = None) -> list[str]:

@@ -1,0 +1,198 @@
+"""Ensembles of stored networks: choose k members by a rule, predict with the sum of softmaxes.
+
+Rules: "robust" (lowest H recorded along undirected paths, the paper's rule), "diverse" (greedy
+maximal disagreement on a query set, or maximal weight distance without one), "top" (by a metric).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fipgraph.errors import ConfigError
+from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names
+from fipgraph.query.select import select
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+class Ensemble(nn.Module):
+    """Sum of the members' softmax outputs (paper, Algorithm 3). `node_ids` and `rule` say where
+    the members came from."""
+
+    def __init__(self, members: Sequence[nn.Module], node_ids: Sequence[int] = (), rule: dict | None = None):
+        super().__init__()
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.node_ids = [int(n) for n in node_ids]
+        self.rule = dict(rule or {})
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return sum(torch.softmax(_logits(m(*args, **kwargs)), dim=-1) for m in self.members)
+
+    def log_proba(self, *args, **kwargs) -> torch.Tensor:
+        """log of the mean member probability: a proper logit for losses and attacks."""
+        return torch.log(self(*args, **kwargs) / len(self.members)).clamp_min(-80.0)
+
+    def export(self, path: str) -> str:
+        """Write `path`/ensemble.safetensors (all member weights) and `path`/ensemble.json
+        (member node ids, model specs, selection rule); returns `path`."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, os.path.join(path, "ensemble.safetensors"))
+        specs = [getattr(m, "fipgraph_spec", None) for m in self.members]
+        with open(os.path.join(path, "ensemble.json"), "w") as f:
+            json.dump({"node_ids": self.node_ids, "specs": specs, "rule": self.rule}, f, indent=1)
+        return path
+
+
+def _candidates(store, where, k: int, require: str | None = None) -> tuple[list[int], Any]:
+    cond: Any = where
+    if require is not None:  # members must carry the ranking metric
+        check_metric(store, require)
+        cond = dict(where or {}) if not isinstance(where, str) else where
+        if isinstance(cond, dict):
+            cond[require] = ("not null", None)
+        else:
+            cond = f"({where}) and \"{require}\" is not null"
+    ids = select(store, where=cond)
+    if k < 1 or k > len(ids):
+        extra = f" with a value for {require!r}" if require else ""
+        raise ConfigError(f"k={k} but only {len(ids)} candidate node(s){extra} meet where={where!r}; "
+                          f"use 1 <= k <= {len(ids)} or loosen the constraints")
+    return ids, cond
+
+
+def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Module | None) -> list[int]:
+    """Greedy: start from the most accurate node on `query`, then repeatedly add the node whose
+    predictions disagree most (mean over current members) with the members chosen so far."""
+    from fipgraph.models import forward_logits, model_from_node
+    from fipgraph.query.evaluate import query_batches
+
+    check_same_arch(store, ids)
+    _, _, batches, _ = query_batches(query, name="query")
+    mdl = model if model is not None else model_from_node(store, ids[0])
+    mdl.eval()
+    preds, labels = [], None
+    with torch.inference_mode():
+        for nid in ids:
+            store.load_into(mdl, nid)
+            out = [forward_logits(mdl, b) for b in batches]
+            preds.append(torch.cat([o[0].argmax(-1) for o in out]))
+            labels = torch.cat([o[1] for o in out])
+    p = torch.stack(preds)  # (N, examples)
+    acc = (p == labels).float().mean(1)
+    chosen = [int(acc.argmax())]
+    disagree = torch.zeros(len(ids))
+    while len(chosen) < k:
+        disagree += (p != p[chosen[-1]]).float().mean(1)
+        score = disagree.clone()
+        score[chosen] = -1.0
+        chosen.append(int(score.argmax()))
+    return [ids[i] for i in chosen]
+
+
+def _distance_pick(store, ids: list[int], k: int) -> list[int]:
+    """Greedy farthest point in weight space, starting from the first candidate; one streaming
+    pass over the candidates per pick, holding only one vector and N distances."""
+    check_same_arch(store, ids)
+    names = float_param_names(store, ids[0])
+    chosen = [0]
+    mind = np.full(len(ids), np.inf)
+    while len(chosen) < k:
+        ref = flat_vector(store.state_dict(ids[chosen[-1]]), names).astype(np.float64)
+        for i, nid in enumerate(ids):
+            d = np.linalg.norm(flat_vector(store.state_dict(nid), names) - ref)
+            mind[i] = min(mind[i], d)
+        mind[chosen] = -1.0
+        chosen.append(int(mind.argmax()))
+    return [ids[i] for i in chosen]
+
+
+def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "robust", *,
+             metric: str | None = None, descending: bool = True, h_metric: str = "H",
+             query: Any = None, model: nn.Module | None = None, name: str | None = None,
+             record: bool = True) -> Ensemble:
+    """Choose k nodes meeting `where` by `strategy` and return their Ensemble.
+
+    robust: the k lowest `h_metric` (H = output motion under input perturbation, recorded by the
+    undirected path). diverse: greedy max disagreement on `query` (a Task or batches), or max weight
+    distance if no query. top: the k best by `metric` (descending unless descending=False).
+    The ensemble is recorded as <store>/ensembles/<name>.json.
+    """
+    if strategy == "robust":
+        _, cond = _candidates(store, where, k, require=h_metric)
+        members = select(store, where=cond, order_by=h_metric, limit=k)
+    elif strategy == "top":
+        if metric is None:
+            raise ConfigError("strategy='top' needs metric=..., e.g. metric='task1_accuracy'")
+        _, cond = _candidates(store, where, k, require=metric)
+        members = select(store, where=cond, order_by=("-" if descending else "") + metric, limit=k)
+    elif strategy == "diverse":
+        ids, _ = _candidates(store, where, k)
+        members = (_disagreement_pick(store, ids, k, query, model) if query is not None
+                   else _distance_pick(store, ids, k))
+    else:
+        raise ConfigError(f"unknown strategy {strategy!r}; use 'robust', 'diverse' or 'top'")
+    rule = {"strategy": strategy, "k": k, "where": where, "metric": metric if strategy == "top" else
+            (h_metric if strategy == "robust" else ("disagreement" if query is not None else "weight_distance"))}
+    ens = Ensemble(_load_members(store, members, model), members, rule)
+    if record:
+        name = name or f"{strategy}-k{k}-{time.strftime('%Y%m%d-%H%M%S')}"
+        record_ensemble(store, name, ens)
+        ens.name = name
+    return ens
+
+
+def _load_members(store, ids: list[int], model: nn.Module | None) -> list[nn.Module]:
+    import copy
+
+    from fipgraph.models import model_from_node
+
+    if model is None:
+        return [model_from_node(store, n).eval() for n in ids]
+    return [store.load_into(copy.deepcopy(model), n).eval() for n in ids]
+
+
+def store_root(store) -> str:
+    for attr in ("root", "path", "directory"):
+        val = getattr(store, attr, None)
+        if isinstance(val, (str, os.PathLike)):
+            return os.fspath(val)
+    raise ConfigError("cannot find the store's directory (store.root); pass record=False")
+
+
+def record_ensemble(store, name: str, ens: Ensemble) -> str:
+    """Write <store>/ensembles/<name>.json. (A proper `ensembles` table belongs in the store.)"""
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"ensemble name {name!r} must use letters, digits, '-', '_' or '.'")
+    folder = os.path.join(store_root(store), "ensembles")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"name": name, "members": ens.node_ids, "rule": ens.rule,
+                   "created_at": time.time()}, f, indent=1, default=str)
+    return path
+
+
+def load_ensemble(store, name: str, model: nn.Module | None = None) -> Ensemble:
+    """Rebuild a recorded ensemble from <store>/ensembles/<name>.json."""
+    path = os.path.join(store_root(store), "ensembles", f"{name}.json")
+    if not os.path.exists(path):
+        have = sorted(f[:-5] for f in os.listdir(os.path.dirname(path))) if os.path.isdir(os.path.dirname(path)) else []
+        raise ConfigError(f"no ensemble named {name!r}; recorded ensembles: {have}")
+    with open(path) as f:
+        spec = json.load(f)
+    return Ensemble(_load_members(store, spec["members"], model), spec["members"], spec["rule"])

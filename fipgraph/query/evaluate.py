@@ -1,0 +1,173 @@
+"""Accuracy, loss and perplexity of stored nodes on a query dataset, cached in `evals`.
+
+Every node of one architecture is scored by loading its weights into ONE model instance
+(`store.load_into`), so the cost per node is a weight read plus the forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fipgraph.errors import ConfigError, ReadOnlyStoreError
+from fipgraph.query._common import cached_evals, resolve_nodes
+
+MLM_RATE = 0.15  # BERT's masking rate; the paper's masked-LM perplexity uses it too
+
+
+def query_batches(dataset: Any, *, name: str | None = None, batch_size: int = 256,
+                  max_batches: int | None = None) -> tuple[str, str | None, list[dict], dict]:
+    """(name, kind, batches, meta) of a query dataset: a fipgraph Task (its test split), or an
+    iterable of batch dicts together with `name`."""
+    if hasattr(dataset, "test_loader"):
+        batches = list(dataset.test_loader(batch_size))
+        name, kind, meta = name or dataset.name, getattr(dataset, "kind", None), dataset.meta
+    elif isinstance(dataset, str):
+        raise ConfigError(f"dataset {dataset!r} is a name, not data; pass a Task "
+                          "(fipgraph.data.make_tasks(...)[i]) or batches with name=...")
+    else:
+        if name is None:
+            raise ConfigError("pass name='...' with an iterable of batches: it is the `dataset` "
+                              "under which results are cached in evals")
+        batches, kind, meta = list(dataset), None, {}
+    if max_batches is not None:
+        batches = batches[:max_batches]
+    if not batches:
+        raise ConfigError(f"query dataset {name!r} yielded no batches")
+    return name, kind, batches, meta
+
+
+def mask_tokens(batch: dict, mask_token_id: int, rate: float = MLM_RATE, seed: int = 0) -> dict:
+    """BERT-style evaluation masking with a fixed seed: `rate` of the scorable tokens (attended,
+    and not -100 in existing labels) become `mask_token_id`; only they are scored. Every masked
+    token is replaced (no 80/10/10) so the score is deterministic across nodes."""
+    ids = batch["input_ids"]
+    if "labels" in batch and (ids == mask_token_id).any():
+        return batch  # the data layer masked it already; masking again would score [MASK] tokens
+    cand = batch.get("attention_mask", torch.ones_like(ids)).bool()
+    if "labels" in batch:
+        cand &= batch["labels"] != -100
+    gen = torch.Generator().manual_seed(seed)
+    chosen = (torch.rand(ids.shape, generator=gen) < rate) & cand
+    # every sequence with a scorable token gets at least one mask, else short texts score nothing
+    empty = ~chosen.any(1) & cand.any(1)
+    if empty.any():
+        first = cand.float().argmax(1)
+        chosen[empty.nonzero().squeeze(1), first[empty]] = True
+    out = dict(batch)
+    out["labels"] = torch.where(chosen, ids, torch.full_like(ids, -100))
+    out["input_ids"] = torch.where(chosen, torch.full_like(ids, mask_token_id), ids)
+    return out
+
+
+def _mask_id(model: nn.Module, meta: dict, mask_token_id: int | None) -> int:
+    for cand in (mask_token_id, meta.get("mask_token_id"),
+                 getattr(getattr(model, "config", None), "mask_token_id", None)):
+        if cand is not None:
+            return int(cand)
+    raise ConfigError("masked-LM perplexity needs the [MASK] token id; pass mask_token_id=... "
+                      "(e.g. tokenizer.mask_token_id)")
+
+
+def _models_by_arch(store, ids: Sequence[int], model: nn.Module | None) -> dict:
+    id_list = ",".join(str(i) for i in ids)
+    arch = store.sql(f"select node_id, arch_id from nodes where node_id in ({id_list})")
+    arch_of = dict(zip(arch["node_id"].astype(int), arch["arch_id"]))
+    groups: dict = {}
+    for nid in ids:
+        groups.setdefault(arch_of[nid], []).append(nid)
+    if model is not None and len(groups) > 1:
+        raise ConfigError(f"model= was given but the nodes span {len(groups)} architectures "
+                          f"{sorted(groups)}; pass nodes of one architecture or model=None")
+    return {a: (model if model is not None else empty_model(store, g[0]), g) for a, g in groups.items()}
+
+
+def empty_model(store, nid: int) -> nn.Module:
+    """The node's architecture, built without reading its weights (they are loaded per node)."""
+    from fipgraph.models import build_model, model_from_node
+
+    spec = store.arch_spec(nid).get("model")
+    return build_model(spec) if spec else model_from_node(store, nid)  # the latter raises the clear error
+
+
+@torch.inference_mode()
+def score_batches(model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+    """Token/example-weighted cross-entropy sum, count and correct predictions of `model`."""
+    from fipgraph.models import forward_logits
+
+    loss, count, correct = 0.0, 0, 0
+    for batch in batches:
+        logits, labels = forward_logits(model, batch)
+        keep = labels != -100
+        logits, labels = logits[keep], labels[keep]
+        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        count += int(labels.numel())
+        correct += int((logits.argmax(-1) == labels).sum())
+    if count == 0:
+        raise ConfigError("the query batches contain no scored position (all labels are -100)")
+    return {"loss": loss / count, "accuracy": correct / count, "n": count}
+
+
+def _run(store, nodes, dataset, metrics: Sequence[str], *, model, name, batch_size, max_batches,
+         mask_token_id, mask_seed, recompute, record, progress, desc) -> pd.DataFrame:
+    ids = resolve_nodes(store, nodes)
+    ds_name, kind, batches, meta = query_batches(dataset, name=name, batch_size=batch_size,
+                                                 max_batches=max_batches)
+    done = {} if recompute else cached_evals(store, ids, ds_name, metrics)
+    todo = [n for n in ids if n not in done]
+    if todo:
+        for mdl, group in _models_by_arch(store, todo, model).values():
+            from fipgraph.models import model_kind
+
+            mkind = model_kind(mdl)
+            if kind not in (None, "classification", mkind):
+                raise ConfigError(f"dataset {ds_name!r} is a {kind} task but node {group[0]} is a "
+                                  f"{mkind}; pick a dataset of the model's kind")
+            qb = batches
+            if mkind == "masked_lm":  # mask once so every node sees the very same positions
+                mid = _mask_id(mdl, meta, mask_token_id)
+                qb = [mask_tokens(b, mid, seed=mask_seed + i) for i, b in enumerate(batches)]
+            mdl.eval()
+            for nid in tqdm(group, desc=desc, disable=not progress, leave=False):
+                store.load_into(mdl, nid)
+                s = score_batches(mdl, qb)
+                s["perplexity"] = math.exp(min(s["loss"], 700.0))  # exp overflows float past ~709
+                done[nid] = {m: s[m] for m in metrics}
+                if record:
+                    try:
+                        store.add_evals(nid, {ds_name: done[nid]})
+                    except ReadOnlyStoreError:
+                        record = False  # scores are still returned; the cache just stays cold
+    df = pd.DataFrame([{"node_id": n, **done[n]} for n in ids]).set_index("node_id")
+    df.attrs["dataset"] = ds_name
+    return df
+
+
+def evaluate(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
+             name: str | None = None, batch_size: int = 256, max_batches: int | None = None,
+             recompute: bool = False, record: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Accuracy and mean cross-entropy of each node on `dataset`; a DataFrame indexed by node_id.
+    Cached in evals as (dataset name, "accuracy" / "loss"); cached values are reused."""
+    return _run(store, nodes, dataset, ("accuracy", "loss"), model=model, name=name,
+                batch_size=batch_size, max_batches=max_batches, mask_token_id=None, mask_seed=0,
+                recompute=recompute, record=record, progress=progress, desc="evaluate")
+
+
+def perplexity(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
+               name: str | None = None, batch_size: int = 32, max_batches: int | None = None,
+               mask_token_id: int | None = None, mask_seed: int = 0, recompute: bool = False,
+               record: bool = True, progress: bool = True) -> pd.DataFrame:
+    """exp(mean cross-entropy) per node: over examples for classifiers, over masked tokens
+    (15 %, fixed seed) for masked LMs, over next tokens for causal LMs. Cached in evals as
+    (dataset name, "perplexity" / "loss")."""
+    return _run(store, nodes, dataset, ("perplexity", "loss"), model=model, name=name,
+                batch_size=batch_size, max_batches=max_batches, mask_token_id=mask_token_id,
+                mask_seed=mask_seed, recompute=recompute, record=record, progress=progress,
+                desc="perplexity")

@@ -1,0 +1,93 @@
+"""PNG pictures of a store: the graph laid out in weight-space PCA coloured by a metric (like the
+paper's 300 BERT models coloured by perplexity), and metrics along the path of a run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fipgraph.errors import ConfigError  # noqa: E402
+from fipgraph.query._common import as_list, check_metric, sql_quote_ident  # noqa: E402
+
+
+def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = "pca",
+               fit_if_missing: bool = True, cmap: str = "viridis", log_color: bool = False,
+               title: str | None = None) -> str:
+    """Nodes at their recorded PCA coordinates ({pca_dataset}_pc1/_pc2; fitted and recorded when
+    missing), parent→child edges as lines, nodes coloured by the wide-view column `color`."""
+    x_col, y_col = f"{pca_dataset}_pc1", f"{pca_dataset}_pc2"
+    cols = list(store.sql("select * from wide limit 0").columns)
+    if x_col not in cols or y_col not in cols:
+        if not fit_if_missing:
+            raise ConfigError(f"no PCA coordinates ({x_col}, {y_col}) in the store; run `fipgraph pca` first")
+        from fipgraph.query.pca import WeightPCA
+
+        WeightPCA(2, dataset=pca_dataset).fit(store)
+    if color is not None:
+        check_metric(store, color)
+    sel = f", {sql_quote_ident(color)} as c" if color else ""
+    df = store.sql(f"select node_id, {sql_quote_ident(x_col)} as x, {sql_quote_ident(y_col)} as y{sel} "
+                   "from wide order by node_id").dropna(subset=["x", "y"])
+    pos = {int(n): (x, y) for n, x, y in zip(df["node_id"], df["x"], df["y"])}
+    edges = store.sql("select src, dst from edges")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    segs = [(pos[s], pos[d]) for s, d in zip(edges["src"], edges["dst"]) if s in pos and d in pos]
+    if segs:
+        from matplotlib.collections import LineCollection
+
+        ax.add_collection(LineCollection(segs, colors="0.7", linewidths=0.6, zorder=1))
+    if color:
+        c = df["c"].to_numpy(float)
+        c = np.log10(c) if log_color else c
+        sc = ax.scatter(df["x"], df["y"], c=c, cmap=cmap, s=14, zorder=2, plotnonfinite=True)
+        fig.colorbar(sc, ax=ax, label=(f"log10 {color}" if log_color else color))
+    else:
+        ax.scatter(df["x"], df["y"], s=14, zorder=2)
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title(title or f"{len(df)} networks in weight-space PCA")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_run(store, run: str | int, out: str, metrics: Sequence[str] | None = None,
+             x: str = "step") -> str:
+    """Lines of `metrics` (default: every *_accuracy column) along the nodes of a run, by step."""
+    if isinstance(run, str):
+        info = store.find_run(run)
+        if info is None:
+            names = list(store.sql("select name from runs")["name"])
+            raise ConfigError(f"no run named {run!r}; runs: {names}")
+        run_id = int(info["run_id"])
+    else:
+        run_id = int(run)
+    cols = list(store.sql("select * from wide limit 0").columns)
+    metrics = as_list(metrics) or [c for c in cols if c.endswith("accuracy")]
+    if not metrics:
+        raise ConfigError("no *_accuracy column in the store; pass metrics=[...] (wide-view columns)")
+    for m in metrics:
+        check_metric(store, m)
+    if x not in ("step", "path_length", "node_id"):
+        raise ConfigError(f"x={x!r}; use 'step', 'path_length' or 'node_id'")
+    sel = ", ".join(sql_quote_ident(m) for m in metrics)
+    df = store.sql(f"select {x}, {sel} from wide where run_id = {run_id} order by {x}")
+    if df.empty:
+        raise ConfigError(f"run {run} has no nodes")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m in metrics:
+        ax.plot(df[x], df[m], marker=".", label=m)
+    ax.set_xlabel(x)
+    ax.set_ylabel("value")
+    ax.legend()
+    ax.set_title(f"run {run}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

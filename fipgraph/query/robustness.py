@@ -1,0 +1,120 @@
+"""Robustness measures of the paper (§ FIP ensembles, Methods): PGD accuracy (white-box per member
+and transferred from a surrogate) with the Adversarial Robustness Toolbox, ensemble accuracy,
+representation diversity score and coherence with a surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fipgraph.errors import ConfigError
+
+
+def _art_classifier(model: nn.Module, x: torch.Tensor, n_classes: int, clip: tuple[float, float]):
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model.eval(), loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                             nb_classes=n_classes, clip_values=clip, device_type="cpu")
+
+
+def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
+                 eps_step: float | None = None, max_iter: int = 20, clip: tuple[float, float] | None = None,
+                 seed: int = 0) -> torch.Tensor:
+    """L∞ PGD adversarial examples against `model` (ART's ProjectedGradientDescent)."""
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    if eps <= 0:
+        raise ConfigError(f"eps={eps}; PGD needs a positive perturbation budget")
+    clip = clip if clip is not None else (float(x.min()), float(x.max()))
+    np.random.seed(seed)  # ART draws its random start from numpy's global generator
+    attack = ProjectedGradientDescent(_art_classifier(model, x, n_classes, clip), norm=np.inf, eps=eps,
+                                      eps_step=eps_step or eps / 4, max_iter=max_iter, num_random_init=1,
+                                      batch_size=256, verbose=False)
+    return torch.as_tensor(attack.generate(x=x.numpy(), y=y.numpy()))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    out = model.eval()(x)
+    out = out.logits if hasattr(out, "logits") else out
+    return float((out.argmax(-1) == y).float().mean())
+
+
+class _LogMean(nn.Module):
+    """An ensemble's log mean probability as logits, so PGD attacks the ensemble as a whole."""
+
+    def __init__(self, ensemble: nn.Module):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ensemble.log_proba(x)
+
+
+def adversarial_report(ensemble, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
+                       surrogate: nn.Module | None = None, max_iter: int = 20,
+                       clip: tuple[float, float] | None = None, joint: bool = False) -> dict:
+    """Clean and PGD accuracies: per member white-box, ensemble on the members' own attacks is not
+    defined, so transfer from `surrogate` (paper's setting) gives member and ensemble accuracy on
+    the surrogate's adversarial examples; joint=True also attacks the whole ensemble."""
+    kw = dict(n_classes=n_classes, eps=eps, max_iter=max_iter, clip=clip)
+    members = list(ensemble.members)
+    rep = {"clean_member": [accuracy(m, x, y) for m in members], "clean_ensemble": accuracy(ensemble, x, y),
+           "pgd_whitebox_member": [accuracy(m, pgd_examples(m, x, y, **kw), y) for m in members]}
+    if surrogate is not None:
+        x_adv = pgd_examples(surrogate, x, y, **kw)
+        rep["pgd_surrogate_self"] = accuracy(surrogate, x_adv, y)
+        rep["pgd_transfer_member"] = [accuracy(m, x_adv, y) for m in members]
+        rep["pgd_transfer_ensemble"] = accuracy(ensemble, x_adv, y)
+    if joint:
+        rep["pgd_joint_ensemble"] = accuracy(ensemble, pgd_examples(_LogMean(ensemble), x, y, **kw), y)
+    return rep
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+@torch.no_grad()
+def representation_diversity(members: Sequence[nn.Module], x: torch.Tensor) -> dict[str, float]:
+    """Per layer: the std across members of the L2 norm of the layer's activation, averaged over
+    the inputs (paper, Methods: 'representation diversity score')."""
+    norms: dict[str, list[torch.Tensor]] = {}
+    for m in members:
+        hooks, acts = [], {}
+        for name, layer in _layers(m):
+            hooks.append(layer.register_forward_hook(
+                lambda _mod, _inp, out, name=name: acts.__setitem__(name, out.flatten(1).norm(dim=1))))
+        try:
+            m.eval()(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        for name, v in acts.items():
+            norms.setdefault(name, []).append(v)
+    if not norms:
+        raise ConfigError("no Linear/Conv layers found in the members; representation diversity "
+                          "is defined over those layers' activations")
+    return {name: float(torch.stack(v).std(0, unbiased=False).mean()) for name, v in norms.items()}
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇_x CE(model(x), y), flattened over the whole input set."""
+    x = x.clone().requires_grad_(True)
+    out = model.eval()(x)
+    out = out.logits if hasattr(out, "logits") else out
+    (g,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), x)
+    return g.reshape(-1)
+
+
+def coherence(members: Sequence[nn.Module], surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Cosine similarity of each member's input-gradient with the surrogate's; coherence = the
+    maximum (paper, Methods). Low coherence = the surrogate's attacks transfer poorly."""
+    gs = input_gradient(surrogate, x, y)
+    cos = [float(F.cosine_similarity(input_gradient(m, x, y), gs, dim=0)) for m in members]
+    return {"coherence": max(cos), "cosine_member": cos}

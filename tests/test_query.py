@@ -1,0 +1,230 @@
+"""fipgraph.query against independent computations on a small real store (mlp on sklearn digits)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+
+import fipgraph
+from fipgraph.data import make_tasks
+from fipgraph.errors import ConfigError, NodeNotFoundError
+from fipgraph.models import build_model
+from fipgraph.query import (Ensemble, NotFittedError, WeightPCA, branches, ensemble, evaluate, lineage, pareto,
+                            path_between, perplexity, select)
+
+torch.set_num_threads(1)
+SPEC = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "n_classes": 10}}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return make_tasks("digits", split=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], seed=0)
+
+
+def _train_chain(store, model, task, parent, steps, run, seed):
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    ids = []
+    for step, batch in zip(range(steps), task.train_loader(64, seed=seed)):
+        loss = F.cross_entropy(model(batch["x"]), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        parent = store.append(model, parent=parent, run=run, op="continual", step=step,
+                              metrics={"train": {"loss": loss.item()}}, tags={"seed": seed})
+        ids.append(parent)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tasks):
+    """24 nodes: a root, a 15-step chain, and a 8-step branch forking at chain node 5."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("qstore") / "store"
+    st = fipgraph.open_store(path, mode="a")
+    model = build_model(SPEC)
+    run = st.start_run("walk", "continual", {"lr": 0.2})
+    root = st.append(model, run=run, op="base", step=0)
+    chain = _train_chain(st, model, tasks[0], root, 15, run, seed=0)
+    model.load_state_dict(st.state_dict(chain[4]))
+    branch = _train_chain(st, model, tasks[1], chain[4], 8, run, seed=1)
+    st.flush()
+    rng = np.random.default_rng(0)
+    for nid in [root] + chain + branch:  # an H value per node, as the undirected path records it
+        st.add_evals(nid, {"": {"H": float(rng.uniform(0, 1))}})
+    st.flush()
+    st.test_ids = {"root": root, "chain": chain, "branch": branch}
+    yield st
+    st.close()
+
+
+def _matrix(store, ids):
+    return np.stack([torch.cat([v.reshape(-1).double() for v in store.state_dict(i).values()]).numpy()
+                     for i in ids])
+
+
+# ---------------------------------------------------------------- PCA
+@pytest.mark.parametrize("kw", [{"method": "gram"}, {"method": "gram", "max_memory": 1},
+                                {"method": "randomized"}])
+def test_pca_matches_sklearn_on_materialised_matrix(store, kw):
+    ids = list(store.sql("select node_id from nodes order by node_id")["node_id"])
+    X = _matrix(store, ids)
+    ref = PCA(3).fit(X)
+    pca = WeightPCA(3, progress=False, **kw).fit(store)
+    R = ref.transform(X)
+    for j in range(3):  # equal up to the sign of each component
+        s = np.sign(R[:, j] @ pca.coords_[:, j])
+        np.testing.assert_allclose(s * pca.coords_[:, j], R[:, j], atol=1e-4 * np.abs(R).max())
+        np.testing.assert_allclose(s * pca.components_[j], ref.components_[j], atol=1e-4)
+    np.testing.assert_allclose(pca.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-4)
+    np.testing.assert_allclose(pca.mean_, ref.mean_, atol=1e-6)
+    np.testing.assert_allclose(np.abs(pca.transform(store)), np.abs(R), atol=1e-4 * np.abs(R).max())
+    # coordinates are joinable in SQL
+    df = store.sql("select node_id, pca_pc1, pca_pc2, pca_pc3 from wide order by node_id")
+    np.testing.assert_allclose(df["pca_pc1"].to_numpy(), pca.coords_[:, 0], rtol=1e-6)
+
+
+def test_pca_params_subset_and_unfitted(store):
+    with pytest.raises(NotFittedError, match="fit"):
+        WeightPCA().transform(np.zeros((1, 3)))
+    ids = list(store.sql("select node_id from nodes order by node_id")["node_id"])
+    pca = WeightPCA(2, params=["net.0."] if "net.0.weight" in store.state_dict(0) else None,
+                    record=False, progress=False).fit(store)
+    assert pca.coords_.shape == (len(ids), 2)
+    assert pca.explained_variance_ratio_[0] >= pca.explained_variance_ratio_[1] > 0
+
+
+def test_pca_bad_queries(store, tmp_path):
+    with pytest.raises(ConfigError, match="n_components=99"):
+        WeightPCA(99, progress=False).fit(store)
+    with pytest.raises(NodeNotFoundError, match="12345"):
+        WeightPCA(2, nodes=[0, 12345]).fit(store)
+    with pytest.raises(ConfigError, match="params"):
+        WeightPCA(2, params=["nope."]).fit(store)
+    with fipgraph.open_store(tmp_path / "mixed", mode="a") as st:
+        st.append(build_model(SPEC))
+        st.append(build_model(SPEC))
+        st.append(build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [8], "n_classes": 10}}))
+        st.flush()
+        with pytest.raises(ConfigError, match="different architectures"):
+            WeightPCA(2).fit(st)
+
+
+# ---------------------------------------------------------------- evaluate / perplexity
+def test_evaluate_and_perplexity_equal_direct_computation(store, tasks):
+    node = store.test_ids["chain"][-1]
+    df = evaluate(store, [0, node], tasks[0], progress=False)
+    model = build_model(SPEC)
+    model.load_state_dict(store.state_dict(node))
+    x, y = tasks[0].test["x"], tasks[0].test["labels"]
+    with torch.no_grad():
+        logits = model(x)
+    assert df.loc[node, "loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    assert df.loc[node, "accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    pp = perplexity(store, [node], tasks[0], progress=False)
+    assert pp.loc[node, "perplexity"] == pytest.approx(float(torch.exp(F.cross_entropy(logits, y))), rel=1e-5)
+    col = f"{tasks[0].name}_accuracy"
+    cached = store.sql(f'select "{col}" from wide where node_id = {node}')[col][0]
+    assert cached == pytest.approx(df.loc[node, "accuracy"])
+
+
+def test_evaluate_uses_cache_and_one_model_instance(store, tasks, monkeypatch):
+    node = store.test_ids["chain"][3]
+    evaluate(store, [node], tasks[1], progress=False)
+    calls = []
+    monkeypatch.setattr(store, "load_into", lambda m, n: calls.append((id(m), n)) or m)
+    evaluate(store, [node], tasks[1], progress=False)
+    assert calls == []  # cached
+    evaluate(store, store.test_ids["branch"][:3], tasks[1], progress=False, recompute=True, record=False)
+    assert len(calls) == 3 and len({m for m, _ in calls}) == 1  # one module, weights swapped in
+
+
+# ---------------------------------------------------------------- select / pareto
+def test_select_equals_filtering_sql_by_hand(store, tasks):
+    evaluate(store, None, tasks[0], progress=False)
+    col = f"{tasks[0].name}_accuracy"
+    wide = store.sql("select * from wide")
+    thr = float(np.median(wide[col]))
+    expect = wide[(wide[col] >= thr) & (wide["H"] < 0.7)].sort_values([col, "node_id"], ascending=[False, True])
+    got = select(store, where={col: (">=", thr), "H": ("<", 0.7)}, order_by="-" + col)
+    assert got == [int(n) for n in expect["node_id"]] and len(got) > 2
+    assert select(store, where={col: (">=", thr), "H": ("<", 0.7)}, order_by="-" + col, limit=2) == got[:2]
+    assert select(store, where=f'"{col}" >= {thr!r} and "H" < 0.7', order_by="-" + col) == got
+    assert select(store, where={"step": ("in", [1, 2])}) == sorted(
+        int(n) for n in wide[wide["step"].isin([1, 2])]["node_id"])
+    models = select(store, where={"node_id": 3}, load=True)
+    assert torch.equal(models[0].state_dict()["net.0.weight"] if "net.0.weight" in models[0].state_dict()
+                       else next(iter(models[0].state_dict().values())), next(iter(store.state_dict(3).values())))
+
+
+def test_pareto_front_by_hand(store, tasks):
+    evaluate(store, None, tasks[0], progress=False)
+    col = f"{tasks[0].name}_accuracy"
+    wide = store.sql(f'select node_id, "{col}" as a, "H" as h from wide').dropna()
+    front = pareto(store, maximize=[col], minimize=["H"])
+    expect = [int(r.node_id) for r in wide.itertuples()
+              if not ((wide.a >= r.a) & (wide.h <= r.h) & ((wide.a > r.a) | (wide.h < r.h))).any()]
+    assert front == sorted(expect) and front
+
+
+def test_select_bad_queries(store):
+    with pytest.raises(ConfigError, match="nope_accuracy"):
+        select(store, where={"nope_accuracy": (">=", 0.9)})
+    with pytest.raises(ConfigError, match="operator"):
+        select(store, where={"sparsity": ("~", 0.9)})
+    with pytest.raises(ConfigError, match="nope"):
+        select(store, order_by="-nope")
+
+
+# ---------------------------------------------------------------- ensembles
+def test_ensemble_prediction_is_sum_of_member_softmax(store, tasks):
+    ens = ensemble(store, 4, strategy="robust", name="robust4")
+    h = store.sql('select node_id from wide order by "H", node_id limit 4')["node_id"].tolist()
+    assert ens.node_ids == h
+    x = tasks[0].test["x"][:32]
+    expect = 0
+    for nid in h:
+        m = build_model(SPEC)
+        m.load_state_dict(store.state_dict(nid))
+        expect = expect + torch.softmax(m(x), -1)
+    with torch.no_grad():
+        torch.testing.assert_close(ens(x), expect)
+    rec = json.loads((store.root / "ensembles" / "robust4.json").read_text())
+    assert rec["members"] == h and rec["rule"]["strategy"] == "robust"
+
+
+def test_ensemble_strategies_and_errors(store, tasks, tmp_path):
+    evaluate(store, None, tasks[0], progress=False)
+    col = f"{tasks[0].name}_accuracy"
+    top = ensemble(store, 3, strategy="top", metric=col, record=False)
+    assert top.node_ids == select(store, order_by="-" + col, limit=3)
+    div = ensemble(store, 3, strategy="diverse", query=tasks[0], record=False)
+    assert len(set(div.node_ids)) == 3
+    far = ensemble(store, 3, strategy="diverse", where={"run_id": ("not null", None)}, record=False)
+    assert far.node_ids[0] == 0 and len(set(far.node_ids)) == 3
+    assert isinstance(far, Ensemble) and far.export(str(tmp_path / "ex")).endswith("ex")
+    with pytest.raises(ConfigError, match="k=999"):
+        ensemble(store, 999, strategy="robust", record=False)
+    with pytest.raises(ConfigError, match="nope"):
+        ensemble(store, 2, strategy="top", metric="nope", record=False)
+    with pytest.raises(ConfigError, match="strategy"):
+        ensemble(store, 2, strategy="magic", record=False)
+
+
+# ---------------------------------------------------------------- graph
+def test_graph_questions(store):
+    ids = store.test_ids
+    a, b = ids["chain"][-1], ids["branch"][-1]
+    nodes, length = path_between(store, a, b)
+    assert nodes[0] == a and nodes[-1] == b and ids["chain"][4] in nodes
+    edges = store.sql("select * from edges")
+    d = {(int(s), int(t)): x for s, t, x in zip(edges.src, edges.dst, edges.distance)}
+    assert length == pytest.approx(sum(d.get((u, v), d.get((v, u))) for u, v in zip(nodes, nodes[1:])))
+    assert lineage(store, b) == list(reversed([ids["root"]] + ids["chain"][:5] + ids["branch"]))
+    br = branches(store)
+    assert [ids["root"]] + ids["chain"][:5] in br and ids["branch"] in br and ids["chain"][5:] in br
+    with pytest.raises(NodeNotFoundError, match="777"):
+        lineage(store, 777)
+
