@@ -1,0 +1,117 @@
+"""`fipgraph build` through fipgraph.cli.main: the default demo, resume, Ctrl-C, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+import fipgraph  # noqa: E402
+from fipgraph.cli import main  # noqa: E402
+from fipgraph.models import build_model  # noqa: E402
+from fipgraph.path import walk as walk_mod  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def default_store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("default") / "store"
+    assert main(["build", "--store", str(d), "--no-progress"]) == 0
+    return d
+
+
+def _acc(store, run: str) -> dict[str, float]:
+    df = store.sql("SELECT e.dataset, e.value FROM evals e JOIN nodes n USING (node_id) JOIN runs r USING (run_id) "
+                   "WHERE r.name = ? AND e.metric = 'accuracy' AND n.step = (SELECT max(step) FROM nodes m "
+                   "WHERE m.run_id = n.run_id)", [run])
+    return dict(zip(df["dataset"], df["value"]))
+
+
+def test_default_build_continual_keeps_task1_finetune_forgets(default_store, capsys):
+    with fipgraph.open_store(default_store, "r") as s:
+        start, fip, ft = _acc(s, "default/task1"), _acc(s, "default/continual"), _acc(s, "default/finetune")
+        runs = s.sql("SELECT name, op, status, config FROM runs ORDER BY run_id")
+        parents = s.sql("SELECT r.name, min(n.step) AS s0, arg_min(n.parent_id, n.step) AS p FROM nodes n "
+                        "JOIN runs r USING (run_id) GROUP BY r.name").set_index("name")
+        task1_last = int(s.sql("SELECT max(node_id) AS n FROM nodes WHERE run_id = 0")["n"][0])
+    assert start["task1"] > 0.95
+    assert fip["task1"] >= start["task1"] - 0.03 and fip["task2"] >= 0.90  # FIP: learns task 2, keeps task 1
+    assert ft["task1"] < 0.5 and ft["task2"] >= 0.90  # plain fine-tuning forgets
+    assert list(runs["op"]) == ["finetune", "continual", "finetune"] and set(runs["status"]) == {"finished"}
+    assert '"start_node": %d' % task1_last in runs["config"][1]  # the resolved config is stored
+    assert parents.loc["default/continual", "p"] == parents.loc["default/finetune", "p"] == task1_last
+    assert (default_store / "build.log").read_text().count("finished") >= 3
+
+
+def test_rerun_of_finished_build_adds_nothing(default_store, capsys):
+    with fipgraph.open_store(default_store, "r") as s:
+        before = int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0])
+    assert main(["build", "--store", str(default_store), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "default/continual" in out and "task2" in out and "%" in out  # the accuracy table again
+    with fipgraph.open_store(default_store, "r") as s:
+        assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == before
+
+
+def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, capsys):
+    d = str(tmp_path / "s")
+    args = ["build", "--store", d, "--no-progress", "runs.task1.steps=30", "runs.continual.steps=30",
+            "runs.finetune.steps=10", "save_every=5"]
+    real, calls = walk_mod.fip_step, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 42:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(walk_mod, "fip_step", flaky)
+    assert main(args) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    with fipgraph.open_store(d, "r") as s:
+        assert list(s.sql("SELECT status FROM runs ORDER BY run_id")["status"]) == ["finished", "interrupted"]
+        assert int(s.sql("SELECT max(step) AS m FROM nodes WHERE run_id = 1")["m"][0]) == 10
+    monkeypatch.setattr(walk_mod, "fip_step", real)
+    assert main(args) == 0
+    with fipgraph.open_store(d, "r") as s:
+        dup = s.sql("SELECT run_id, step FROM nodes GROUP BY run_id, step HAVING count(*) > 1")
+        steps = list(s.sql("SELECT step FROM nodes WHERE run_id = 1 ORDER BY step")["step"])
+        assert dup.empty and steps == [5, 10, 15, 20, 25, 30]
+        assert set(s.sql("SELECT status FROM runs")["status"]) == {"finished"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["runs.continual.op=\"prune\""], "unknown op 'prune'"),
+    (["model.name=\"transformer9\""], "unknown model 'transformer9'"),
+    (["runs.continual.op=\"sparsify\"", "runs.continual.sparsity=1.5"], r"sparsity=1.5 is outside \[0, 1\)"),
+    (["runs.continual.memory_size=0"], "memory_size=0"),
+    (["model.kwargs.n_classes=5"], "up to 9.*5 outputs.*n_classes=10"),
+    (["data.source=\"nowhere\""], "unknown data source 'nowhere'"),
+    (["steps=0"], "steps=0 must be >= 1"),
+])
+def test_bad_configs_exit_2_before_any_step(tmp_path, capsys, extra, message):
+    d = tmp_path / "s"
+    assert main(["build", "--store", str(d), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    import re
+    assert re.search(message, err), err
+    if (d / "metrics.duckdb").exists():
+        with fipgraph.open_store(d, "r") as s:
+            assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == 0
+
+
+def test_from_node_of_another_architecture_is_refused(tmp_path, capsys):
+    d = tmp_path / "s"
+    with fipgraph.open_store(d, "a") as s:
+        nid = s.append(build_model({"name": "cnn5", "kwargs": {"n_classes": 10}}))
+    assert main(["build", "--store", str(d), "--no-progress", "--from", str(nid)]) == 2
+    err = capsys.readouterr().err
+    assert f"node {nid}" in err and "cnn5" in err and "mlp" in err
+    with fipgraph.open_store(d, "r") as s:
+        assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == 1
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["build", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
