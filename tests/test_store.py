@@ -202,3 +202,15 @@ def test_load_into_module(tmp_path):
             store.load_into(torch.nn.Linear(4, 2), n)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     assert fresh[1].num_batches_tracked.item() == 1
+
+
+def test_interrupted_creation_is_recreated(tmp_path):
+    path = tmp_path / "s"
+    with fipgraph.open_store(path) as store:
+        store.append({"w": torch.ones(2)})
+    (path / "fipgraph.json").unlink()  # as if killed before the marker, the last step of creation, was written
+    with fipgraph.open_store(path) as store:
+        assert len(store) == 0
+        store.append({"w": torch.ones(2)})
+    with fipgraph.open_store(path, mode="r") as store:
+        assert len(store.sql("SELECT * FROM nodes")) == 1

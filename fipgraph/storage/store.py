@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import json
-import math
+import shutil
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -102,10 +102,18 @@ class Store:
             if not create:
                 raise StoreNotFoundError(f"{self.root} is not a fipgraph store (no {MARKER}); "
                                          "create one with fipgraph.open_store(path, mode='a') or `fipgraph build`")
-            stray = [p.name for p in self.root.iterdir() if p.name not in ("README.md", ".gitignore", "writer.lock")]
+            partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}  # an interrupted creation
+            stray = [p.name for p in self.root.iterdir()
+                     if p.name not in {"README.md", ".gitignore", "writer.lock"} | partial]
             if stray:
                 raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
                                          "choose an empty or new directory")
+            for name in partial:  # no marker means creation never finished: nothing was committed there
+                target = self.root / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
             Catalog(self.root / "metrics.duckdb", read_only=False).create()
             # the marker is written last: a store whose creation was interrupted is simply recreated
             marker.write_text(json.dumps({"format": "fipgraph-store", "format_version": FORMAT_VERSION}))
