@@ -199,7 +199,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front")
     add_store_argument(p)
     p.add_argument("--where", help="SQL condition over the wide view, e.g. \"digits/task0_accuracy >= 0.9\"")
-    p.add_argument("--order-by", action="append", help="column; prefix '-' for descending (repeatable)")
+    p.add_argument("--order-by", action="append", help="column; prefix '-' for descending, written --order-by=-col (repeatable)")
     p.add_argument("--limit", type=int)
     p.add_argument("--maximize", action="append", help="Pareto objective to maximise (repeatable)")
     p.add_argument("--minimize", action="append", help="Pareto objective to minimise (repeatable)")
