@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fipgraph.errors import ConfigError
+from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.query._common import as_list, sql_quote_ident, wide_columns
 
 OPS = {">=": ">=", ">": ">", "<=": "<=", "<": "<", "==": "=", "=": "=", "!=": "<>",
@@ -33,8 +33,8 @@ def _literal(v: Any) -> str:
     raise ConfigError(f"cannot use {v!r} ({type(v).__name__}) in a constraint; use numbers or strings")
 
 
-def _check_column(name: str, cols: Sequence[str]) -> str:
-    if name not in cols:
+def _check_column(name: str, cols: Sequence[str] | None) -> str:
+    if cols is not None and name not in cols:
         raise ConfigError(
             f"unknown metric/column {name!r}; the wide view has {list(cols)}. Evaluate it first "
             "(fipgraph evaluate / perplexity / pca) or use one of those names"
@@ -81,9 +81,9 @@ def order_sql(order_by: str | Sequence[str] | None, cols: Sequence[str]) -> str:
     return ", ".join(keys + ["node_id"])
 
 
-def select_sql(store, where=None, order_by=None, limit: int | None = None) -> str:
+def select_sql(store, where=None, order_by=None, limit: int | None = None, validate: bool = True) -> str:
     """The SQL that `select` runs (useful to inspect or to paste into `fipgraph sql`)."""
-    cols = wide_columns(store)
+    cols = wide_columns(store) if validate else None
     if isinstance(where, str) and where.lstrip().lower().startswith(("select", "with")):
         cond = f"node_id in (select node_id from ({where}))"
     else:
@@ -99,7 +99,13 @@ def select_sql(store, where=None, order_by=None, limit: int | None = None) -> st
 def select(store, where: dict | str | None = None, order_by: str | Sequence[str] | None = None,
            limit: int | None = None, load: bool = False) -> list:
     """Node ids meeting `where`, sorted by `order_by`; with load=True, the rebuilt models."""
-    ids = [int(n) for n in store.sql(select_sql(store, where, order_by, limit))["node_id"]]
+    # validating column names costs a catalog round trip; do it only when the query fails
+    try:
+        df = store.sql(select_sql(store, where, order_by, limit, validate=False))
+    except FipgraphError:
+        select_sql(store, where, order_by, limit)  # raises ConfigError naming an unknown column
+        raise
+    ids = [int(n) for n in df["node_id"]]
     if not load:
         return ids
     from fipgraph.models import model_from_node
