@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -53,7 +56,10 @@ def test_rerun_of_finished_build_adds_nothing(default_store, capsys):
         assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == before
 
 
-def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("how, saved", [("signal", 12), ("raise", 10)])
+def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, capsys, how, saved):
+    """A real SIGINT stops between steps and saves that step; a raised KeyboardInterrupt (mid-step)
+    keeps only the last saved node. Either way the rerun continues with no step stored twice."""
     d = str(tmp_path / "s")
     args = ["build", "--store", d, "--no-progress", "runs.task1.steps=30", "runs.continual.steps=30",
             "runs.finetune.steps=10", "save_every=5"]
@@ -61,8 +67,10 @@ def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, cap
 
     def flaky(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 42:
-            raise KeyboardInterrupt
+        if calls["n"] == 42:  # step 12 of the continual run
+            if how == "raise":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **k)
 
     monkeypatch.setattr(walk_mod, "fip_step", flaky)
@@ -70,13 +78,13 @@ def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, cap
     assert "rerun the same command to resume" in capsys.readouterr().err
     with fipgraph.open_store(d, "r") as s:
         assert list(s.sql("SELECT status FROM runs ORDER BY run_id")["status"]) == ["finished", "interrupted"]
-        assert int(s.sql("SELECT max(step) AS m FROM nodes WHERE run_id = 1")["m"][0]) == 10
+        assert int(s.sql("SELECT max(step) AS m FROM nodes WHERE run_id = 1")["m"][0]) == saved
     monkeypatch.setattr(walk_mod, "fip_step", real)
     assert main(args) == 0
     with fipgraph.open_store(d, "r") as s:
         dup = s.sql("SELECT run_id, step FROM nodes GROUP BY run_id, step HAVING count(*) > 1")
         steps = list(s.sql("SELECT step FROM nodes WHERE run_id = 1 ORDER BY step")["step"])
-        assert dup.empty and steps == [5, 10, 15, 20, 25, 30]
+        assert dup.empty and steps == sorted({5, 10, 15, 20, 25, 30, saved})
         assert set(s.sql("SELECT status FROM runs")["status"]) == {"finished"}
 
 

@@ -66,6 +66,7 @@ class RunConfig:
     h_attack: str = "fgsm"  # undirected: perturbation for H: fgsm (eps*sign input-gradient) | noise (uniform l_inf)
     h_epsilon: float = 0.1  # undirected: l_inf size of that perturbation (digits pixels are scaled to [0, 1])
     eval_batch_size: int = 256  # evaluation only; no effect on the path
+    probe_size: int = 32  # fixed examples for each edge's output_distance (odist to the parent, per example); 0 = skip
 
     def __post_init__(self) -> None:
         from fipgraph.path.objectives import OBJECTIVES
@@ -83,6 +84,7 @@ class RunConfig:
         _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
         for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
             _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
+        _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
         _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
         _need(self.h_epsilon > 0, f"{where}: h_epsilon={self.h_epsilon} must be > 0")
         _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")

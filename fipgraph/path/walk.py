@@ -3,7 +3,9 @@
 Steps are numbered from the start node (step 0). A node is saved every ``save_every`` steps, at the
 last step and whenever the walk stops early, so a rerun resumes from the last node with no step
 stored twice. The optimizer state of the last saved node is kept beside the store
-(``<store>/optim/run-<id>.pt``) and restored when it matches the node a rerun resumes from.
+(``<store>/optim/run-<id>.pt``: written when the walk stops, and at a save at most once a minute)
+and restored when it matches the node a rerun resumes from. Ctrl-C is caught between steps: the
+current network is saved as a node, then the walk stops; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +72,6 @@ class RunResult:
 class _State:
     parent: int | None = None
     parent_probe: torch.Tensor | None = None
-    optim_snapshot: dict | None = None
     saved_step: int = -1  # step of the last node this run has in the store
     accs: dict = field(default_factory=dict)  # last evaluated accuracies, for the progress bar
     last_write: float = field(default_factory=time.time)
@@ -90,23 +93,25 @@ def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
     return int(df["node_id"][0]), int(df["step"][0]), (json.loads(tags) if isinstance(tags, str) and tags else {})
 
 
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    return obj
+class _CtrlC:
+    """First SIGINT sets a flag the loop checks between steps; the second raises as usual."""
 
+    def __init__(self) -> None:
+        self.requested, self._old = False, None
 
-def _write_optim(path: Path, snapshot: dict | None) -> None:
-    if snapshot is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(snapshot, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
@@ -150,7 +155,10 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
         memory = cat_batches([tasks[t - 1].sample(run.memory_size, seed=run.seed * 1000 + t)
                               for t in objective.memory_tasks(run.task)])
         reference = FrozenReference.take(model, memory, run.eval_batch_size)
-    probe = index_batch(reference.memory, torch.arange(min(64, len(reference)))) if reference else task.sample(64, run.seed)
+    probe = None  # fixed inputs for each edge's output_distance
+    if run.probe_size:
+        probe = (index_batch(reference.memory, torch.arange(min(run.probe_size, len(reference)))) if reference
+                 else task.sample(run.probe_size, run.seed))
 
     keep = None
     start_tags = store.node(start).get("tags") if start is not None else None
@@ -166,7 +174,16 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
     optim_path = Path(store_dir) / "optim" / f"run-{run_id}.pt"
     st = _State()
 
-    def probe_logits() -> torch.Tensor:
+    def _write_optim(path: Path, node: int) -> None:
+        """Optimizer state that belongs to ``node`` (call only while the model equals that node)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"node": node, "state": optimizer.state_dict()}, tmp)
+        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+
+    def probe_logits() -> torch.Tensor | None:
+        if probe is None:
+            return None
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -187,15 +204,14 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
                     if h is not None:
                         metrics[ds]["H"] = h
         now = probe_logits()
-        od = None if st.parent_probe is None else float(odist(now, st.parent_probe)) / now.shape[0]
+        od = None if st.parent_probe is None or now is None else float(odist(now, st.parent_probe)) / now.shape[0]
         nid = store.append(model, parent=st.parent, run=run_id, op=run.op, step=step,
                            metrics=metrics or None, tags=tags, output_distance=od)
         st.parent, st.parent_probe, st.saved_step = nid, now, step
         if metrics:
             st.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
-        st.optim_snapshot = {"node": nid, "step": step, "state": _clone(optimizer.state_dict())}
         if time.time() - st.last_write > 60:  # bound what a hard kill can lose
-            _write_optim(optim_path, st.optim_snapshot)
+            _write_optim(optim_path, nid)
             st.last_write = time.time()
         if metrics:
             log.info("%s step %d node %d %s", name, step, nid,
@@ -227,13 +243,17 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
     stream = batch_stream(task, run.batch_size, run.seed, step) if objective.uses_task_batch else None
     bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not limits.progress, dynamic_ncols=True)
     done, stop, guarded = 0, None, False
+    ctrl_c = _CtrlC()
     try:
+        ctrl_c.__enter__()
         while step < total:
-            if limits.exhausted():
-                stop = "limit"
+            if ctrl_c.requested or limits.exhausted():
+                stop = "interrupt" if ctrl_c.requested else "limit"
                 break
             step += 1
-            torch.manual_seed(run.seed * 1_000_003 + step)  # dropout/noise reproducible per step, across resumes
+            # dropout/noise reproducible per step, across resumes (CPU generator: torch.manual_seed
+            # also seeds CUDA lazily, which costs ~2 ms a call)
+            torch.default_generator.manual_seed(run.seed * 1_000_003 + step)
             gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
             task_batch = next(stream) if stream is not None else None
             mem_batch, ref_logits = reference.sample(run.memory_batch_size, gen) if reference else (None, None)
@@ -255,16 +275,19 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
                 bar.set_postfix({**{k: f"{v:.3g}" for k, v in out.terms.items()}, **st.accs}, refresh=False)
             if converged:
                 break
-    except KeyboardInterrupt:
-        stop = "interrupt"
+    except KeyboardInterrupt:  # second Ctrl-C, or one outside the handler: the model may be mid-step
+        stop, st.saved_step = "hard-interrupt", step
     finally:
+        ctrl_c.__exit__()
         bar.close()
 
     if stop is not None:
-        if stop == "limit" and st.saved_step != step:
-            save(step)  # between steps: a consistent network, so keep the work
+        if st.saved_step != step:
+            save(step)  # stopped between steps: a consistent network, so keep the work
         store.flush()
-        _write_optim(optim_path, st.optim_snapshot)
+        if stop != "hard-interrupt":
+            _write_optim(optim_path, st.parent)
+        stop = "interrupt" if stop == "hard-interrupt" else stop
         store.set_run_status(run_id, "interrupted")
         log.info("%s: stopped (%s) at step %d; rerun the same command to resume", name, stop, step)
         return RunResult(name, run_id, "interrupted", st.parent, done, stop)
