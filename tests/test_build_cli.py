@@ -123,3 +123,26 @@ def test_from_node_of_another_architecture_is_refused(tmp_path, capsys):
 def test_missing_config_file(tmp_path, capsys):
     assert main(["build", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s")]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_run_name_and_max_hours(tmp_path, capsys):
+    d = str(tmp_path / "s")
+    assert main(["build", "--store", d, "--no-progress", "--run", "night", "--max-hours", "1e-9"]) == 0
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    with fipgraph.open_store(d, "r") as s:
+        runs = s.sql("SELECT name, status FROM runs")
+        steps = list(s.sql("SELECT step FROM nodes")["step"])
+    assert list(runs["name"]) == ["night/task1"] and list(runs["status"]) == ["interrupted"]
+    assert steps == [0]  # the deadline had passed before the first step; the start network is stored
+
+
+def test_per_task_head_slices_logits(tmp_path):
+    d = str(tmp_path / "s")
+    args = ["build", "--store", d, "--no-progress", "data.head=\"per_task\"", "runs.task1.steps=150",
+            "runs.continual.steps=150", "runs.finetune.steps=150", "save_every=50"]
+    assert main(args) == 0
+    with fipgraph.open_store(d, "r") as s:
+        ft = _acc(s, "default/finetune")
+    # task 2's labels are 0..4 on output units 5..9; task 1 is scored on units 0..4 only, so
+    # fine-tuning task 2 cannot steal task 1's argmax the way it does with one shared head
+    assert ft["task2"] > 0.9 and ft["task1"] > 0.3
