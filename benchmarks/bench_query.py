@@ -15,10 +15,10 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +33,8 @@ import fipgraph  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "benchmarks" / "_work" / "query"
+# its own scratch folder: benchmarks/_work is wiped by other benchmarks
+WORK = Path(os.environ.get("FIPGRAPH_BENCH_WORK", tempfile.gettempdir())) / "fipgraph-bench-query"
 OUT = ROOT / "benchmarks" / "results" / "query.json"
 
 
@@ -63,28 +64,33 @@ def build_path_store(path: Path, n_nodes: int, n_params: int, seed: int = 0) -> 
 
 
 PCA_CHILD = """
-import os, sys, time, json, resource
+import os, sys, time, json
 import torch; torch.set_num_threads(1)
 import fipgraph
 from fipgraph.query import WeightPCA
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # VmHWM is reset by exec; ru_maxrss would inherit the parent's peak
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 2**20
 with fipgraph.open_store(sys.argv[1], mode="r") as st:
     st.sql("select 1")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
+    base = hwm()
+    t, c = time.perf_counter(), time.process_time()
     pca = WeightPCA(2, method=sys.argv[2], record=False, progress=False).fit(st)
-    dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": dt, "peak_rss_gb": peak / 2**20, "baseline_rss_gb": base / 2**20,
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "peak_rss_gb": hwm(), "baseline_rss_gb": base,
                   "evr": pca.explained_variance_ratio_.tolist(), "method": pca.method_}))
 """
 
 
 def bench_pca(path: Path, method: str = "auto") -> dict:
     """PCA fit in a fresh process so ru_maxrss is this fit's peak (torch import included)."""
+    t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", PCA_CHILD, str(path), method], capture_output=True,
                          text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["process_wall_s"] = time.perf_counter() - t
+    return res
 
 
 def bench_read(path: Path, n: int = 20) -> float:

@@ -67,6 +67,7 @@ def _matrix(store, ids):
 
 # ---------------------------------------------------------------- PCA
 @pytest.mark.parametrize("kw", [{"method": "gram"}, {"method": "gram", "max_memory": 1},
+                                {"method": "gram", "max_memory": 100_000},  # half in RAM, half spilled
                                 {"method": "randomized"}])
 def test_pca_matches_sklearn_on_materialised_matrix(store, kw):
     ids = list(store.sql("select node_id from nodes order by node_id")["node_id"])

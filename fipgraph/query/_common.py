@@ -69,9 +69,22 @@ def flat_vector(state: dict[str, torch.Tensor], names: Sequence[str]) -> np.ndar
     return torch.cat([state[n].detach().reshape(-1).to(torch.float32) for n in names]).numpy()
 
 
-def iter_vectors(store, ids: Sequence[int], names: Sequence[str]) -> Iterator[np.ndarray]:
-    for nid in ids:
-        yield flat_vector(store.state_dict(nid), names)
+def iter_vectors(store, ids: Sequence[int], names: Sequence[str], prefetch: bool = True) -> Iterator[np.ndarray]:
+    """Flat weight vectors of `ids` in order; with `prefetch`, one node is read ahead on a
+    worker thread (decompression releases the GIL) while the caller works on the current one."""
+    if not prefetch or len(ids) < 2:
+        for nid in ids:
+            yield flat_vector(store.state_dict(nid), names)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(lambda n: flat_vector(store.state_dict(n), names), ids[0])
+        for i in range(len(ids)):
+            vec = nxt.result()
+            if i + 1 < len(ids):
+                nxt = pool.submit(lambda n: flat_vector(store.state_dict(n), names), ids[i + 1])
+            yield vec
 
 
 def cached_evals(store, ids: Sequence[int], dataset: str, metrics: Sequence[str]) -> dict[int, dict]:

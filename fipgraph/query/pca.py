@@ -35,37 +35,47 @@ class NotFittedError(FipgraphError, _SkNotFittedError):
 
 
 class _ColumnChunks:
-    """An N x P float32 matrix held as column chunks, in RAM or in one temporary file laid out
-    chunk-major so that reading a chunk for all rows is one contiguous read."""
+    """An N x P float32 matrix held as column chunks: the first chunks in RAM up to `max_bytes`,
+    the rest in one temporary file laid out chunk-major, so that reading a chunk for all rows is
+    one contiguous read."""
 
-    def __init__(self, n: int, p: int, chunk_cols: int, in_memory: bool, spill_dir: str | None):
+    def __init__(self, n: int, p: int, chunk_cols: int, max_bytes: int, spill_dir: str | None):
         self.n, self.p = n, p
         self.bounds = [(a, min(a + chunk_cols, p)) for a in range(0, p, chunk_cols)]
-        self.in_memory = in_memory
-        if in_memory:
-            self.arrays = [np.empty((n, b - a), np.float32) for a, b in self.bounds]
-        else:
+        self.arrays: list[np.ndarray] = []
+        used = 0
+        for a, b in self.bounds:
+            if used + n * (b - a) * 4 > max_bytes:
+                break
+            self.arrays.append(np.empty((n, b - a), np.float32))
+            used += n * (b - a) * 4
+        self.n_ram = len(self.arrays)
+        self.file = None
+        if self.n_ram < len(self.bounds):
+            self.spill_start = self.bounds[self.n_ram][0]
             fd, self.path = tempfile.mkstemp(prefix="fipgraph-pca-", suffix=".f32", dir=spill_dir)
             self.file = os.fdopen(fd, "r+b")
-            self.file.truncate(n * p * 4)
+            self.file.truncate(n * (p - self.spill_start) * 4)
 
     def write_row(self, i: int, vec: np.ndarray) -> None:
         for c, (a, b) in enumerate(self.bounds):
-            if self.in_memory:
+            if c < self.n_ram:
                 self.arrays[c][i] = vec[a:b]
-            else:  # chunk c starts after all rows of chunks < c: offset n * a floats
-                os.pwrite(self.file.fileno(), vec[a:b].tobytes(), 4 * (self.n * a + i * (b - a)))
+            else:  # spilled chunk c starts after all rows of earlier spilled chunks
+                off = 4 * (self.n * (a - self.spill_start) + i * (b - a))
+                os.pwrite(self.file.fileno(), vec[a:b].tobytes(), off)
 
     def chunk(self, c: int) -> np.ndarray:
-        if self.in_memory:
+        if c < self.n_ram:
             return self.arrays[c]
         a, b = self.bounds[c]
         self.file.flush()
-        out = np.fromfile(self.path, np.float32, count=self.n * (b - a), offset=4 * self.n * a)
+        out = np.fromfile(self.path, np.float32, count=self.n * (b - a),
+                          offset=4 * self.n * (a - self.spill_start))
         return out.reshape(self.n, b - a)
 
     def close(self) -> None:
-        if not self.in_memory:
+        if self.file is not None:
             self.file.close()
             os.unlink(self.path)
 
@@ -79,7 +89,7 @@ class WeightPCA(BaseEstimator):
     nodes : node ids to fit on (None = every node; they must share one architecture).
     params : parameter names or name prefixes to include (None = every floating-point tensor).
     method : "auto" (gram up to `max_gram_nodes`, randomized beyond), "gram" or "randomized".
-    max_memory : bytes the gram route may use to hold weights in RAM before spilling to disk.
+    max_memory : bytes of weights the gram route holds in RAM; the rest spills to a temp file.
     record : write each node's coordinates to the store as evals (dataset, "pc1", "pc2", ...).
     """
 
@@ -142,8 +152,7 @@ class WeightPCA(BaseEstimator):
         first = flat_vector(store.state_dict(ids[0]), self.param_names_)
         p = first.size
         chunk_cols = max(1024, min(p, (128 * 2**20) // (4 * n)))  # ~128 MB per chunk read
-        in_memory = n * p * 4 <= self.max_memory
-        cols = _ColumnChunks(n, p, chunk_cols, in_memory, self.spill_dir)
+        cols = _ColumnChunks(n, p, chunk_cols, int(self.max_memory), self.spill_dir)
         try:
             # Deltas to the first node: weights along a path differ by tiny amounts, so
             # subtracting a reference before any product avoids catastrophic cancellation.
@@ -159,16 +168,20 @@ class WeightPCA(BaseEstimator):
             dmean = dsum / n
             gram = np.zeros((n, n), np.float64)
             for c, (a, b) in enumerate(self._bar(cols.bounds, len(cols.bounds), "pca: gram")):
-                block = cols.chunk(c) - dmean[a:b].astype(np.float32)
+                block = cols.chunk(c)
                 gram += (block @ block.T).astype(np.float64)  # numpy uses syrk for A @ A.T
+            # double centring, H K H with H = I - 11ᵀ/n, instead of a centring pass over the data;
+            # deltas to a node of the set are of the spread's size, so this loses no precision
+            gram -= gram.mean(0)[None, :]
+            gram -= gram.mean(1)[:, None]
             evals, evecs = np.linalg.eigh(gram)
             evals, evecs = evals[::-1][:k].clip(min=0), evecs[:, ::-1][:, :k]
             sing = np.sqrt(evals)
             safe = np.where(sing > 0, sing, 1.0)
             comps = np.empty((k, p), np.float32)
-            for c, (a, b) in enumerate(cols.bounds):  # V = Xcᵀ U / s, chunk by chunk
-                block = cols.chunk(c) - dmean[a:b].astype(np.float32)
-                comps[:, a:b] = ((block.T.astype(np.float64) @ evecs) / safe).T
+            u32 = (evecs / safe).astype(np.float32)
+            for c, (a, b) in enumerate(cols.bounds):  # V = Xcᵀ U / s = Dᵀ U / s since 1ᵀU = 0
+                comps[:, a:b] = (cols.chunk(c).T @ u32).T
         finally:
             cols.close()
         self.mean_ = ref + dmean
