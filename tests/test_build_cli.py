@@ -56,6 +56,16 @@ def test_rerun_of_finished_build_adds_nothing(default_store, capsys):
         assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == before
 
 
+def test_rerun_with_changed_settings_is_refused_before_any_step(default_store, capsys):
+    with fipgraph.open_store(default_store, "r") as s:
+        before = int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0])
+    assert main(["build", "--store", str(default_store), "--no-progress", "runs.finetune.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "default/finetune" in err and "different config" in err and "--run NEWNAME" in err
+    with fipgraph.open_store(default_store, "r") as s:
+        assert int(s.sql("SELECT count(*) AS n FROM nodes")["n"][0]) == before
+
+
 @pytest.mark.parametrize("how, saved", [("signal", 12), ("raise", 10)])
 def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, capsys, how, saved):
     """A real SIGINT stops between steps and saves that step; a raised KeyboardInterrupt (mid-step)

@@ -129,10 +129,19 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
             log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
             results, last = [], {}
             base = {k: v for k, v in config_to_dict(config).items() if k not in ("runs", "name", "model")}
+
+            def resolve(plan: Plan, start_node: int | None) -> dict:
+                return {"build": config.name, **base, "model": plan.spec, "run": plan.run.to_dict(), "start_node": start_node}
+
+            for plan in plans:  # a rerun with changed settings fails here, before any step
+                stored = store.find_run(plan.name)
+                if stored is not None and {**stored["config"], "start_node": None} != resolve(plan, None):
+                    changed = sorted(k for k, v in resolve(plan, None).items() if k != "start_node" and stored["config"].get(k) != v)
+                    raise ConfigError(f"run {plan.name!r} is already in the store with a different config (differs in "
+                                      f"{changed}); rerun with the same settings to resume it, or pass --run NEWNAME")
             for plan in plans:
                 start_node = last[plan.start] if isinstance(plan.start, str) else plan.start
-                resolved = {"build": config.name, **base, "model": plan.spec, "run": plan.run.to_dict(),
-                            "start_node": start_node}
+                resolved = resolve(plan, start_node)
                 result = walk(plan, store, store_dir, tasks, data.head, limits, resolved, config.eval_all_tasks)
                 results.append(result)
                 last[plan.run.name] = result.last_node

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fipgraph.errors import FipgraphError
+from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
 from fipgraph.path.evaluate import evaluate_tasks, head_slice, robustness_h
 from fipgraph.path.memory import FrozenReference, batch_stream, cat_batches, index_batch
@@ -122,7 +122,6 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
     found = None
     if existing is not None:
         if existing["config"] != resolved:
-            from fipgraph.errors import ConfigError
             diff = sorted(k for k in set(resolved) | set(existing["config"]) if resolved.get(k) != existing["config"].get(k))
             raise ConfigError(f"run {name!r} is already in the store with a different config (differs in {diff}); "
                               f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
@@ -131,6 +130,7 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
         if existing["status"] == "finished" and found is not None:
             log.info("run %s already finished at node %d", name, found[0])
             return RunResult(name, run_id, "finished", found[0])
+        store.set_run_status(run_id, "running")
     else:
         run_id = store.start_run(name, run.op, resolved)
 
@@ -227,7 +227,6 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
         st.parent, step, st.saved_step = found[0], found[1], found[1]
         store.load_into(model, found[0])
         st.parent_probe = probe_logits()
-        store.set_run_status(run_id, "running")
         if optim_path.exists():
             saved = torch.load(optim_path, weights_only=False)
             if saved.get("node") == found[0]:
