@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop (saving the current node) after H hours; rerun to continue")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="stop after N optimizer steps in total; rerun to continue")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch intra-op threads (default 1: small networks run fastest single-threaded, "
+                        "beside the store's writer thread; raise it for large models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override config values: lr=0.01 (every run), runs.continual.steps=50, data.seed=1")
@@ -41,7 +44,10 @@ def run_build(args: argparse.Namespace) -> int:
     if args.run:
         overrides.append(f"name={args.run!r}".replace("'", '"'))
     config = load_config(config_path, overrides)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    if args.threads < 1:
+        from fipgraph.errors import ConfigError
+        raise ConfigError(f"--threads {args.threads}: give at least 1")
+    torch.set_num_threads(args.threads)
     result = build(config, args.store, start=args.start, max_hours=args.max_hours, max_steps=args.max_steps,
                    progress=not args.no_progress)
     print(format_table(result))
