@@ -58,9 +58,9 @@ class _LogMean(nn.Module):
 def adversarial_report(ensemble, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
                        surrogate: nn.Module | None = None, max_iter: int = 20,
                        clip: tuple[float, float] | None = None, joint: bool = False) -> dict:
-    """Clean and PGD accuracies: per member white-box, ensemble on the members' own attacks is not
-    defined, so transfer from `surrogate` (paper's setting) gives member and ensemble accuracy on
-    the surrogate's adversarial examples; joint=True also attacks the whole ensemble."""
+    """Clean accuracies; PGD accuracy of each member attacked white-box; with `surrogate`, the
+    paper's transfer setting: member and ensemble accuracy on the surrogate's PGD examples;
+    joint=True also attacks the ensemble as a whole (log mean probability as logits)."""
     kw = dict(n_classes=n_classes, eps=eps, max_iter=max_iter, clip=clip)
     members = list(ensemble.members)
     rep = {"clean_member": [accuracy(m, x, y) for m in members], "clean_ensemble": accuracy(ensemble, x, y),
