@@ -13,7 +13,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build", help="build FIP paths into a store (no arguments: the digits demo)",
         description="Run every [[runs]] entry of CONFIG.toml (default: the embedded digits demo, also in "
                     "examples/default.toml). Rerunning the same command resumes each run from its last node.")
-    p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded demo)")
     add_store_argument(p)
     p.add_argument("--run", default=None, metavar="NAME",
                    help="build name: runs are stored as NAME/<run> (default: the config's name)")
@@ -27,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch intra-op threads (default 1: small networks run fastest single-threaded, "
                         "beside the store's writer thread; raise it for large models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="override config values: lr=0.01 (every run), runs.continual.steps=50, data.seed=1")
+    # one positional list: the config file and the overrides are told apart by "=" (argparse needs
+    # them side by side: `build CONFIG k=v --store S` or `build --store S CONFIG k=v`)
+    p.add_argument("args", nargs="*", metavar="[CONFIG.toml] [key=value]",
+                   help="a TOML config (default: the embedded demo) and overrides: lr=0.01 (every run), "
+                        "runs.continual.steps=50, data.seed=1")
     p.set_defaults(func=run_build)
 
 
@@ -37,10 +39,12 @@ def run_build(args: argparse.Namespace) -> int:
 
     from fipgraph.path import build, format_table, load_config
 
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path is not None and "=" in config_path:  # `fipgraph build lr=0.01`: no config file given
-        overrides.insert(0, config_path)
-        config_path = None
+    paths = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    if len(paths) > 1:
+        from fipgraph.errors import ConfigError
+        raise ConfigError(f"give one config file, got {paths}; overrides are key=value")
+    config_path = paths[0] if paths else None
     if args.run:
         overrides.append(f"name={args.run!r}".replace("'", '"'))
     config = load_config(config_path, overrides)

@@ -51,6 +51,10 @@ class Objective:
         """True ends the run before its step budget."""
         return False
 
+    def report(self) -> dict[str, float]:
+        """Extra numbers for the progress bar and log (e.g. sparsify's distance to its projection)."""
+        return {}
+
     def finish(self, model: nn.Module) -> dict[str, Any] | None:
         """Change the model in place after the last step; return tags for one extra final node."""
         return None
@@ -121,6 +125,9 @@ class Sparsify(Objective):
     def converged(self) -> bool:
         return self.relative_distance < self.run.tolerance
 
+    def report(self) -> dict[str, float]:
+        return {"dist": self.relative_distance}
+
     def finish(self, model: nn.Module) -> dict[str, Any]:
         params = self._params(model)
         with torch.no_grad():
@@ -128,6 +135,7 @@ class Sparsify(Objective):
                 p.mul_(m)
         return {
             "final_projection": True,
+            "distance_before_projection": self.relative_distance,  # ||w - project(w)|| / ||w|| at the last step
             # the mask is the zero pattern of these parameters in this node's (bit-exact) weights
             "sparse_mask": {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of(params),
                             "target": self.run.sparsity, "scope": self.run.prune_scope},

@@ -35,6 +35,7 @@ def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch |
         L = objective.penalty(model, None, None)
     loss = lam * L if memory_batch is not None else L
     terms["L"] = float(L.detach())
+    terms.update(objective.report())
     mem_logits = None
     if memory_batch is not None:
         mem_logits = logits[n_task:]  # (P_mem, C)
