@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 import signal
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+EXAMPLES = str(Path(__file__).parents[1] / "examples")
 
 import fipgraph  # noqa: E402
 from fipgraph.cli import main  # noqa: E402
@@ -156,3 +159,15 @@ def test_per_task_head_slices_logits(tmp_path):
     # task 2's labels are 0..4 on output units 5..9; task 1 is scored on units 0..4 only, so
     # fine-tuning task 2 cannot steal task 1's argmax the way it does with one shared head
     assert ft["task2"] > 0.9 and ft["task1"] > 0.3
+
+
+def test_config_file_with_overrides(tmp_path, capsys):
+    d = str(tmp_path / "s")
+    assert main(["build", "--store", d, "--no-progress", EXAMPLES + "/sparsify.toml", "steps=20", "save_every=10"]) == 0
+    out = capsys.readouterr().out
+    assert "sparse/sparsify" in out and "sparse/undirected" in out
+    with fipgraph.open_store(d, "r") as s:
+        steps = s.sql("SELECT r.name, max(n.step) AS m FROM nodes n JOIN runs r USING (run_id) GROUP BY r.name")
+    assert dict(zip(steps["name"], steps["m"])) == {"sparse/dense": 20, "sparse/sparsify": 21, "sparse/undirected": 20}
+    assert main(["build", EXAMPLES + "/sparsify.toml", EXAMPLES + "/default.toml"]) == 2
+    assert "one config file" in capsys.readouterr().err

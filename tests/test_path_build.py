@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+EXAMPLES = str(Path(__file__).parents[1] / "examples")
 
 import fipgraph  # noqa: E402
 from fipgraph.models import forward_logits  # noqa: E402
@@ -23,7 +26,7 @@ def _state_distance(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def sparse_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("sparse")
-    result = build(load_config("examples/sparsify.toml", ["runs.dense.steps=400", "runs.sparsify.steps=600",
+    result = build(load_config(EXAMPLES + "/sparsify.toml", ["runs.dense.steps=400", "runs.sparsify.steps=600",
                                                           "runs.undirected.steps=600"]), d, progress=False)
     assert result.status == "finished"
     return d, {r.name.split("/")[1]: r.last_node for r in result.runs}
