@@ -111,7 +111,7 @@ def test_step_does_one_forward_on_task_plus_memory():
     assert any(not torch.equal(a, b) for a, b in zip(w0, model.parameters()))
     # lambda weighs L: S = odist + lam * L
     s = fip_loss(model, obj, get_odist("bhattacharyya"), 3.0, task, memory, ref.logits)
-    assert float(s.loss) == pytest.approx(s.terms["odist"] + 3.0 * s.terms["L"], rel=1e-5)
+    assert float(s.loss.detach()) == pytest.approx(s.terms["odist"] + 3.0 * s.terms["L"], rel=1e-5)
 
 
 # -- sparsity -----------------------------------------------------------------------------------

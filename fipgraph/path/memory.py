@@ -89,7 +89,7 @@ class FrozenReference:
 def batch_stream(task, batch_size: int, seed: int, start_step: int) -> Iterator[Batch]:
     """Task batches forever; epoch e is shuffled with seed*1000+e, and a resumed run skips the
     batches it already consumed, so step t sees the same batch whether or not the run was resumed."""
-    per_epoch = sum(1 for _ in task.train_loader(batch_size, seed * 1000))
+    per_epoch = len(task.train_loader(batch_size, seed * 1000))
     if per_epoch == 0:
         raise ValueError(f"task {task.name!r} has no training batches")
     epoch, skip = divmod(start_step, per_epoch)
@@ -99,6 +99,3 @@ def batch_stream(task, batch_size: int, seed: int, start_step: int) -> Iterator[
                 yield batch
         epoch, skip = epoch + 1, 0
 
-
-def steps_per_epoch(task, batch_size: int) -> int:
-    return sum(1 for _ in task.train_loader(batch_size, 0))
