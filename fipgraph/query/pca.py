@@ -1,9 +1,10 @@
 """Weight-space PCA of stored networks, streamed node by node (paper figs. 2d, 3d/e, 5c).
 
 Two routes, both exact up to float32 rounding of the weights:
-- "gram" (N up to a few thousand): one pass over the store writes each node's weights into column
-  chunks (RAM when N x P fits in `max_memory`, else a temporary file), then the centred Gram matrix
-  K = Xc Xcᵀ (N x N, float64) is accumulated chunk by chunk and diagonalised with `eigh`.
+- "gram" (N up to a few thousand): one pass over the store writes each node's weights (minus the
+  first node's) into column chunks (in RAM up to `max_memory`, the rest in a temporary file), then
+  K = D Dᵀ (N x N, float64) is accumulated chunk by chunk (float32 syrk), double-centred and
+  diagonalised with `eigh`.
 - "randomized" (beyond): a randomized range finder (Halko et al. 2011) whose every product with
   X is one streaming pass over the store; memory O((N + P) x (k + oversamples)).
 """
@@ -89,7 +90,8 @@ class WeightPCA(BaseEstimator):
     nodes : node ids to fit on (None = every node; they must share one architecture).
     params : parameter names or name prefixes to include (None = every floating-point tensor).
     method : "auto" (gram up to `max_gram_nodes`, randomized beyond), "gram" or "randomized".
-    max_memory : bytes of weights the gram route holds in RAM; the rest spills to a temp file.
+    max_memory : bytes the gram route may use (beyond the process baseline) before weight
+        columns spill to a temporary file.
     record : write each node's coordinates to the store as evals (dataset, "pc1", "pc2", ...).
     """
 
@@ -152,7 +154,9 @@ class WeightPCA(BaseEstimator):
         first = flat_vector(store.state_dict(ids[0]), self.param_names_)
         p = first.size
         chunk_cols = max(1024, min(p, (128 * 2**20) // (4 * n)))  # ~128 MB per chunk read
-        cols = _ColumnChunks(n, p, chunk_cols, int(self.max_memory), self.spill_dir)
+        # P-sized working vectors (reference, float64 sums, read-ahead, decode buffers, results)
+        # take ~40 bytes per weight; what is left of max_memory holds weight columns
+        cols = _ColumnChunks(n, p, chunk_cols, max(0, int(self.max_memory) - 40 * p), self.spill_dir)
         try:
             # Deltas to the first node: weights along a path differ by tiny amounts, so
             # subtracting a reference before any product avoids catastrophic cancellation.
