@@ -229,3 +229,16 @@ def test_graph_questions(store):
     with pytest.raises(NodeNotFoundError, match="777"):
         lineage(store, 777)
 
+
+
+def test_robust_ensemble_finds_h_recorded_per_task(store):
+    from fipgraph.query.ensemble import resolve_h
+
+    assert resolve_h(store, "H") == "H"
+    store.add_evals(0, {"taskx": {"Hx": 0.1}})
+    store.add_evals(1, {"taskx": {"Hx": 0.05}})
+    assert resolve_h(store, "Hx") == "taskx_Hx"  # the path records H as {task}_H
+    assert ensemble(store, 1, strategy="robust", h_metric="Hx", record=False).node_ids == [1]
+    store.add_evals(0, {"tasky": {"Hx": 0.2}})
+    with pytest.raises(ConfigError, match="several"):
+        resolve_h(store, "Hx")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError
-from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names
+from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names, wide_columns
 from fipgraph.query.select import select
 
 
@@ -73,6 +73,21 @@ def _candidates(store, where, k: int, require: str | None = None) -> tuple[list[
         raise ConfigError(f"k={k} but only {len(ids)} candidate node(s){extra} meet where={where!r}; "
                           f"use 1 <= k <= {len(ids)} or loosen the constraints")
     return ids, cond
+
+
+def resolve_h(store, h_metric: str) -> str:
+    """The wide column holding H. The undirected path records H per task ("{task}_H"), so a bare
+    "H" resolves to the single such column; several make the choice explicit."""
+    cols = wide_columns(store)
+    if h_metric in cols:
+        return h_metric
+    found = [c for c in cols if c.endswith("_" + h_metric)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ConfigError(f"H is recorded for several datasets {found}; pass h_metric= one of them")
+    raise ConfigError(f"no column {h_metric!r} (or '*_{h_metric}') in the wide view: robust ensembles need "
+                      "H, which `fipgraph build` records on undirected runs; use strategy='top' or 'diverse'")
 
 
 def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Module | None) -> list[int]:
@@ -133,6 +148,7 @@ def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "ro
     The ensemble is recorded as <store>/ensembles/<name>.json.
     """
     if strategy == "robust":
+        h_metric = resolve_h(store, h_metric)
         _, cond = _candidates(store, where, k, require=h_metric)
         members = select(store, where=cond, order_by=h_metric, limit=k)
     elif strategy == "top":
