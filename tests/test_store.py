@@ -46,7 +46,7 @@ def test_round_trip_is_bit_exact_for_every_dtype_across_keyframes(tmp_path):
     with fipgraph.open_store(tmp_path / "s", mode="r") as store:
         enc = store.sql("SELECT encoding, chain_depth FROM storage ORDER BY node_id")
         assert list(enc["chain_depth"]) == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]  # bounded chains
-        assert list(enc["encoding"][:2]) == ["key", "xor"]
+        assert list(enc["encoding"][:4]) == ["key", "diff", "pred", "pred"]
         for i in [10, 3, 0, 7]:  # cold reads in any order
             got = store.state_dict(i)
             assert list(got) == list(states[i]) and all(same_bits(got[k], states[i][k]) for k in got)

@@ -168,10 +168,15 @@ class Catalog:
                 raise
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows at once through a pandas frame (one vectorised insert, not one per row)."""
     if rows:
-        marks = ", ".join("?" * len(columns))
-        con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        frame = pd.DataFrame.from_records(rows, columns=columns)
+        con.register("_fipgraph_rows", frame)
+        try:
+            con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _fipgraph_rows")
+        finally:
+            con.unregister("_fipgraph_rows")
 
 
 def to_json(value) -> str | None:

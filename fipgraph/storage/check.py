@@ -39,7 +39,9 @@ class CheckReport:
 
 
 def check_store(path: str | Path, *, repair: bool = False, progress: bool = True) -> CheckReport:
-    """Check every node's weights against its checksum; with repair=True delete orphaned chunks.
+    """Check every node's weights against its checksum; with repair=True delete orphaned chunks
+    (chunk files holding no committed row; an uncommitted row inside a shared chunk is simply
+    overwritten by the next append).
 
     Repair takes the writer lock, so it never races a running build (whose in-flight chunks
     would otherwise look orphaned).
@@ -52,8 +54,9 @@ def check_store(path: str | Path, *, repair: bool = False, progress: bool = True
         for node_id, arch_id, row, encoding, digest in tqdm(rows.itertuples(index=False), total=len(rows),
                                                             desc="checking nodes", disable=not progress, unit="node"):
             layout = store.layout(arch_id)
-            for name in codec.array_names(layout, encoding):
-                expected.add(Path(arch_id) / name / "c" / str(row))
+            for name, (_, n_words) in codec.array_names(layout, encoding).items():
+                if n_words:
+                    expected.add(store.weights.chunk_dir(arch_id, name, int(row)))
             try:  # ascending ids: parents decode first, so the store's cache makes this one read per node
                 actual = checksum(layout, store._decode(int(node_id)))
             except Exception as exc:  # a damaged chunk can fail to decompress: report, keep going

@@ -146,10 +146,10 @@ class Layout:
                 offset += nbytes
         return {name: out[name] for name, _, _ in self.params}
 
-    def as_float(self, rows: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Float64 views of the floating-point groups (for norms and distances)."""
+    def float_tensors(self, rows: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+        """Zero-copy tensor views of the real floating-point groups (for norms and distances)."""
         return [
-            torch.from_numpy(rows[g.dtype].view(np.uint8)).view(g.torch_dtype).to(torch.float64).numpy()
+            torch.from_numpy(np.ascontiguousarray(rows[g.dtype]).view(np.uint8)).view(g.torch_dtype)
             for g in self.groups
             if g.is_float and not g.torch_dtype.is_complex
         ]

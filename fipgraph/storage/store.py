@@ -26,7 +26,7 @@ import torch
 from fipgraph.errors import (ArchitectureMismatchError, FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec
-from fipgraph.storage.catalog import Catalog, insert_rows, to_json
+from fipgraph.storage.catalog import EVAL_COLUMNS, Catalog, insert_frame, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
@@ -35,11 +35,11 @@ from fipgraph.storage.writer import NodeJob, SqlJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
-ENCODINGS = {"lossless": "xor", "int8": "q8"}
+ENCODINGS = {"lossless": "lossless", "int8": "q8"}
 _OPEN_WRITERS: "weakref.WeakSet[Store]" = weakref.WeakSet()
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeInfo:
     parent_id: int | None
     arch_id: str
@@ -126,9 +126,12 @@ class Store:
         df = self.catalog.query(
             "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length "
             "FROM storage s JOIN nodes n USING (node_id) WHERE s.node_id > ? ORDER BY s.node_id", [after])
-        for r in df.itertuples(index=False):
-            parent = None if pd.isna(r.parent_id) else int(r.parent_id)
-            self._index[int(r.node_id)] = NodeInfo(parent, r.arch_id, int(r.row), r.encoding, int(r.chain_depth), r.path_length)
+        parents = [None if p != p else int(p) for p in df["parent_id"].astype("float64").tolist()]  # NaN -> None
+        self._index.update(
+            (n, NodeInfo(p, a, r, e, d, pl))
+            for n, p, a, r, e, d, pl in zip(df["node_id"].tolist(), parents, df["arch_id"].tolist(), df["row"].tolist(),
+                                            df["encoding"].tolist(), df["chain_depth"].tolist(), df["path_length"].tolist())
+        )
         if self.mode == "a" or after < 0:
             runs = self.catalog.query("SELECT run_id, name FROM runs")
             self._run_names.update(zip(runs["name"], runs["run_id"].astype(int)))
@@ -195,16 +198,17 @@ class Store:
         depth = 0
         if same_arch and parent_info.chain_depth + 1 < self.keyframe_every:
             depth = parent_info.chain_depth + 1
+        encoding = "key" if depth == 0 else "q8" if self.encoding == "q8" else codec.lossless_encoding(depth)
         row = self._next_row.get(layout.arch_id, 0)
         node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
                         arch_id=layout.arch_id, n_params=layout.n_params, tags=tags_json)
-        job = NodeJob(node_id, parent, layout, rows, row, self.encoding, depth, same_arch, node_row,
+        grandparent = parent_info.parent_id if encoding == "pred" else None
+        job = NodeJob(node_id, parent, grandparent, layout, rows, row, encoding, depth, same_arch, node_row,
                       [(node_id, *e) for e in evals], output_distance, arch_spec,
                       nbytes=int(sum(a.nbytes for a in rows.values())))
         self._layouts[layout.arch_id] = layout
         writer.put(job)
         self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1
-        encoding = "key" if depth == 0 else self.encoding
         self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
         self._pending.add(node_id)
         return node_id
@@ -223,7 +227,7 @@ class Store:
         self._info(node_id)
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         rows = [(int(node_id), ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
-        writer.put(SqlJob(lambda con: insert_rows(con, "evals", ["node_id", "dataset", "metric", "value", "created_at"], rows),
+        writer.put(SqlJob(lambda con: insert_frame(con, "evals", EVAL_COLUMNS, rows),
                           [(ds, m) for _, ds, m, _, _ in rows]))
 
     def start_run(self, name: str, op: str | None = None, config: Mapping | None = None) -> int:
@@ -235,7 +239,7 @@ class Store:
         run_id, self._next_run = self._next_run, self._next_run + 1
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         row = (run_id, name, op, to_json(dict(config or {})), "running", now, None)
-        writer.put(SqlJob(lambda con: insert_rows(con, "runs", ["run_id", "name", "op", "config", "status", "started_at", "finished_at"], [row])))
+        writer.put(SqlJob(lambda con: insert_frame(con, "runs", ["run_id", "name", "op", "config", "status", "started_at", "finished_at"], [row])))
         self._run_names[name] = run_id
         return run_id
 
@@ -289,27 +293,32 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------------
     def _decode(self, node_id: int) -> dict[str, np.ndarray]:
-        """Decoded rows of a node: walk up to its keyframe (at most keyframe_every rows), XOR down."""
-        if node_id in self._decoded:
-            self._decoded.move_to_end(node_id)
-            return self._decoded[node_id]
-        chain = []
-        nid = node_id
-        while nid not in self._decoded:
-            info = self._info(nid)
-            chain.append((nid, info))
-            if info.chain_depth == 0:
+        """Decoded rows of a node: walk up to its keyframe (at most keyframe_every rows), decode down,
+        starting below the deepest two consecutive ancestors already in the cache."""
+        cache = self._decoded
+        if node_id in cache:
+            cache.move_to_end(node_id)
+            return cache[node_id]
+        chain = [(node_id, self._info(node_id))]
+        while chain[-1][1].chain_depth > 0:
+            parent = chain[-1][1].parent_id
+            chain.append((parent, self._info(parent)))
+        chain.reverse()  # keyframe first
+        start, parent, grandparent = 0, None, None
+        for i in range(len(chain) - 1, 0, -1):
+            if chain[i][0] in cache and chain[i - 1][0] in cache:
+                start, parent, grandparent = i + 1, cache[chain[i][0]], cache[chain[i - 1][0]]
                 break
-            nid = info.parent_id
-        rows = self._decoded[nid] if chain[-1][1].chain_depth else None
-        for nid, info in reversed(chain):
+        for nid, info in chain[start:]:
             layout = self.layout(info.arch_id)
             stored = self.weights.read_row(info.arch_id, info.row, codec.array_names(layout, info.encoding))
-            rows = codec.decode_step(layout, stored, rows, info.encoding)
-            self._decoded[nid] = rows
-            while len(self._decoded) > 8:
-                self._decoded.popitem(last=False)
-        return rows
+            rows = codec.decode_step(layout, stored, parent, grandparent, info.encoding)
+            grandparent, parent = parent, rows
+            cache[nid] = rows
+            cache.move_to_end(nid)
+            while len(cache) > 8:
+                cache.popitem(last=False)
+        return parent
 
     def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
         """The node's tensors, bit-identical to what was appended (unless stored with encoding='int8')."""

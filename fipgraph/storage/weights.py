@@ -3,6 +3,8 @@
 Arrays are created with a fixed, very large row count so that appending never rewrites array
 metadata (a reader never sees a half-written zarr.json); unwritten rows are simply absent chunks.
 Chunks are whole rows (split into equal divisors only above MAX_CHUNK_WORDS), so no chunk is padded.
+Small rows share a chunk (up to SMALL_CHUNK_BYTES), so a store of 100k tiny networks holds a few
+hundred files, not 100k; writing a row rewrites its chunk atomically, leaving committed rows intact.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ from zarr.codecs import BloscCodec
 
 MAX_ROWS = 2**40
 MAX_CHUNK_WORDS = 2**24  # 64 MiB of float32 per chunk: big rows are split so blosc and memory stay sane
+SMALL_CHUNK_BYTES = 2**18  # rows smaller than this share chunks; 256 KiB keeps the rewrite per append cheap
+
+
+def _rows_per_chunk(row_bytes: int) -> int:
+    rows = 1
+    while rows * 2 * row_bytes <= SMALL_CHUNK_BYTES and rows < 4096:
+        rows *= 2
+    return rows
 
 
 def _chunk_len(n_words: int) -> int:
@@ -29,7 +39,7 @@ def _chunk_len(n_words: int) -> int:
 class WeightArrays:
     """Opens, creates and reads/writes rows of the per-architecture arrays."""
 
-    def __init__(self, path: Path, *, read_only: bool, clevel: int = 3) -> None:
+    def __init__(self, path: Path, *, read_only: bool, clevel: int = 1) -> None:
         self.path = path
         self.read_only = read_only
         self.clevel = clevel
@@ -46,10 +56,11 @@ class WeightArrays:
                     self._store,
                     name=f"{arch_id}/{name}",
                     shape=(MAX_ROWS, n_words),
-                    chunks=(1, _chunk_len(n_words)),
+                    chunks=(_rows_per_chunk(n_words * np.dtype(dtype).itemsize), _chunk_len(n_words)),
                     dtype=dtype,
                     fill_value=0,
-                    # byte shuffle groups the (mostly zero) high bytes of XOR deltas together for zstd
+                    # byte shuffle groups the (mostly zero) high bytes of the deltas together for zstd;
+                    # level 1: levels 3 and 9 were 1-4 % smaller but 1.6x and 30x slower here
                     compressors=BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle"),
                     config={"write_empty_chunks": True},  # an all-zero delta is still a committed row
                 )
@@ -66,9 +77,15 @@ class WeightArrays:
             out[name] = self._array(arch_id, name)[row] if n else np.empty(0, dtype=dtype)
         return out
 
-    def row_nbytes(self, arch_id: str, row: int, names) -> int:
-        """Compressed bytes on disk of one node's row (chunk files c/<row>/*)."""
-        return sum(p.stat().st_size for name in names for p in (self.path / arch_id / name / "c" / str(row)).glob("*"))
+    def chunk_dir(self, arch_id: str, name: str, row: int) -> Path:
+        """The folder holding the chunk(s) of ``row``, relative to the weights root."""
+        rows_per_chunk = self._array(arch_id, name).chunks[0]
+        return Path(arch_id) / name / "c" / str(row // rows_per_chunk)
+
+    def chunk_bytes(self, arch_id: str, names, row: int) -> int:
+        """Bytes on disk of the chunks holding ``row`` (shared with neighbours when rows are small)."""
+        names = [n for n in names if (self.path / arch_id / n / "zarr.json").exists()]  # not created yet: 0
+        return sum(p.stat().st_size for n in names for p in (self.path / self.chunk_dir(arch_id, n, row)).glob("*"))
 
     def chunk_files(self) -> list[Path]:
         """Every chunk file (and leftover temp file) on disk, for orphan detection."""

@@ -9,7 +9,7 @@ Write order makes crashes safe: chunks first, catalog rows (the commit point) la
 
 from __future__ import annotations
 
-import hashlib
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
+import xxhash
 
 from fipgraph.storage import codec
 from fipgraph.storage.catalog import (EDGE_COLUMNS, EVAL_COLUMNS, NODE_COLUMNS, STORAGE_COLUMNS, Catalog,
-                                      insert_rows, to_json, wide_view_sql)
+                                      insert_frame, to_json, wide_view_sql)
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.weights import WeightArrays
 
@@ -29,6 +31,7 @@ from fipgraph.storage.weights import WeightArrays
 class NodeJob:
     node_id: int
     parent_id: int | None
+    grandparent_id: int | None  # used by the "pred" encoding
     layout: Layout
     rows: dict[str, np.ndarray]
     row: int
@@ -51,22 +54,28 @@ class SqlJob:
 
 
 def checksum(layout: Layout, rows: dict[str, np.ndarray]) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    h = xxhash.xxh3_128()  # ~10x faster than blake2b; detects corruption, which is all it is for
     for g in layout.groups:
         h.update(np.ascontiguousarray(rows[g.dtype]).view(np.uint8))
     return h.hexdigest()
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
-    """(L2 norm, fraction of exact zeros, Euclidean distance to parent) over floating-point params."""
-    xs = layout.as_float(rows)
-    n = sum(x.size for x in xs)
-    sq = sum(float(np.dot(x, x)) for x in xs)
-    zeros = sum(int(np.count_nonzero(x == 0)) for x in xs)
+    """(L2 norm, fraction of exact zeros, Euclidean distance to parent) over floating-point params,
+    accumulated in float64."""
+    xs = layout.float_tensors(rows)
+    n = sum(x.numel() for x in xs)
+    sq = sum(float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2 for x in xs)
+    zeros = sum(int((x == 0).sum()) for x in xs)
     dist = None
     if parent is not None:
-        dist = float(np.sqrt(sum(float(np.sum((x - p) ** 2)) for x, p in zip(xs, layout.as_float(parent)))))
-    return float(np.sqrt(sq)), (zeros / n if n else 0.0), dist
+        sq_dist = 0.0
+        for x, p in zip(xs, layout.float_tensors(parent)):
+            for start in range(0, x.numel(), 1 << 22):  # float64 blocks bound the temporary memory
+                d = x[start:start + (1 << 22)].double() - p[start:start + (1 << 22)].double()
+                sq_dist += float(torch.dot(d, d))
+        dist = math.sqrt(sq_dist)
+    return math.sqrt(sq), (zeros / n if n else 0.0), dist
 
 
 class Writer(threading.Thread):
@@ -159,12 +168,20 @@ class Writer(threading.Thread):
             if stop and not self._jobs:
                 return
 
+    def _decoded(self, node_id: int | None) -> dict | None:
+        if node_id is None:
+            return None
+        rows = self._recent.get(node_id)
+        return rows if rows is not None else self.read_decoded(node_id)
+
     def _write_weights(self, job: NodeJob) -> None:
-        parent = None
-        if job.parent_id is not None and job.same_arch_as_parent:
-            parent = self._recent.get(job.parent_id) or self.read_decoded(job.parent_id)
-        enc = codec.encode(job.layout, job.rows, parent if job.chain_depth else None, job.encoding)
+        parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
+        grandparent = self._decoded(job.grandparent_id) if job.encoding == "pred" else None
+        enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding)
+        before = self.weights.chunk_bytes(job.layout.arch_id, enc.arrays, job.row)
         self.weights.write_row(job.layout.arch_id, job.row, enc.arrays)
+        # growth of the chunk files: this row's compressed size (approximate when rows share chunks)
+        stored_bytes = max(0, self.weights.chunk_bytes(job.layout.arch_id, enc.arrays, job.row) - before)
         l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
         parent_len = 0.0
         if job.parent_id is not None:
@@ -174,40 +191,37 @@ class Writer(threading.Thread):
         self._path_length[job.node_id] = parent_len + (dist or 0.0)
         job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
         job.distance = dist
-        job.storage_row = (job.node_id, job.layout.arch_id, job.row, enc_name(job), job.chain_depth,
-                           checksum(job.layout, enc.decoded), enc.max_abs_error,
-                           self.weights.row_nbytes(job.layout.arch_id, job.row, enc.arrays))
+        job.storage_row = (job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
+                           checksum(job.layout, enc.decoded), enc.max_abs_error, stored_bytes)
         self._recent[job.node_id] = enc.decoded
         while len(self._recent) > 4:
             self._recent.popitem(last=False)
         job.rows = None  # free the snapshot now that it is on disk
 
     def _commit(self, batch: list) -> None:
+        """One transaction: catalog-only jobs in queue order, then every node's rows in one insert
+        per table (row-by-row inserts cost 0.8 ms each; a 512-row Arrow insert 1.4 ms in all)."""
         nodes = [j for j in batch if isinstance(j, NodeJob)]
         new_pairs = {(ds, m) for j in nodes for (_, ds, m, _, _) in j.evals}
         new_pairs |= {p for j in batch if isinstance(j, SqlJob) for p in j.new_pairs}
         new_pairs -= self.known_pairs
 
         def apply(con) -> None:
-            for job in batch:  # in queue order, so runs exist before their nodes
+            for job in batch:
                 if isinstance(job, SqlJob):
                     job.apply(con)
-                else:
-                    if job.arch_spec is not None:
-                        con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING",
-                                    [job.layout.arch_id, to_json(job.arch_spec)])
-                    insert_rows(con, "nodes", NODE_COLUMNS, [tuple(job.node_row[c] for c in NODE_COLUMNS)])
-                    if job.parent_id is not None:
-                        insert_rows(con, "edges", EDGE_COLUMNS, [(job.parent_id, job.node_id, job.distance, job.output_distance)])
-                    insert_rows(con, "evals", EVAL_COLUMNS, job.evals)
-                    insert_rows(con, "storage", STORAGE_COLUMNS, [job.storage_row])
+            for job in nodes:
+                if job.arch_spec is not None:
+                    con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                [job.layout.arch_id, to_json(job.arch_spec)])
+            insert_frame(con, "nodes", NODE_COLUMNS, [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes])
+            insert_frame(con, "edges", EDGE_COLUMNS, [(j.parent_id, j.node_id, j.distance, j.output_distance)
+                                                      for j in nodes if j.parent_id is not None])
+            insert_frame(con, "evals", EVAL_COLUMNS, [e for j in nodes for e in j.evals])
+            insert_frame(con, "storage", STORAGE_COLUMNS, [j.storage_row for j in nodes])
             if new_pairs:
                 con.execute(wide_view_sql(sorted(self.known_pairs | new_pairs)))
 
         self.catalog.write(apply)
         self.known_pairs |= new_pairs
         self.on_commit(nodes)
-
-
-def enc_name(job: NodeJob) -> str:
-    return "key" if job.chain_depth == 0 else job.encoding
