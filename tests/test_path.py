@@ -170,6 +170,11 @@ def test_default_config_and_overrides():
     assert [r.steps for r in cfg.runs] == [300, 7, 300] and cfg.data.seed == 3 and cfg.name == "x"
     assert cfg.runs[1].start == "task1" and cfg.runs[1].op == "continual" and cfg.runs[1].task == 2
     assert parse_overrides(["a=[1, 2]", "b=hello", "c=true"]) == {"a": [1, 2], "b": "hello", "c": True}
+    assert load_config(None, ["runs.2.steps=9"]).runs[2].steps == 9
+    with pytest.raises(ConfigError, match="no run 'nosuch'.*task1"):
+        load_config(None, ["runs.nosuch.lr=1"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["=3"])
 
 
 def test_examples_default_is_the_embedded_default():

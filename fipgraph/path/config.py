@@ -48,7 +48,7 @@ class RunConfig:
     lr: float = 1e-3  # Adam's usual default; the paper's CL used 1e-2 (Adam) or 1e-3 (SGD)
     momentum: float = 0.9  # sgd only, as in the authors' code
     weight_decay: float = 0.0  # the paper's CNN used 2e-4
-    lam: float = 1.0  # λ: weight of the secondary objective L against odist (paper: 1)
+    lam: float = 1.0  # λ: weight of L against odist (paper: 1); finetune has no odist term, so its loss is plain CE
     odist: str = "bhattacharyya"  # output distance: bhattacharyya (authors') | l2 | kl
     batch_size: int = 32  # new-task batch
     memory_size: int = 500  # examples kept per earlier (or anchoring) task, as in the paper
@@ -126,19 +126,22 @@ class BuildConfig:
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree[a][b]... = value`` for "a.b...."; inside [[runs]] a key is a run name or an index."""
     keys = dotted.split(".")
     node: Any = tree
     for k in keys[:-1]:
         if isinstance(node, list):
             match = [r for r in node if isinstance(r, dict) and r.get("name") == k]
-            node = match[0] if match else node[int(k) if k.isdigit() else _fail(dotted)]
-        else:
+            if not match and k.isdigit() and int(k) < len(node):
+                match = [node[int(k)]]
+            _need(bool(match), f"override {dotted!r}: no run {k!r}; use runs.<name or index>.<key>, "
+                               f"names: {[r.get('name') for r in node if isinstance(r, dict)]}")
+            node = match[0]
+        elif isinstance(node, dict):
             node = node.setdefault(k, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {k!r} is inside a plain value, not a table")
     node[keys[-1]] = value
-
-
-def _fail(dotted: str) -> Any:
-    raise ConfigError(f"override {dotted!r}: no such run; use runs.<name or index>.<key>")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
