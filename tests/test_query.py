@@ -242,3 +242,17 @@ def test_robust_ensemble_finds_h_recorded_per_task(store):
     store.add_evals(0, {"tasky": {"Hx": 0.2}})
     with pytest.raises(ConfigError, match="several"):
         resolve_h(store, "Hx")
+
+
+def test_pca_names_a_node_with_nan_weights(tmp_path):
+    from fipgraph.errors import NonFiniteWeightsError
+
+    with fipgraph.open_store(tmp_path / "nan", mode="a") as st:
+        st.append({"w": torch.ones(5)})
+        st.append({"w": torch.zeros(5)})
+        st.flush()
+        real = st.state_dict
+        st.state_dict = lambda n: {"w": torch.full((5,), float("nan"))} if n == 1 else real(n)
+        for method in ("gram", "randomized"):
+            with pytest.raises(NonFiniteWeightsError, match="node 1"):
+                WeightPCA(1, method=method, record=False, progress=False).fit(st)

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 from tqdm.auto import tqdm
 
-from fipgraph.errors import ConfigError, FipgraphError, ReadOnlyStoreError
+from fipgraph.errors import ConfigError, FipgraphError, NonFiniteWeightsError, ReadOnlyStoreError
 from fipgraph.query._common import (
     check_same_arch,
     flat_vector,
@@ -79,6 +79,13 @@ class _ColumnChunks:
         if self.file is not None:
             self.file.close()
             os.unlink(self.path)
+
+
+def _check_finite(d: np.ndarray, nid: int) -> None:
+    # one NaN would silently turn every coordinate into NaN; name the node instead
+    if not np.isfinite(d.sum(dtype=np.float64)):
+        raise NonFiniteWeightsError(f"node {nid} has NaN/Inf weights (or differs from the first node by "
+                                    "Inf); leave it out with nodes=[...] or run `fipgraph check`")
 
 
 class WeightPCA(BaseEstimator):
@@ -167,6 +174,7 @@ class WeightPCA(BaseEstimator):
                 if vec.size != p:
                     raise ConfigError(f"node {ids[i]} has {vec.size} weights, node {ids[0]} {p}")
                 d = (vec - first).astype(np.float32)
+                _check_finite(d, ids[i])
                 dsum += d
                 cols.write_row(i, d)
             dmean = dsum / n
@@ -218,6 +226,7 @@ class WeightPCA(BaseEstimator):
         y = np.empty((n, ell), np.float64)
         for i, vec in enumerate(self._bar(iter_vectors(store, ids, self.param_names_), n, "pca: sketch")):
             d = vec - first
+            _check_finite(d, ids[i])
             dsum += d
             ssq += float(np.dot(d.astype(np.float64), d))
             y[i] = d @ omega
