@@ -66,10 +66,10 @@ class WeightArrays:
                 )
         return self._arrays[key]
 
-    def write_row(self, arch_id: str, row: int, arrays: dict[str, np.ndarray]) -> None:
-        for name, data in arrays.items():
-            if data.size:
-                self._array(arch_id, name, data.dtype, data.size)[row] = data
+    def write_rows(self, arch_id: str, name: str, first_row: int, data: np.ndarray) -> None:
+        """Write consecutive rows (data: (n_rows, n_words)) in one call."""
+        if data.shape[1]:
+            self._array(arch_id, name, data.dtype, data.shape[1])[first_row:first_row + len(data)] = data
 
     def read_row(self, arch_id: str, row: int, names: dict[str, tuple[type, int]]) -> dict[str, np.ndarray]:
         out = {}
@@ -82,10 +82,17 @@ class WeightArrays:
         rows_per_chunk = self._array(arch_id, name).chunks[0]
         return Path(arch_id) / name / "c" / str(row // rows_per_chunk)
 
-    def chunk_bytes(self, arch_id: str, names, row: int) -> int:
-        """Bytes on disk of the chunks holding ``row`` (shared with neighbours when rows are small)."""
-        names = [n for n in names if (self.path / arch_id / n / "zarr.json").exists()]  # not created yet: 0
-        return sum(p.stat().st_size for n in names for p in (self.path / self.chunk_dir(arch_id, n, row)).glob("*"))
+    def chunk_bytes(self, arch_id: str, names, first_row: int, last_row: int | None = None) -> int:
+        """Bytes on disk of the chunks holding rows first_row..last_row (shared with neighbours
+        when rows are small)."""
+        total = 0
+        for n in names:
+            if not (self.path / arch_id / n / "zarr.json").exists():  # not created yet
+                continue
+            rows_per_chunk = self._array(arch_id, n).chunks[0]
+            for k in range(first_row // rows_per_chunk, (last_row if last_row is not None else first_row) // rows_per_chunk + 1):
+                total += sum(p.stat().st_size for p in (self.path / arch_id / n / "c" / str(k)).glob("*"))
+        return total
 
     def chunk_files(self) -> list[Path]:
         """Every chunk file (and leftover temp file) on disk, for orphan detection."""

@@ -96,6 +96,7 @@ class Writer(threading.Thread):
         self._flush_waiters: list[threading.Event] = []
         self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
         self._path_length: dict[int, float] = {}
+        self._unwritten: dict[int, dict] = {}  # decoded rows of the batch being written
 
     # -- producer side -------------------------------------------------------------------------
     def put(self, job) -> None:
@@ -147,13 +148,13 @@ class Writer(threading.Thread):
                 stop = self._stopping
             try:
                 if self.error is None:
-                    for job in jobs:
-                        if isinstance(job, NodeJob):
-                            self._write_weights(job)
-                            with self._cv:
-                                self._pending_bytes -= job.nbytes
-                                self._cv.notify_all()
-                        batch.append(job)
+                    nodes = [j for j in jobs if isinstance(j, NodeJob)]
+                    for start in range(0, len(nodes), 256):  # bounded stacks for the batched writes
+                        self._write_weights(nodes[start:start + 256])
+                    with self._cv:
+                        self._pending_bytes -= sum(j.nbytes for j in nodes)
+                        self._cv.notify_all()
+                    batch += jobs
                     due = time.monotonic() - last_commit >= self.commit_interval or len(batch) >= 512
                     if batch and (due or waiters or stop):
                         self._commit(batch)
@@ -172,31 +173,61 @@ class Writer(threading.Thread):
         if node_id is None:
             return None
         rows = self._recent.get(node_id)
+        if rows is None:
+            rows = self._unwritten.get(node_id)
         return rows if rows is not None else self.read_decoded(node_id)
 
-    def _write_weights(self, job: NodeJob) -> None:
-        parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
-        grandparent = self._decoded(job.grandparent_id) if job.encoding == "pred" else None
-        enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding)
-        before = self.weights.chunk_bytes(job.layout.arch_id, enc.arrays, job.row)
-        self.weights.write_row(job.layout.arch_id, job.row, enc.arrays)
-        # growth of the chunk files: this row's compressed size (approximate when rows share chunks)
-        stored_bytes = max(0, self.weights.chunk_bytes(job.layout.arch_id, enc.arrays, job.row) - before)
-        l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
-        parent_len = 0.0
-        if job.parent_id is not None:
-            parent_len = self._path_length.get(job.parent_id)
-            if parent_len is None:
-                parent_len = self.path_length_of(job.parent_id)
-        self._path_length[job.node_id] = parent_len + (dist or 0.0)
-        job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
-        job.distance = dist
-        job.storage_row = (job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
-                           checksum(job.layout, enc.decoded), enc.max_abs_error, stored_bytes)
-        self._recent[job.node_id] = enc.decoded
-        while len(self._recent) > 4:
-            self._recent.popitem(last=False)
-        job.rows = None  # free the snapshot now that it is on disk
+    def _write_weights(self, jobs: list[NodeJob]) -> None:
+        """Encode each node (in order: a node may be the next one's parent), then write the rows of
+        each array in contiguous runs, one zarr call per run: tiny networks append ~10x faster."""
+        encoded = []
+        self._unwritten = {}
+        for job in jobs:
+            parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
+            grandparent = self._decoded(job.grandparent_id) if job.encoding == "pred" else None
+            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding)
+            self._unwritten[job.node_id] = enc.decoded
+            l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
+            parent_len = 0.0
+            if job.parent_id is not None:
+                parent_len = self._path_length.get(job.parent_id)
+                if parent_len is None:
+                    parent_len = self.path_length_of(job.parent_id)
+            self._path_length[job.node_id] = parent_len + (dist or 0.0)
+            job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
+            job.distance = dist
+            job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
+                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0]
+            self._recent[job.node_id] = enc.decoded
+            while len(self._recent) > 4:
+                self._recent.popitem(last=False)
+            job.rows = None  # free the snapshot
+            encoded.append((job, enc))
+        self._write_runs(encoded)
+        self._unwritten = {}
+
+    def _write_runs(self, encoded: list) -> None:
+        by_array: dict[tuple[str, str], list] = {}
+        for job, enc in encoded:
+            for name, data in enc.arrays.items():
+                by_array.setdefault((job.layout.arch_id, name), []).append((job.row, data, job))
+        for (arch_id, name), items in by_array.items():
+            items.sort(key=lambda item: item[0])
+            runs, run = [], [items[0]]
+            for item in items[1:]:
+                if item[0] == run[-1][0] + 1:
+                    run.append(item)
+                else:
+                    runs.append(run)
+                    run = [item]
+            runs.append(run)
+            for run in runs:
+                before = self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0])
+                self.weights.write_rows(arch_id, name, run[0][0], np.stack([data for _, data, _ in run]))
+                # growth of the chunk files, shared evenly: exact when rows have chunks of their own
+                grown = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
+                for _, _, job in run:
+                    job.storage_row[7] += grown // len(run)
 
     def _commit(self, batch: list) -> None:
         """One transaction: catalog-only jobs in queue order, then every node's rows in one insert
@@ -218,7 +249,7 @@ class Writer(threading.Thread):
             insert_frame(con, "edges", EDGE_COLUMNS, [(j.parent_id, j.node_id, j.distance, j.output_distance)
                                                       for j in nodes if j.parent_id is not None])
             insert_frame(con, "evals", EVAL_COLUMNS, [e for j in nodes for e in j.evals])
-            insert_frame(con, "storage", STORAGE_COLUMNS, [j.storage_row for j in nodes])
+            insert_frame(con, "storage", STORAGE_COLUMNS, [tuple(j.storage_row) for j in nodes])
             if new_pairs:
                 con.execute(wide_view_sql(sorted(self.known_pairs | new_pairs)))
 
