@@ -146,6 +146,11 @@ class Catalog:
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """Run read-only SQL (SELECT, EXPLAIN, DESCRIBE...) on the latest committed catalog."""
+        table = self.query_arrow(sql, params)
+        return pd.DataFrame() if table is None else table.to_pandas()
+
+    def query_arrow(self, sql: str, params: list | None = None):
+        """Like query, as a pyarrow Table (None for statements without a result)."""
         with self._local:
             con = self._mirror_connection()
             kinds = {s.type for s in con.extract_statements(sql)}
@@ -154,7 +159,7 @@ class Catalog:
                     f"only read-only queries (SELECT, EXPLAIN) run through sql(); got {sorted(k.name for k in kinds)}")
             rel = con.sql(sql, params=params)
             # Arrow then pandas is ~10x faster than fetchdf() for small results (measured: 1 vs 10 ms)
-            return pd.DataFrame() if rel is None else rel.to_arrow_table().to_pandas()
+            return None if rel is None else rel.to_arrow_table()
 
     def write(self, fn) -> None:
         """Run fn(con) in one transaction: all of it commits, or none."""
