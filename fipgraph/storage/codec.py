@@ -23,7 +23,8 @@ import torch
 
 from fipgraph.storage.layout import Group, Layout
 
-Q8_BLOCK = 256  # elements sharing one scale: 1.6 % overhead over int8, fine-grained enough for outliers
+Q8_BLOCK = 4096  # elements sharing one scale. Measured on an Adam path: blocks of 256 gave 0.208x raw,
+# 4096 gave 0.168x, with the same max error (set by the block holding the largest step)
 Rows = Mapping[str, np.ndarray]
 
 
