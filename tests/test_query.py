@@ -1,6 +1,5 @@
 """fipgraph.query against independent computations on a small real store (mlp on sklearn digits)."""
 
-import json
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import fipgraph
 from fipgraph.data import make_tasks
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.models import build_model
-from fipgraph.query import (Ensemble, NotFittedError, WeightPCA, branches, ensemble, evaluate, lineage, pareto,
-                            path_between, perplexity, select)
+from fipgraph.query import (Ensemble, NotFittedError, WeightPCA, branches, ensemble, evaluate, lineage, load_ensemble,
+                            pareto, path_between, perplexity, select)
 
 torch.set_num_threads(1)
 SPEC = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "n_classes": 10}}
@@ -192,8 +191,12 @@ def test_ensemble_prediction_is_sum_of_member_softmax(store, tasks):
         expect = expect + torch.softmax(m(x), -1)
     with torch.no_grad():
         torch.testing.assert_close(ens(x), expect)
-    rec = json.loads((store.root / "ensembles" / "robust4.json").read_text())
+    rec = store.ensemble_spec("robust4")
     assert rec["members"] == h and rec["rule"]["strategy"] == "robust"
+    assert store.sql("SELECT name FROM ensembles")["name"].tolist() == ["robust4"]
+    again = load_ensemble(store, "robust4")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), expect)
 
 
 def test_ensemble_strategies_and_errors(store, tasks, tmp_path):

@@ -214,3 +214,28 @@ def test_interrupted_creation_is_recreated(tmp_path):
         store.append({"w": torch.ones(2)})
     with fipgraph.open_store(path, mode="r") as store:
         assert len(store.sql("SELECT * FROM nodes")) == 1
+
+
+def test_ensembles_and_batched_evals(tmp_path):
+    with fipgraph.open_store(tmp_path / "s") as store:
+        ids = [store.append({"w": torch.full((2,), float(i))}) for i in range(3)]
+        store.add_evals_many({n: {"pca": {"pc1": float(n), "pc2": -float(n)}} for n in ids})
+        store.add_ensemble("pair", ids[:2], {"strategy": "top", "k": 2})
+        with pytest.raises(fipgraph.FipgraphError, match="already exists"):
+            store.add_ensemble("pair", ids[1:])
+        with pytest.raises(NodeNotFoundError):
+            store.add_ensemble("ghost", [99])
+        assert store.ensemble_spec("pair")["members"] == ids[:2]
+        assert store.sql("SELECT pca_pc2 FROM wide ORDER BY node_id")["pca_pc2"].tolist() == [0.0, -1.0, -2.0]
+        with pytest.raises(fipgraph.FipgraphError, match="recorded: \\['pair'\\]"):
+            store.ensemble_spec("nope")
+
+
+def test_unknown_row_encoding_is_refused_not_guessed(tmp_path):
+    from fipgraph.storage import codec
+    from fipgraph.storage.layout import Layout
+
+    state = {"w": torch.ones(3)}
+    layout = Layout.of(state)
+    with pytest.raises(FormatVersionError, match="'xor'"):
+        codec.decode_step(layout, layout.pack(state), layout.pack(state), None, "xor")

@@ -1,6 +1,5 @@
 """Crash safety and concurrency: SIGKILL a writer at random moments; read while it writes."""
 
-import os
 import random
 import signal
 import subprocess
@@ -8,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 import fipgraph

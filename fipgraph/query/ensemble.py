@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fipgraph.errors import ConfigError
+from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names, wide_columns
 from fipgraph.query.select import select
 
@@ -145,7 +145,7 @@ def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "ro
     robust: the k lowest `h_metric` (H = output motion under input perturbation, recorded by the
     undirected path). diverse: greedy max disagreement on `query` (a Task or batches), or max weight
     distance if no query. top: the k best by `metric` (descending unless descending=False).
-    The ensemble is recorded as <store>/ensembles/<name>.json.
+    The ensemble is recorded in the store's `ensembles` table under `name`.
     """
     if strategy == "robust":
         h_metric = resolve_h(store, h_metric)
@@ -182,33 +182,15 @@ def _load_members(store, ids: list[int], model: nn.Module | None) -> list[nn.Mod
     return [store.load_into(copy.deepcopy(model), n).eval() for n in ids]
 
 
-def store_root(store) -> str:
-    for attr in ("root", "path", "directory"):
-        val = getattr(store, attr, None)
-        if isinstance(val, (str, os.PathLike)):
-            return os.fspath(val)
-    raise ConfigError("cannot find the store's directory (store.root); pass record=False")
-
-
-def record_ensemble(store, name: str, ens: Ensemble) -> str:
-    """Write <store>/ensembles/<name>.json. (A proper `ensembles` table belongs in the store.)"""
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"ensemble name {name!r} must use letters, digits, '-', '_' or '.'")
-    folder = os.path.join(store_root(store), "ensembles")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump({"name": name, "members": ens.node_ids, "rule": ens.rule,
-                   "created_at": time.time()}, f, indent=1, default=str)
-    return path
+def record_ensemble(store, name: str, ens: Ensemble) -> None:
+    """Record the ensemble in the store's `ensembles` table (members and the rule that chose them)."""
+    store.add_ensemble(name, ens.node_ids, ens.rule)
 
 
 def load_ensemble(store, name: str, model: nn.Module | None = None) -> Ensemble:
-    """Rebuild a recorded ensemble from <store>/ensembles/<name>.json."""
-    path = os.path.join(store_root(store), "ensembles", f"{name}.json")
-    if not os.path.exists(path):
-        have = sorted(f[:-5] for f in os.listdir(os.path.dirname(path))) if os.path.isdir(os.path.dirname(path)) else []
-        raise ConfigError(f"no ensemble named {name!r}; recorded ensembles: {have}")
-    with open(path) as f:
-        spec = json.load(f)
+    """Rebuild a recorded ensemble from the store's `ensembles` table."""
+    try:
+        spec = store.ensemble_spec(name)
+    except FipgraphError as exc:
+        raise ConfigError(str(exc)) from None
     return Ensemble(_load_members(store, spec["members"], model), spec["members"], spec["rule"])

@@ -255,8 +255,8 @@ class WeightPCA(BaseEstimator):
 
     def _record(self, store) -> None:
         try:
-            for nid, row in zip(self.nodes_, self.coords_):
-                store.add_evals(nid, {self.dataset: {f"pc{j + 1}": float(v) for j, v in enumerate(row)}})
+            store.add_evals_many({nid: {self.dataset: {f"pc{j + 1}": float(v) for j, v in enumerate(row)}}
+                                  for nid, row in zip(self.nodes_, self.coords_)})
         except ReadOnlyStoreError:
             warnings.warn("store opened read-only: PCA coordinates were not recorded; open it with "
                           "mode='a' or pass record=False", stacklevel=3)

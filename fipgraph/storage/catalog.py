@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     path_length DOUBLE, tags JSON);
 CREATE TABLE IF NOT EXISTS edges (src BIGINT, dst BIGINT, distance DOUBLE, output_distance DOUBLE);
 CREATE TABLE IF NOT EXISTS evals (node_id BIGINT, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ensembles (name VARCHAR PRIMARY KEY, members JSON, rule JSON, created_at TIMESTAMP);
 -- where each node's bits live and how to check them; internal, but readable
 CREATE TABLE IF NOT EXISTS storage (
     node_id BIGINT PRIMARY KEY, arch_id VARCHAR, row BIGINT, encoding VARCHAR, chain_depth INTEGER,
@@ -103,7 +104,8 @@ class Catalog:
     def create(self) -> None:
         with self.connect() as con:
             con.execute(SCHEMA)
-            con.execute(wide_view_sql([]))
+            if not con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = 'wide'").fetchall():
+                con.execute(wide_view_sql([]))
 
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
@@ -139,6 +141,10 @@ class Catalog:
                 mirror.execute("DETACH src")
             for (view_sql,) in views:
                 mirror.execute(view_sql)
+            # materialise the wide pivot once per change, not once per query (100k nodes: ~10 ms a query)
+            mirror.execute("CREATE TABLE _wide AS SELECT * FROM wide")
+            mirror.execute("DROP VIEW wide")
+            mirror.execute("ALTER TABLE _wide RENAME TO wide")
             if self._mirror is not None:
                 self._mirror.close()
             self._mirror, self._mirror_state = mirror, state

@@ -21,11 +21,13 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from fipgraph.errors import FormatVersionError
 from fipgraph.storage.layout import Group, Layout
 
 Q8_BLOCK = 4096  # elements sharing one scale. Measured on an Adam path: blocks of 256 gave 0.208x raw,
 # 4096 gave 0.168x, with the same max error (set by the block holding the largest step)
 Rows = Mapping[str, np.ndarray]
+ENCODINGS = ("key", "diff", "pred", "q8")
 
 
 @dataclass
@@ -102,6 +104,9 @@ def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | 
 
 def decode_step(layout: Layout, stored: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str) -> dict[str, np.ndarray]:
     """Inverse of encode for one row."""
+    if encoding not in ENCODINGS:  # never guess: a wrong decoder returns plausible garbage
+        raise FormatVersionError(f"row encoding {encoding!r} is unknown to this fipgraph (knows {ENCODINGS}); "
+                                 "the store was written by another version")
     out = {}
     for g in layout.groups:
         if encoding == "key":

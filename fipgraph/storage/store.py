@@ -12,6 +12,7 @@ import atexit
 import datetime as dt
 import json
 import shutil
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,15 +24,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fipgraph.errors import (ArchitectureMismatchError, FipgraphError, FormatVersionError, NodeNotFoundError,
+from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec
-from fipgraph.storage.catalog import EVAL_COLUMNS, Catalog, insert_frame, to_json
+from fipgraph.storage.catalog import Catalog, insert_frame, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.weights import WeightArrays
-from fipgraph.storage.writer import NodeJob, SqlJob, Writer
+from fipgraph.storage.writer import EvalJob, NodeJob, SqlJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
@@ -78,12 +79,15 @@ class Store:
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
             self._decoded: OrderedDict[int, dict] = OrderedDict()
+            self._decode_lock = threading.RLock()  # readers may call state_dict from worker threads
+            self._new_ensembles: set[str] = set()
             self._load_index()
         except BaseException:
             self._release_lock()
             raise
         self._writer = None
         if mode == "a":
+            self.catalog.create()  # idempotent: adds tables introduced since the store was made
             pairs = set(map(tuple, self.catalog.query("SELECT DISTINCT dataset, metric FROM evals").values.tolist()))
             self._next_id = max(self._index, default=-1) + 1
             self._next_run = int(self.catalog.query("SELECT coalesce(max(run_id), -1) AS m FROM runs")["m"][0]) + 1
@@ -223,12 +227,41 @@ class Store:
 
     def add_evals(self, node_id: int, metrics: Mapping) -> None:
         """Attach evaluations ({metric: value} or {dataset: {metric: value}}) to an existing node."""
+        self.add_evals_many({node_id: metrics})
+
+    def add_evals_many(self, metrics_by_node: Mapping[int, Mapping]) -> None:
+        """add_evals for many nodes at once ({node_id: metrics}), committed together."""
         writer = self._writable()
-        self._info(node_id)
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        rows = [(int(node_id), ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
-        writer.put(SqlJob(lambda con: insert_frame(con, "evals", EVAL_COLUMNS, rows),
-                          [(ds, m) for _, ds, m, _, _ in rows]))
+        rows = []
+        for node_id, metrics in metrics_by_node.items():
+            self._info(node_id)
+            rows += [(int(node_id), ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
+        writer.put(EvalJob(rows))
+
+    def add_ensemble(self, name: str, members: list[int], rule: Mapping | None = None) -> None:
+        """Record a named ensemble (its member node ids and the rule that chose them)."""
+        writer = self._writable()
+        for n in members:
+            self._info(n)
+        if name in self._ensemble_names() or name in self._new_ensembles:
+            raise FipgraphError(f"an ensemble named {name!r} already exists in {self.root}; choose another name")
+        row = (name, to_json([int(n) for n in members]), to_json(dict(rule or {})),
+               dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+        writer.put(SqlJob(lambda con: insert_frame(con, "ensembles", ["name", "members", "rule", "created_at"], [row])))
+        self._new_ensembles.add(name)
+
+    def _ensemble_names(self) -> list[str]:
+        return self.sql("SELECT name FROM ensembles ORDER BY name")["name"].tolist()
+
+    def ensemble_spec(self, name: str) -> dict:
+        """{"name", "members": [node ids], "rule": {...}, "created_at"} of a recorded ensemble."""
+        df = self.sql("SELECT * FROM ensembles WHERE name = ?", [name])
+        if df.empty:
+            raise FipgraphError(f"no ensemble named {name!r} in {self.root}; recorded: {self._ensemble_names()}")
+        spec = df.iloc[0].to_dict()
+        spec["members"], spec["rule"] = json.loads(spec["members"]), json.loads(spec["rule"])
+        return spec
 
     def start_run(self, name: str, op: str | None = None, config: Mapping | None = None) -> int:
         """Register a run (its full resolved config is kept as JSON) and return its id."""
@@ -325,7 +358,9 @@ class Store:
         info = self._info(node_id)
         if self._writer is not None and int(node_id) in self._pending:
             self.flush()
-        return self.layout(info.arch_id).unpack(self._decode(int(node_id)))
+        with self._decode_lock:
+            rows = self._decode(int(node_id))
+        return self.layout(info.arch_id).unpack(rows)
 
     def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
         state = self.state_dict(node_id)
