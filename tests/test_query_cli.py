@@ -38,17 +38,17 @@ def test_query_commands_end_to_end(store_path, tmp_path, capsys):
     assert "explained variance ratio" in capsys.readouterr().out
     assert main(["evaluate", *s, "--split", SPLIT, "--task", "0"]) == 0
     assert "accuracy" in capsys.readouterr().out
-    assert main(["perplexity", *s, "--split", SPLIT, "--task", "task0", "--nodes", "0-2"]) == 0
-    assert main(["select", *s, "--where", '"digits/task0_accuracy" >= 0', "--order-by=-H", "--limit", "3"]) == 0
+    assert main(["perplexity", *s, "--split", SPLIT, "--task", "task1", "--nodes", "0-2"]) == 0
+    assert main(["select", *s, "--where", 'task1_accuracy >= 0', "--order-by=-H", "--limit", "3"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1 2 3"  # H = 1/step
-    assert main(["select", *s, "--maximize", "digits/task0_accuracy", "--minimize", "H"]) == 0
+    assert main(["select", *s, "--maximize", "task1_accuracy", "--minimize", "H"]) == 0
     assert main(["ensemble", *s, "-k", "2", "--name", "e2", "--export", str(tmp_path / "ens")]) == 0
     assert "members: 7 6" in capsys.readouterr().out  # robust = lowest H
     assert (tmp_path / "ens" / "ensemble.safetensors").exists()
     assert main(["spectrum", *s, "--node", "3", "-k", "5", "--n-examples", "16"]) == 0
     assert "eigenvalues" in capsys.readouterr().out
     out = tmp_path / "g.png"
-    assert main(["plot", "graph", *s, "--color", "digits/task0_accuracy", "--out", str(out)]) == 0
+    assert main(["plot", "graph", *s, "--color", "task1_accuracy", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", "run", *s, "--run", "walk", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").stat().st_size > 1000

@@ -198,7 +198,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front")
     add_store_argument(p)
-    p.add_argument("--where", help="SQL condition over the wide view, e.g. \"digits/task0_accuracy >= 0.9\"")
+    p.add_argument("--where", help="SQL condition over the wide view, e.g. \"task1_accuracy >= 0.9 AND sparsity >= 0.5\"")
     p.add_argument("--order-by", action="append", help="column; prefix '-' for descending, written --order-by=-col (repeatable)")
     p.add_argument("--limit", type=int)
     p.add_argument("--maximize", action="append", help="Pareto objective to maximise (repeatable)")

@@ -120,7 +120,7 @@ def split_tasks(data: Arrays | tuple[dict, dict], split: Any, name: str, *, head
             label_map, n_out, task_offset = {c: c for c in g}, n_single, min(g)
         else:
             label_map, n_out, task_offset = {c: j for j, c in enumerate(g)}, len(g), offset
-        tasks.append(Task(name=f"{name}/task{i}", classes=list(g), n_classes=n_out, label_offset=task_offset,
+        tasks.append(Task(name=f"task{i + 1}", classes=list(g), n_classes=n_out, label_offset=task_offset,
                           train=_select(train, y_tr, g, label_map), test=_select(test, y_te, g, label_map),
                           meta={"source": name, "head": head, "index": i}))
         offset += len(g)
@@ -137,7 +137,7 @@ def _permuted_tasks(train: dict, test: dict, classes: list[int], n: int, name: s
         if i > 0:  # task 0 is the original data, as in the usual permuted-MNIST protocol
             x_tr, perm = permute_pixels(x_tr, perm_seed)
             x_te = x_te.reshape(len(x_te), -1)[:, perm].reshape(x_te.shape)
-        tasks.append(Task(name=f"{name}/perm{i}", classes=list(classes), n_classes=max(classes) + 1,
+        tasks.append(Task(name=f"task{i + 1}", classes=list(classes), n_classes=max(classes) + 1,
                           label_offset=0, train={**train, "x": x_tr}, test={**test, "x": x_te},
                           meta={"source": name, "head": "single", "index": i,
                                 "permutation_seed": perm_seed if i > 0 else None}))
