@@ -1,4 +1,5 @@
-"""Producers: functionally invariant paths (continual, sparsify, undirected, finetune) into the store."""
+"""Producers: functionally invariant paths (continual, sparsify, undirected, finetune) and the paper's
+baselines (ewc, replay, oneshot_prune, lottery, lora) into the store."""
 
 from fipgraph.path.build import BuildResult, build, format_table
 from fipgraph.path.config import BuildConfig, DataConfig, RunConfig, load_config

@@ -40,7 +40,7 @@ class DataConfig:
 @dataclass
 class RunConfig:
     name: str  # unique within the build; the store run is named "{build}/{name}"
-    op: str  # objective: continual | sparsify | undirected | finetune (see path.objectives)
+    op: str  # objective: continual | sparsify | undirected | finetune | ewc | replay | oneshot_prune | lottery | lora
     task: int = 1  # 1-based task trained now (continual/finetune) or whose data anchors odist
     start: int | str | None = None  # TOML "from": a run name (its last node), a node id, or None = new model
     model: dict[str, Any] | None = None  # overrides [model] for a run that builds a new network
@@ -53,7 +53,7 @@ class RunConfig:
     batch_size: int = 32  # new-task batch
     memory_size: int = 500  # examples kept per earlier (or anchoring) task, as in the paper
     memory_batch_size: int = 32  # memory examples per step; odist is summed over them
-    steps: int | None = 300  # optimizer steps; None = use epochs
+    steps: int | None = 300  # optimizer steps (lottery: per round); None = use epochs
     epochs: float | None = None  # alternative to steps, in passes over the task's training set
     save_every: int = 10  # write a node every k steps (the first and last step always)
     eval_every: int | None = None  # evaluate saved nodes every k steps (None = every saved node)
@@ -67,6 +67,16 @@ class RunConfig:
     h_epsilon: float = 0.1  # undirected: l_inf size of that perturbation (digits pixels are scaled to [0, 1])
     eval_batch_size: int = 256  # evaluation only; no effect on the path
     probe_size: int = 32  # fixed examples for each edge's output_distance (odist to the parent, per example); 0 = skip
+    # baseline settings (path/baselines.py, pruning.py, lora.py); stored with a run only when its op reads them
+    ewc_lambda: float = 5000.0  # ewc: weight of (1/2)·Σ F_i (w_i - w*_i)^2 (paper: 5,000)
+    fisher_samples: int = 500  # ewc: examples per earlier task for its diagonal Fisher (paper: 500)
+    prune_rate: float = 0.2  # lottery: fraction of the remaining prunable weights removed per round (paper: 20 %)
+    rewind_step: int = 0  # lottery: rewind survivors to the start node's ancestor at this step of its first run (0 = the initialisation)
+    lora_r: int = 16  # lora: adapter rank (issue 5: 16; paper: 1-256)
+    lora_alpha: float | None = None  # lora: scale numerator; None = 2·lora_r, as in the paper
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])  # lora: module names (suffixes) that get adapters
+    lora_dropout: float = 0.0  # lora: dropout on the adapter input
+    lora_train: list[str] = field(default_factory=lambda: ["classifier"])  # lora: modules trained in full beside the adapters (the head)
 
     def __post_init__(self) -> None:
         from fipgraph.path.objectives import OBJECTIVES
@@ -96,9 +106,15 @@ class RunConfig:
         if self.op == "continual":
             _need(self.task >= 2, f"{where}: continual on task {self.task} has no earlier task to remember; train task 1 with op='finetune' first")
             _need(self.start is not None, f"{where}: continual needs a start network trained on the earlier tasks; set from = a run name or node id")
+        objective.check(self)
 
     def to_dict(self) -> dict[str, Any]:
+        from fipgraph.path.objectives import OBJECTIVES
+
         out = dataclasses.asdict(self)
+        own = set(OBJECTIVES[self.op].options)
+        for key in {k for cls in OBJECTIVES.values() for k in cls.options} - own:
+            out.pop(key, None)  # another op's setting: not part of this run's identity
         out["from"] = out.pop("start")
         return out
 

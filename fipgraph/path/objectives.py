@@ -7,6 +7,7 @@ operation is one class with ``@register_objective("name")``; nothing else lists 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -29,15 +30,66 @@ def register_objective(name: str) -> Callable[[type["Objective"]], type["Objecti
     return deco
 
 
+@dataclass
+class Context:
+    """What a run knows before its first step, for objectives that need more than the live network."""
+
+    store: Any  # the open fipgraph store (read ancestors, e.g. EWC's task-end nodes, lottery's rewind node)
+    start: int | None  # the start node id (None = a freshly built network)
+    model: nn.Module  # the start network itself, before any resume or step
+    tasks: list  # every task of the build (fipgraph.data.Task)
+    head: str  # "single" | "per_task"
+
+
 class Objective:
-    """Base: no odist term, no task batch, L = 0. Subclasses override what they need."""
+    """Base: no odist term, no task batch, L = 0. Subclasses override what they need.
+
+    Hooks the walk calls, in order: check (config time), __init__, prepare (start network),
+    wrap (after a resume loaded its weights), total_steps, then per step before_step, penalty /
+    memory_loss, node_tags; export whenever a node is evaluated and stored; finish at the end.
+    """
 
     name: ClassVar[str] = ""
-    uses_memory: ClassVar[bool] = False  # odist against the frozen start network on memory buffers
+    uses_memory: ClassVar[bool] = False  # memory buffers of earlier (or anchoring) tasks enter every step
+    uses_odist: ClassVar[bool] = True  # memory enters as odist to the frozen start network; False = memory_loss
     uses_task_batch: ClassVar[bool] = False  # cross-entropy batches of the run's task
+    # RunConfig fields only this op reads: runs of other ops leave them out of their stored config,
+    # so adding an op never changes (or blocks resuming) the stored runs of the others
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         self.run = run
+        self.keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (param, 0/1 mask) kept after each step
+
+    @classmethod
+    def check(cls, run: Any) -> None:
+        """Cross-field rules of this op's settings; raise ConfigError naming the value and the fix."""
+
+    def prepare(self, ctx: Context) -> None:
+        """Called once with the start network, before any resume or step (e.g. EWC's Fisher)."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to optimise (e.g. a LoRA wrapper); called after a resume loaded its weights."""
+        return model
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """The network to evaluate and store (e.g. LoRA merged into a plain copy of the parent's architecture)."""
+        return model
+
+    def total_steps(self, steps: int) -> int:
+        """Optimizer steps of the whole run given the config's steps (lottery: steps per round x rounds)."""
+        return steps
+
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Called before optimizer step ``step`` (1-based), e.g. to prune and rewind at a round boundary."""
+
+    def node_tags(self, step: int, total: int) -> dict[str, Any] | None:
+        """Tags for the node after ``step``; not None forces that node to be saved and evaluated."""
+        return None
+
+    def memory_loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The memory term when ``uses_odist`` is False (replay: cross-entropy on the memory's labels)."""
+        raise NotImplementedError(f"objective {self.name!r} sets uses_odist = False but has no memory_loss")
 
     def memory_tasks(self, task: int) -> list[int]:
         """1-based tasks whose memory buffers anchor the odist term."""
@@ -140,3 +192,8 @@ class Sparsify(Objective):
             "sparse_mask": {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of(params),
                             "target": self.run.sparsity, "scope": self.run.prune_scope},
         }
+
+
+# The baselines register themselves on import; importing them here makes OBJECTIVES complete
+# wherever it is read (config validation, the walk, the CLI).
+from fipgraph.path import baselines, lora, pruning  # noqa: E402,F401

@@ -33,15 +33,20 @@ def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch |
         L = objective.penalty(model, logits[:n_task, cols], labels[:n_task])
     else:
         L = objective.penalty(model, None, None)
-    loss = lam * L if memory_batch is not None else L
+    loss = L
     terms["L"] = float(L.detach())
     terms.update(objective.report())
     mem_logits = None
     if memory_batch is not None:
         mem_logits = logits[n_task:]  # (P_mem, C)
-        d = odist(mem_logits, ref_logits)
-        loss = d + loss
-        terms["odist"] = float(d.detach())
+        if objective.uses_odist:
+            d = odist(mem_logits, ref_logits)
+            loss = d + lam * L
+            terms["odist"] = float(d.detach())
+        else:  # replay: the memory is extra labelled data (weighted by λ); its outputs are free to move
+            r = objective.memory_loss(mem_logits, labels[n_task:], memory_batch)
+            loss = L + lam * r
+            terms["replay"] = float(r.detach())
         mem_logits = mem_logits.detach()
     return StepOutput(loss, terms, mem_logits)
 

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
 from fipgraph.path.evaluate import evaluate_tasks, head_slice, robustness_h
-from fipgraph.path.memory import FrozenReference, batch_stream, cat_batches, index_batch
-from fipgraph.path.objectives import OBJECTIVES
+from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
+from fipgraph.path.objectives import OBJECTIVES, Context
 from fipgraph.path.odist import get_odist
 from fipgraph.path.sparsity import prunable_names, sparsity_of
 from fipgraph.path.step import fip_step
@@ -151,9 +151,13 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
 
     reference = None
     if objective.uses_memory:  # taken from the start network, before any resume or step
-        memory = cat_batches([tasks[t - 1].sample(run.memory_size, seed=run.seed * 1000 + t)
-                              for t in objective.memory_tasks(run.task)])
+        samples = [tasks[t - 1].sample(run.memory_size, seed=run.seed * 1000 + t) for t in objective.memory_tasks(run.task)]
+        if not objective.uses_odist:  # replay scores each example on its own task's head: say which task it is
+            samples = [{**b, "task": torch.full((batch_size_of(b),), t)} for b, t in
+                       zip(samples, objective.memory_tasks(run.task))]
+        memory = cat_batches(samples)
         reference = FrozenReference.take(model, memory, run.eval_batch_size)
+    objective.prepare(Context(store=store, start=start, model=model, tasks=tasks, head=head))
     probe = None  # fixed inputs for each edge's output_distance
     if run.probe_size:
         probe = (index_batch(reference.memory, torch.arange(min(run.probe_size, len(reference)))) if reference
@@ -167,7 +171,11 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
         names = mask_info["params"] if mask_info else prunable
         keep = [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
 
-    total = run.steps if run.steps is not None else math.ceil(run.epochs * len(task.train_loader(run.batch_size, 0)))
+    if found is not None:
+        store.load_into(model, found[0])  # resume: the weights as last saved, before any wrapper (LoRA) goes on
+    model = objective.wrap(model)
+    total = objective.total_steps(run.steps if run.steps is not None
+                                  else math.ceil(run.epochs * len(task.train_loader(run.batch_size, 0))))
     eval_every = run.eval_every or run.save_every
     optimizer = make_optimizer(run, model)
     optim_path = Path(store_dir) / "optim" / f"run-{run_id}.pt"
@@ -191,10 +199,12 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
         return out
 
     def save(step: int, tags: dict | None = None, final: bool = False) -> int:
+        net = objective.export(model)  # what is stored: the model itself, or e.g. LoRA merged into a plain copy
         metrics: dict[str, dict[str, float]] = {}
         if final or step % eval_every == 0:
-            metrics = evaluate_tasks(model, seen, head, run.eval_batch_size)
-            metrics["prunable"] = {"sparsity": sparsity_of([params[n].detach() for n in prunable])}
+            metrics = evaluate_tasks(net, seen, head, run.eval_batch_size)
+            net_params = dict(net.named_parameters())
+            metrics["prunable"] = {"sparsity": sparsity_of([net_params[n].detach() for n in prunable])}
             if run.op == "undirected":
                 gen = torch.Generator().manual_seed(run.seed + step)
                 for ds, t in seen.items():
@@ -204,7 +214,7 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
                         metrics[ds]["H"] = h
         now = probe_logits()
         od = None if st.parent_probe is None or now is None else float(odist(now, st.parent_probe)) / now.shape[0]
-        nid = store.append(model, parent=st.parent, run=run_id, op=run.op, step=step,
+        nid = store.append(net, parent=st.parent, run=run_id, op=run.op, step=step,
                            metrics=metrics or None, tags=tags, output_distance=od)
         st.parent, st.parent_probe, st.saved_step = nid, now, step
         if metrics:
@@ -223,8 +233,7 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
     elif found is None:
         st.parent, st.parent_probe, st.saved_step = start, probe_logits(), 0
     else:
-        st.parent, step, st.saved_step = found[0], found[1], found[1]
-        store.load_into(model, found[0])
+        st.parent, step, st.saved_step = found[0], found[1], found[1]  # weights loaded above
         st.parent_probe = probe_logits()
         if optim_path.exists():
             saved = torch.load(optim_path, weights_only=False)
@@ -255,7 +264,9 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
             gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
             task_batch = next(stream) if stream is not None else None
             mem_batch, ref_logits = reference.sample(run.memory_batch_size, gen) if reference else (None, None)
-            out = fip_step(model, optimizer, objective, odist, run.lam, task_batch, mem_batch, ref_logits, cols, keep)
+            objective.before_step(model, optimizer, step)
+            out = fip_step(model, optimizer, objective, odist, run.lam, task_batch, mem_batch, ref_logits, cols,
+                           objective.keep if objective.keep is not None else keep)
             done += 1
             limits.count()
             if reference is not None and not guarded and step >= 2:
@@ -266,7 +277,10 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
                         "so the reference follows the live network and odist constrains nothing; the "
                         "reference must be a frozen copy taken when the task starts")
             converged = objective.converged()
-            if converged or step % run.save_every == 0 or step == total:
+            node_tags = objective.node_tags(step, total)
+            if node_tags is not None:
+                save(step, node_tags, final=True)  # e.g. the end of a lottery round: always stored and evaluated
+            elif converged or step % run.save_every == 0 or step == total:
                 save(step)
             bar.update(1)
             if step % 10 == 0 or step == total:

@@ -1,0 +1,185 @@
+"""Continual-learning baselines the paper compares FIP against: EWC and experience replay.
+
+Both learn task i by cross-entropy from the same start node as a ``continual`` FIP run, so the
+three land in one store side by side:
+
+- ``ewc`` (Kirkpatrick et al. 2017): L = CE + Σ_{j<i} (λ_ewc/2)·Σ_k F_jk (w_k − w*_jk)², with F_j the
+  diagonal (empirical) Fisher from ``fisher_samples`` examples of task j and w*_j the network as it
+  was when task j ended (found by walking the start node's ancestors in the store).
+- ``replay``: L = CE(new task) + λ·CE(memory), on exactly the memory buffers ``continual`` uses
+  (same examples, same budget), with no output-distance term.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fipgraph.errors import ConfigError
+from fipgraph.path.evaluate import head_slice, task_logits
+from fipgraph.path.memory import batch_size_of, index_batch
+from fipgraph.path.objectives import Context, Objective, register_objective
+
+log = logging.getLogger("fipgraph.build")
+
+
+def need_earlier_task(run: Any) -> None:
+    """Ops that learn task i while keeping tasks < i need i >= 2 and a start network."""
+    where = f"run {run.name!r}"
+    if run.task < 2:
+        raise ConfigError(f"{where}: {run.op} on task {run.task} has no earlier task to remember; "
+                          f"train task 1 with op='finetune' first, then set task = 2")
+    if run.start is None:
+        raise ConfigError(f"{where}: {run.op} needs a start network trained on the earlier tasks; "
+                          f"set from = a run name or node id")
+
+
+def lineage(store: Any, node: int) -> list[dict]:
+    """``node`` and its ancestors (rows of the nodes table), nearest first."""
+    rows: list[dict] = []
+    current: Any = node
+    while current is not None and not pd.isna(current):
+        row = store.node(int(current))
+        rows.append(row)
+        current = row.get("parent_id")
+    return rows
+
+
+def _trained_task(store: Any, run_id: Any, cache: dict) -> int | None:
+    """The task a run trained by cross-entropy (None for runs that train no task, e.g. sparsify)."""
+    if run_id is None or pd.isna(run_id):
+        return None
+    rid = int(run_id)
+    if rid not in cache:
+        from fipgraph.path.objectives import OBJECTIVES
+
+        df = store.sql("SELECT op, config FROM runs WHERE run_id = ?", [rid])
+        task = None
+        if not df.empty and df["op"][0] in OBJECTIVES and OBJECTIVES[df["op"][0]].uses_task_batch:
+            config = json.loads(df["config"][0]) if df["config"][0] else {}
+            task = (config.get("run") or {}).get("task")
+        cache[rid] = task
+    return cache[rid]
+
+
+def task_end_nodes(store: Any, start: int, wanted: list[int]) -> dict[int, int]:
+    """For each task in ``wanted``, the nearest ancestor of ``start`` (itself included) whose run trained it."""
+    found: dict[int, int] = {}
+    cache: dict = {}
+    for row in lineage(store, start):
+        task = _trained_task(store, row.get("run_id"), cache)
+        if task in wanted and task not in found:
+            found[task] = int(row["node_id"])
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def diagonal_fisher(model: nn.Module, task: Any, head: str, n: int, seed: int) -> list[torch.Tensor]:
+    """Empirical diagonal Fisher: mean over n training examples of (∂ log p(y|x; w)/∂w)² at the true y.
+
+    One backward per example: the Fisher needs per-example squared gradients, which a batched
+    backward (the square of a sum) would not give. Evaluated in eval mode (no dropout)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fisher = [torch.zeros_like(p) for p in params]
+    batch = task.sample(n, seed=seed)
+    count = batch_size_of(batch)
+    was = model.training
+    model.eval()
+    for i in range(count):
+        logits, labels = task_logits(model, index_batch(batch, torch.tensor([i])), task, head)
+        grads = torch.autograd.grad(F.cross_entropy(logits, labels), params, allow_unused=True)
+        for f, g in zip(fisher, grads):
+            if g is not None:
+                f.add_(g.detach().pow(2))
+    model.train(was)
+    return [f / count for f in fisher]
+
+
+@register_objective("ewc")
+class EWC(Objective):
+    """Cross-entropy on task i plus the EWC quadratic penalty around each earlier task's end point."""
+
+    uses_task_batch = True
+    options = ("ewc_lambda", "fisher_samples")
+
+    @classmethod
+    def check(cls, run: Any) -> None:
+        need_earlier_task(run)
+        if run.ewc_lambda < 0:
+            raise ConfigError(f"run {run.name!r}: ewc_lambda={run.ewc_lambda} must be >= 0 (paper: 5000)")
+        if run.fisher_samples < 1:
+            raise ConfigError(f"run {run.name!r}: fisher_samples={run.fisher_samples} must be >= 1 (paper: 500)")
+
+    def __init__(self, run: Any, model: nn.Module) -> None:
+        super().__init__(run, model)
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.anchors: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # per earlier task: (F_j, w*_j)
+        self.anchor_nodes: dict[int, int] = {}
+        self.ewc_term = 0.0
+
+    def prepare(self, ctx: Context) -> None:
+        earlier = list(range(1, self.run.task))
+        ends = task_end_nodes(ctx.store, ctx.start, earlier) if ctx.start is not None else {}
+        for j in earlier:
+            node = ends.get(j, ctx.start)
+            if j not in ends:
+                log.warning("run %s: no ancestor of node %s trained task %d; its EWC anchor is the start node",
+                            self.run.name, ctx.start, j)
+            net = ctx.model if node == ctx.start else ctx.store.load_into(copy.deepcopy(ctx.model), node)
+            fisher = diagonal_fisher(net, ctx.tasks[j - 1], ctx.head, self.run.fisher_samples, seed=self.run.seed * 1000 + j)
+            params = dict(net.named_parameters())
+            self.anchors.append((fisher, [params[n].detach().clone() for n in self.names]))
+            self.anchor_nodes[j] = int(node)
+
+    def penalty(self, model, logits, labels):
+        params = dict(model.named_parameters())
+        live = [params[n] for n in self.names]
+        quad = sum(sum((f * (p - w).pow(2)).sum() for f, p, w in zip(fisher, live, star))
+                   for fisher, star in self.anchors)
+        ewc = 0.5 * self.run.ewc_lambda * quad
+        self.ewc_term = float(ewc.detach()) if torch.is_tensor(ewc) else float(ewc)
+        return F.cross_entropy(logits, labels) + ewc
+
+    def report(self) -> dict[str, float]:
+        return {"ewc": self.ewc_term}
+
+
+@register_objective("replay")
+class Replay(Objective):
+    """Experience replay: cross-entropy on task i and on the earlier tasks' memory buffers."""
+
+    uses_memory = True
+    uses_odist = False
+    uses_task_batch = True
+
+    @classmethod
+    def check(cls, run: Any) -> None:
+        need_earlier_task(run)
+
+    def memory_tasks(self, task: int) -> list[int]:
+        return list(range(1, task))  # the buffers `continual` anchors with odist
+
+    def prepare(self, ctx: Context) -> None:
+        self.tasks, self.head = ctx.tasks, ctx.head
+
+    def penalty(self, model, logits, labels):
+        return F.cross_entropy(logits, labels)
+
+    def memory_loss(self, logits, labels, batch):
+        if self.head == "single" or "task" not in batch:
+            return F.cross_entropy(logits, labels)
+        # per-task heads: each example is scored on its own task's block of logits
+        total = logits.new_zeros(())
+        for t in batch["task"].unique().tolist():
+            rows = batch["task"] == t
+            total = total + F.cross_entropy(logits[rows, head_slice(self.tasks[t - 1], self.head)], labels[rows],
+                                            reduction="sum")
+        return total / logits.shape[0]
