@@ -77,7 +77,7 @@ def cmd_sql(args) -> int:
         with open(args.out, "w") as f:
             f.write(text)
     else:
-        print(text)
+        print(text.rstrip("\n"))
     return 0
 
 
