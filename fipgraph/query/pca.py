@@ -15,7 +15,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -80,13 +79,6 @@ class _ColumnChunks:
         if self.file is not None:
             self.file.close()
             os.unlink(self.path)
-
-
-def _gram_rows(cols: "_ColumnChunks", gram: np.ndarray, i0: int, i1: int) -> None:
-    """gram[i0:i1, :i1] += D[i0:i1] D[:i1]ᵀ (the lower triangle of rows i0..i1), chunk by chunk."""
-    for c in range(len(cols.bounds)):
-        block = cols.arrays[c]
-        gram[i0:i1, :i1] += (block[i0:i1] @ block[:i1].T).astype(np.float64)
 
 
 def _check_finite(d: np.ndarray, nid: int) -> None:
@@ -172,19 +164,11 @@ class WeightPCA(BaseEstimator):
         # P-sized working vectors (reference, float64 sums, read-ahead, decode buffers, results)
         # take ~40 bytes per weight; what is left of max_memory holds weight columns
         cols = _ColumnChunks(n, p, chunk_cols, max(0, int(self.max_memory) - 40 * p), self.spill_dir)
-        pool = None
         try:
             # Deltas to the first node: weights along a path differ by tiny amounts, so
             # subtracting a reference before any product avoids catastrophic cancellation.
             ref = first.astype(np.float64)
             dsum = np.zeros(p, np.float64)
-            gram = np.zeros((n, n), np.float64)
-            # with every column in RAM, K's rows are accumulated on a worker thread while later nodes are
-            # still being read and decompressed (both release the GIL): the two no longer run back to back
-            overlap = cols.file is None
-            if overlap:
-                pool = ThreadPoolExecutor(1)
-            pending, done_rows = [], 0
             rows = iter_vectors(store, ids, self.param_names_)
             for i, vec in enumerate(self._bar(rows, n, "pca: reading nodes")):
                 if vec.size != p:
@@ -193,18 +177,11 @@ class WeightPCA(BaseEstimator):
                 _check_finite(d, ids[i])
                 dsum += d
                 cols.write_row(i, d)
-                if overlap and (i + 1 - done_rows >= 64 or i + 1 == n):
-                    pending.append(pool.submit(_gram_rows, cols, gram, done_rows, i + 1))
-                    done_rows = i + 1
             dmean = dsum / n
-            if overlap:
-                for f in pending:
-                    f.result()
-                gram = np.tril(gram) + np.tril(gram, -1).T
-            else:
-                for c, (a, b) in enumerate(self._bar(cols.bounds, len(cols.bounds), "pca: gram")):
-                    block = cols.chunk(c)
-                    gram += (block @ block.T).astype(np.float64)  # numpy uses syrk for A @ A.T
+            gram = np.zeros((n, n), np.float64)
+            for c, (a, b) in enumerate(self._bar(cols.bounds, len(cols.bounds), "pca: gram")):
+                block = cols.chunk(c)
+                gram += (block @ block.T).astype(np.float64)  # numpy uses syrk for A @ A.T
             # double centring, H K H with H = I - 11ᵀ/n, instead of a centring pass over the data;
             # deltas to a node of the set are of the spread's size, so this loses no precision
             gram -= gram.mean(0)[None, :]
@@ -218,8 +195,6 @@ class WeightPCA(BaseEstimator):
             for c, (a, b) in enumerate(cols.bounds):  # V = Xcᵀ U / s = Dᵀ U / s since 1ᵀU = 0
                 comps[:, a:b] = (cols.chunk(c).T @ u32).T
         finally:
-            if pool is not None:  # also on errors: no worker may touch the columns after close()
-                pool.shutdown(wait=True, cancel_futures=True)
             cols.close()
         self.mean_ = ref + dmean
         self.components_ = comps
