@@ -3,7 +3,7 @@
 Layout of a store directory (see store/README.md):
     fipgraph.json     format marker and version          writer.lock   single-writer flock
     metrics.duckdb    nodes, edges, evals, runs, archs, storage (the commit point of a node)
-    weights.zarr/     <arch_id>/<dtype>[.q8|.scale]: one row per node, XOR-to-parent or keyframe
+    weights.zarr/     <arch_id>/<dtype>[.q8|.scale]: one row per node, residual to its lineage or keyframe
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The background writer: encodes and writes weights, then commits catalog rows in batches.
 
-Training threads only snapshot the weights (one memcpy) and enqueue; this thread does the XOR,
+Training threads only snapshot the weights (one memcpy) and enqueue; this thread does the delta encoding,
 compression, Zarr writes, norms and distances, and commits to DuckDB at most every
-``commit_interval`` seconds, so saving every step costs the training loop almost nothing.
+``commit_interval`` seconds. The training thread pays only for the snapshot; on a small machine the
+writer's CPU still competes with training (measured in benchmarks/RESULTS.md).
 Order is kept: a job commits in the same or a later transaction than every job queued before it.
 Write order makes crashes safe: chunks first, catalog rows (the commit point) last.
 """
