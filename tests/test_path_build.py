@@ -121,3 +121,13 @@ def test_stop_and_resume_is_bit_exact_with_no_duplicate_steps(tmp_path):
     assert dup.empty and status == {"finished"}
     assert list(steps["default/continual"]) == [10, 17, 20, 30, 40]  # stopped at 17, saved, resumed
     assert list(steps["default/task1"]) == [0, 10, 20, 30, 40]
+
+
+def test_last_node_is_evaluated_when_steps_are_not_a_multiple_of_save_every(tmp_path):
+    overrides = ["runs.task1.steps=25", "runs.continual.steps=13", "runs.finetune.steps=7", "save_every=10"]
+    result = build(load_config(None, overrides), tmp_path, progress=False)
+    with fipgraph.open_store(tmp_path, "r") as store:
+        last = store.sql("SELECT node_id, step, task1_accuracy FROM wide WHERE node_id IN "
+                         f"({', '.join(str(r.last_node) for r in result.runs)}) ORDER BY node_id")
+    assert last["step"].tolist() == [25, 13, 7]
+    assert last["task1_accuracy"].notna().all()  # was missing: the final save did not evaluate

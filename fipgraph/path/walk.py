@@ -281,7 +281,7 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
             if node_tags is not None:
                 save(step, node_tags, final=True)  # e.g. the end of a lottery round: always stored and evaluated
             elif converged or step % run.save_every == 0 or step == total:
-                save(step)
+                save(step, final=converged or step == total)  # a run's last node is always evaluated
             bar.update(1)
             if step % 10 == 0 or step == total:
                 bar.set_postfix({**{k: f"{v:.3g}" for k, v in out.terms.items()}, **st.accs}, refresh=False)
