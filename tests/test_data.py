@@ -304,3 +304,18 @@ def test_hf_dataset_text_column_is_tokenized(tiny_tokenizer):
     assert task.test["labels"].tolist() == [1, 0]
     first = task.test["input_ids"][0][task.test["attention_mask"][0].bool()].tolist()
     assert first == tiny_tokenizer("good film")["input_ids"]
+
+
+def test_chained_sources_make_one_task_per_source_on_one_head():
+    tasks = make_tasks(["digits", "digits"], seed=0)
+    assert [t.name for t in tasks] == ["task1", "task2"]
+    assert [t.n_classes for t in tasks] == [20, 20] and [t.label_offset for t in tasks] == [0, 10]
+    assert tasks[1].classes == list(range(10, 20))
+    assert int(tasks[1].train["labels"].min()) == 10 and int(tasks[1].train["labels"].max()) == 19
+    assert torch.equal(tasks[1].train["labels"] - 10, tasks[0].train["labels"])  # same images, shifted labels
+    per_task = make_tasks(["digits", "digits"], head="per_task")
+    assert per_task[1].n_classes == 10 and per_task[1].label_offset == 10 and int(per_task[1].train["labels"].max()) == 9
+    with pytest.raises(ConfigError, match="drop split"):
+        make_tasks(["digits", "digits"], split="classes:5")
+    with pytest.raises(ConfigError, match="image sources"):
+        make_tasks(["digits", "vader"])

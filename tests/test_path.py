@@ -153,7 +153,7 @@ def _cfg(**run):
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
     ({"odist": "cos"}, "unknown odist 'cos'"),
     ({"steps": 10, "epochs": 2}, "exactly one of steps"),
-    ({"task": 3}, "task=3 but data.split has 2 tasks"),
+    ({"task": 3}, "task=3 but the data has 2 tasks"),
     ({"from": "later"}, "not an earlier run"),
     ({"lr": 0}, "lr=0 must be > 0"),
     ({"colour": "red"}, "unknown keys.*colour"),
@@ -195,3 +195,14 @@ def test_cat_batches_pads_text_to_one_length():
     b = {"input_ids": torch.ones(1, 5, dtype=torch.long), "labels": torch.zeros(1, 5, dtype=torch.long)}
     out = cat_batches([a, b])
     assert out["input_ids"].shape == (3, 5) and int(out["labels"][0, 3]) == -100 and int(out["input_ids"][0, 4]) == 0
+
+
+def test_chained_sources_config_one_task_per_source(tmp_path):
+    base = {"data": {"source": ["digits", "digits"]}, "model": {"name": "mlp", "kwargs": {"n_classes": 20}},
+            "runs": [{"name": "a", "op": "finetune", "task": 2}]}
+    cfg = build_config(base)
+    assert cfg.data.split is None and cfg.data.n_tasks == 2
+    with pytest.raises(ConfigError, match="remove split"):
+        build_config({**base, "data": {"source": ["digits", "digits"], "split": "classes:5"}})
+    with pytest.raises(ConfigError, match="task=3 but the data has 2 tasks"):
+        build_config({**base, "runs": [{"name": "a", "op": "finetune", "task": 3}]})

@@ -3,6 +3,8 @@
 Splits: ``None`` (one task, all classes), a list of class-id lists (class-incremental),
 ``"classes:K"`` (consecutive groups of K classes), ``"permuted:N"`` (N tasks over all classes,
 task i's pixels shuffled by a fixed permutation; task 0 keeps the original images).
+A list of image sources (``["mnist", "fashion-mnist"]``) chains them: one task per source, the
+paper's MNIST -> Fashion-MNIST setting (single head: labels 0-9, then 10-19).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
         raise ConfigError(f"head must be one of {HEADS}, got {head!r}")
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"test_size must be in (0, 1), got {test_size}")
+    if isinstance(source, (list, tuple)):
+        if split is not None:
+            raise ConfigError(f"a list of sources {list(source)} makes one task per source; drop split={split!r}")
+        return chain_sources(source, seed=seed, head=head, test_size=test_size, **options)
     if isinstance(source, str) and source in TEXT_SOURCES:
         from fipgraph.data import text
         return text.make_text_tasks(source, split=split, seed=seed, test_size=test_size, head=head, **options)
@@ -60,6 +66,35 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
         if extra is not None:  # text classification: already tokenized dict batches
             return split_tasks(extra, split, name, head=head, seed=seed)
     return split_tasks(arrays, split, name, head=head, seed=seed)
+
+
+def chain_sources(sources: Sequence[str], *, seed: int = 0, head: str = "single", test_size: float = 0.2,
+                  **options: Any) -> list[Task]:
+    """One task per image source, in order. Single head: source i's labels follow source i-1's
+    (MNIST 0-9, Fashion-MNIST 10-19 on a 20-output head); per_task: labels 0..k-1 per source."""
+    unknown = [s for s in sources if s not in IMAGE_SOURCES]
+    if not sources or unknown:
+        raise ConfigError(f"chained sources must be image sources {sorted(IMAGE_SOURCES)}, got {list(sources)}")
+    parts = [split_tasks(IMAGE_SOURCES[s](test_size, seed, **options), None, s, head="per_task", seed=seed)[0]
+             for s in sources]
+    shapes = {tuple(p.train["x"].shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise ConfigError(f"chained sources {list(sources)} have different image shapes {sorted(shapes)}; "
+                          "chain sources of one shape (e.g. mnist and fashion-mnist, both 1x28x28)")
+    total = sum(p.n_classes for p in parts)
+    tasks, offset = [], 0
+    for i, (src, p) in enumerate(zip(sources, parts)):
+        k = p.n_classes
+        if head == "single":  # shift labels into this source's block of the shared head
+            train = {**p.train, "labels": p.train["labels"] + offset}
+            test = {**p.test, "labels": p.test["labels"] + offset}
+            classes, n_out = list(range(offset, offset + k)), total
+        else:
+            train, test, classes, n_out = p.train, p.test, list(range(k)), k
+        tasks.append(Task(name=f"task{i + 1}", classes=classes, n_classes=n_out, label_offset=offset,
+                          train=train, test=test, meta={"source": src, "head": head, "index": i}))
+        offset += k
+    return tasks
 
 
 def _parse_split(split: Any, classes: list[int]) -> tuple[str, Any]:

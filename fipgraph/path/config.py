@@ -26,7 +26,8 @@ def _need(ok: bool, msg: str) -> None:
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # a fipgraph.data source name; digits ships with scikit-learn
+    source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), or a
+    # list of image sources chained one task per source, e.g. ["mnist", "fashion-mnist"]
     split: list[list[int]] = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ...
     seed: int = 0  # fixes the train/test split, independent of the training seed
     head: str = "single"  # single: label = class id on one head sized for all tasks from the start; per_task: logits sliced to the task's block
@@ -34,7 +35,22 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
+        if isinstance(self.source, list):  # chained sources: the task sequence is the source list
+            _need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
+                  f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")
+            self.split = None
+            return
         _need(len(self.split) >= 1, f"data.split={self.split!r} is empty; give one class list per task")
+
+    @property
+    def n_tasks(self) -> int | None:
+        """Tasks in the sequence, where the config alone tells (None for 'classes:K')."""
+        if isinstance(self.source, list):
+            return len(self.source)
+        if isinstance(self.split, str):
+            kind, _, num = self.split.partition(":")
+            return int(num) if kind == "permuted" and num.isdigit() else None
+        return len(self.split)
 
 
 @dataclass
@@ -132,7 +148,8 @@ class BuildConfig:
         seen: set[str] = set()
         for run in self.runs:
             _need(run.name not in seen, f"run name {run.name!r} is used twice; names must be unique")
-            _need(run.task <= len(self.data.split), f"run {run.name!r}: task={run.task} but data.split has {len(self.data.split)} tasks")
+            n = self.data.n_tasks
+            _need(n is None or run.task <= n, f"run {run.name!r}: task={run.task} but the data has {n} tasks")
             if isinstance(run.start, str):
                 _need(run.start in seen, f"run {run.name!r}: from={run.start!r} is not an earlier run; use one of {sorted(seen)} or a node id")
             seen.add(run.name)
