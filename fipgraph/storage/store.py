@@ -327,7 +327,13 @@ class Store:
     # -- reading ---------------------------------------------------------------------------------
     def _decode(self, node_id: int) -> dict[str, np.ndarray]:
         """Decoded rows of a node: walk up to its keyframe (at most keyframe_every rows), decode down,
-        starting below the deepest two consecutive ancestors already in the cache."""
+        starting below the deepest two consecutive ancestors already in the cache.
+
+        Locked: the background writer decodes parents through here while user threads read."""
+        with self._decode_lock:
+            return self._decode_unlocked(node_id)
+
+    def _decode_unlocked(self, node_id: int) -> dict[str, np.ndarray]:
         cache = self._decoded
         if node_id in cache:
             cache.move_to_end(node_id)
@@ -358,9 +364,7 @@ class Store:
         info = self._info(node_id)
         if self._writer is not None and int(node_id) in self._pending:
             self.flush()
-        with self._decode_lock:
-            rows = self._decode(int(node_id))
-        return self.layout(info.arch_id).unpack(rows)
+        return self.layout(info.arch_id).unpack(self._decode(int(node_id)))
 
     def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
         state = self.state_dict(node_id)

@@ -99,6 +99,3 @@ class WeightArrays:
         if not self.path.exists():
             return []
         return [p for p in self.path.rglob("*") if p.is_file() and p.name != "zarr.json"]
-
-    def nbytes_stored(self) -> int:
-        return sum(p.stat().st_size for p in self.chunk_files())
