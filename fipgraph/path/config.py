@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fipgraph.errors import ConfigError
+from fipgraph.path.optim import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def _need(ok: bool, msg: str) -> None:
@@ -60,8 +60,11 @@ class RunConfig:
     task: int = 1  # 1-based task trained now (continual/finetune) or whose data anchors odist
     start: int | str | None = None  # TOML "from": a run name (its last node), a node id, or None = new model
     model: dict[str, Any] | None = None  # overrides [model] for a run that builds a new network
-    optimizer: str = "adam"  # sgd | adam | adamw
+    optimizer: str = "adam"  # sgd | adam | adamw | fixed_step (the authors' FIP optimizer: each step has length lr)
     lr: float = 1e-3  # Adam's usual default; the paper's CL used 1e-2 (Adam) or 1e-3 (SGD)
+    lr_schedule: str = "constant"  # constant | cosine (lr → lr_min over the run) | cyclic (cosine restarts, FGE/snapshots)
+    lr_min: float = 0.0  # cosine/cyclic: the rate at the end of the run / of each cycle
+    lr_cycle: int | None = None  # cyclic: steps per cycle (save_every = lr_cycle saves the low-rate snapshots)
     momentum: float = 0.9  # sgd only, as in the authors' code
     weight_decay: float = 0.0  # the paper's CNN used 2e-4
     lam: float = 1.0  # λ: weight of L against odist (paper: 1); finetune has no odist term, so its loss is plain CE
@@ -107,6 +110,11 @@ class RunConfig:
         _need(0.0 <= self.sparsity < 1.0, f"{where}: sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
         _need(self.task >= 1, f"{where}: task={self.task}; tasks are numbered from 1")
         _need(self.lr > 0, f"{where}: lr={self.lr} must be > 0")
+        _need(self.lr_schedule in SCHEDULES, f"{where}: unknown lr_schedule {self.lr_schedule!r}; choose one of {list(SCHEDULES)}")
+        _need(0 <= self.lr_min <= self.lr, f"{where}: lr_min={self.lr_min} must be in [0, lr={self.lr}]")
+        _need((self.lr_schedule == "cyclic") == (self.lr_cycle is not None),
+              f"{where}: lr_cycle={self.lr_cycle} with lr_schedule={self.lr_schedule!r}; give lr_cycle (steps per cycle) exactly when the schedule is 'cyclic'")
+        _need(self.lr_cycle is None or self.lr_cycle >= 1, f"{where}: lr_cycle={self.lr_cycle} must be >= 1")
         _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
         for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
             _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
@@ -131,6 +139,9 @@ class RunConfig:
         own = set(OBJECTIVES[self.op].options)
         for key in {k for cls in OBJECTIVES.values() for k in cls.options} - own:
             out.pop(key, None)  # another op's setting: not part of this run's identity
+        if self.lr_schedule == "constant":  # the default: kept out so runs stored before schedules existed still resume
+            for key in ("lr_schedule", "lr_min", "lr_cycle"):
+                out.pop(key)
         out["from"] = out.pop("start")
         return out
 

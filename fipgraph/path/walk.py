@@ -29,6 +29,7 @@ from fipgraph.path.evaluate import evaluate_tasks, head_slice, robustness_h
 from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
 from fipgraph.path.objectives import OBJECTIVES, Context
 from fipgraph.path.odist import get_odist
+from fipgraph.path.optim import lr_at, make_optimizer, set_lr
 from fipgraph.path.sparsity import prunable_names, sparsity_of
 from fipgraph.path.step import fip_step
 
@@ -74,14 +75,6 @@ class _State:
     saved_step: int = -1  # step of the last node this run has in the store
     accs: dict = field(default_factory=dict)  # last evaluated accuracies, for the progress bar
     last_write: float = field(default_factory=time.time)
-
-
-def make_optimizer(run, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if run.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
-    cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=run.lr, weight_decay=run.weight_decay)
 
 
 def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
@@ -264,6 +257,8 @@ def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, r
             gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
             task_batch = next(stream) if stream is not None else None
             mem_batch, ref_logits = reference.sample(run.memory_batch_size, gen) if reference else (None, None)
+            if run.lr_schedule != "constant":
+                set_lr(optimizer, lr_at(run, step, total))
             objective.before_step(model, optimizer, step)
             out = fip_step(model, optimizer, objective, odist, run.lam, task_batch, mem_batch, ref_logits, cols,
                            objective.keep if objective.keep is not None else keep)
