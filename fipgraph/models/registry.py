@@ -97,6 +97,17 @@ def _is_hf(model: nn.Module) -> bool:
     return hasattr(model, "config") and type(model).__module__.startswith("transformers")
 
 
+def _trim_padding(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop trailing columns that are padding in every row: text tasks are padded to their longest
+    text, so a batch of short sentences would otherwise pay for the longest (the classifier's
+    outputs are unchanged; right padding only)."""
+    if mask is None or mask.dim() != 2 or mask.shape[1] == 0:
+        return ids, mask
+    used = mask.bool().any(0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1
+    return ids[:, :width], mask[:, :width]
+
+
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (P, C) at the scored positions and their labels (P,).
 
@@ -109,7 +120,8 @@ def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
         if "x" in batch:
             out = model(pixel_values=batch["x"]) if _is_hf(model) else model(batch["x"])
         else:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+            ids, mask = _trim_padding(batch["input_ids"], batch.get("attention_mask"))
+            out = model(input_ids=ids, attention_mask=mask)
         logits = out.logits if hasattr(out, "logits") else out
         if logits.shape[0] != labels.shape[0]:
             raise ConfigError(f"model gave {logits.shape[0]} rows of logits for {labels.shape[0]} labels")
