@@ -259,3 +259,54 @@ def test_pca_names_a_node_with_nan_weights(tmp_path):
         for method in ("gram", "randomized"):
             with pytest.raises(NonFiniteWeightsError, match="node 1"):
                 WeightPCA(1, method=method, record=False, progress=False).fit(st)
+
+
+# ---------------------------------------------------------------- robustness of a recorded ensemble
+def test_ensemble_robustness_transfer_joint_recorded(tmp_path, tasks):
+    """PGD transfer from a surrogate node, white-box per member and joint, diversity, coherence of an
+    ensemble read from the store; each number against a direct computation, and read back by SQL."""
+    from fipgraph.cli import main
+    from fipgraph.query.robustness import _LogMean, accuracy, coherence, pgd_examples, representation_diversity
+
+    st = fipgraph.open_store(tmp_path / "rob", mode="a")
+    run = st.start_run("walk", "continual", {})
+    nets = {}
+    for seed in (1, 2, 3, 4):  # three members and a surrogate, trained from different seeds
+        torch.manual_seed(seed)
+        model = build_model(SPEC)
+        ids = _train_chain(st, model, tasks[0], None, 40, run, seed=seed)
+        nets[ids[-1]] = model
+    st.flush()
+    *members, sur = list(nets)
+    st.add_ensemble("three", members, {"strategy": "by hand"})
+    st.flush()
+    x, y = tasks[0].test["x"][:80], tasks[0].test["labels"][:80]
+    kw = dict(n_classes=10, eps=0.3, max_iter=5, clip=(0.0, 1.0))
+    res = fipgraph.query.robustness.ensemble_robustness(st, "three", x, y, surrogate=sur, joint_n=40,
+                                                        whitebox_members=True, **kw)
+    ens = Ensemble([nets[m] for m in members], members)
+    x_adv = pgd_examples(nets[sur], x, y, **kw)
+    assert res["pgd_transfer_ensemble"] == pytest.approx(accuracy(ens, x_adv, y))
+    assert res["pgd_surrogate_self"] == pytest.approx(accuracy(nets[sur], x_adv, y))
+    assert res["pgd_surrogate_self"] < accuracy(nets[sur], x, y) - 0.2  # the attack works on its own network
+    joint = pgd_examples(_LogMean(ens), x[:40], y[:40], **kw)
+    assert res["pgd_joint_ensemble"] == pytest.approx(accuracy(ens, joint, y[:40]))
+    assert res["pgd_joint_ensemble"] < res["clean_ensemble_joint_inputs"]
+    wb = [pgd_examples(nets[m], x, y, **kw) for m in members]
+    assert res["pgd_whitebox_member_ensemble_mean"] == pytest.approx(np.mean([accuracy(ens, a, y) for a in wb]))
+    assert res["pgd_whitebox_member_min"] == pytest.approx(min(accuracy(nets[m], a, y) for m, a in zip(members, wb)))
+    div = representation_diversity([nets[m] for m in members], x)
+    assert res["diversity_mean"] == pytest.approx(np.mean(list(div.values())))
+    assert res["coherence"] == pytest.approx(coherence([nets[m] for m in members], nets[sur], x, y)["coherence"])
+    back = st.sql("select metric, value from evals where dataset = 'ensemble:three' and node_id = ?", [members[0]])
+    assert dict(zip(back["metric"], back["value"]))["pgd_transfer_ensemble"] == pytest.approx(res["pgd_transfer_ensemble"])
+    with pytest.raises(ConfigError, match="member"):
+        fipgraph.query.robustness.ensemble_robustness(st, "three", x, y, surrogate=members[1], **kw)
+    st.close()
+    # the CLI: same ensemble, surrogate by node id, reads the same numbers back
+    assert main(["robustness", "--store", str(tmp_path / "rob"), "--ensemble", "three", "--surrogate", str(sur),
+                 "--eps", "0.3", "--max-iter", "5", "--clip", "0", "1", "-n", "80", "--joint-n", "0",
+                 "--data", "digits", "--split", "[[0,1,2,3,4],[5,6,7,8,9]]", "--task", "0"]) == 0
+    with fipgraph.open_store(tmp_path / "rob", mode="r") as st:
+        back = st.sql("select metric, value from evals where dataset = 'ensemble:three' order by created_at")
+    assert back[back.metric == "pgd_transfer_ensemble"]["value"].iloc[-1] == pytest.approx(res["pgd_transfer_ensemble"])

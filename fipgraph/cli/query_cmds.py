@@ -1,4 +1,4 @@
-"""CLI: pca, perplexity, evaluate, select, ensemble, spectrum, plot (thin wrappers of fipgraph.query)."""
+"""CLI: pca, perplexity, evaluate, select, ensemble, robustness, spectrum, plot (thin wrappers of fipgraph.query)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def _tasks(args) -> list:
     from fipgraph.data import make_tasks
 
     split = json.loads(args.split) if args.split else None
-    tasks = make_tasks(args.data, split=split, seed=args.seed)
+    kwargs = json.loads(args.data_kwargs) if args.data_kwargs else {}
+    tasks = make_tasks(args.data, split=split, seed=args.seed, **kwargs)
     if args.task is None:
         return tasks
     names = [t.name for t in tasks]
@@ -66,6 +67,8 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
     p.add_argument("--split", help='class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]"')
     p.add_argument("--task", help="task name or index (default: every task)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (must match the build)")
+    p.add_argument("--data-kwargs", help='extra make_tasks options as JSON (the build\'s [data] kwargs), e.g. '
+                   '\'{"tokenizer": "smollm2", "objective": "causal", "block_size": 64}\'')
 
 
 def cmd_pca(args) -> int:
@@ -173,6 +176,32 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from fipgraph.query.robustness import ensemble_robustness
+
+    store, can_write = _open(args)
+    with store:
+        task = _tasks(args)[0]
+        x, y = task.test["x"][: args.n], task.test["labels"][: args.n]
+        sur = args.surrogate
+        if sur is not None and not sur.isdigit():  # a run name: its last node
+            df = store.sql("select max(n.node_id) as n from nodes n join runs r using (run_id) where r.name = ?", [sur])
+            if df.empty or df["n"].isna().all():
+                raise ConfigError(f"--surrogate {sur!r} is neither a node id nor a run name in the store")
+            sur = str(int(df["n"][0]))
+        res = ensemble_robustness(store, args.ensemble, x, y, n_classes=task.n_classes, eps=args.eps,
+                                  surrogate=int(sur) if sur is not None else None, max_iter=args.max_iter,
+                                  eps_step=args.eps_step, clip=tuple(args.clip) if args.clip else None,
+                                  joint_n=args.joint_n, whitebox_members=args.whitebox_members,
+                                  probe_n=args.probe_n, record=can_write)
+        for key, v in res.items():
+            print(f"{key}\t{v:.6g}")
+        if can_write:
+            print(f"recorded as evals of node {store.ensemble_spec(args.ensemble)['members'][0]}, "
+                  f"dataset 'ensemble:{args.ensemble}'")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("pca", help="weight-space PCA of stored networks (coords recorded as evals)")
     add_store_argument(p)
@@ -218,6 +247,21 @@ def register(subparsers) -> None:
     p.add_argument("--export", help="directory to write ensemble.safetensors + ensemble.json")
     _add_data(p, default=None)
     p.set_defaults(func=cmd_ensemble)
+
+    p = subparsers.add_parser("robustness", help="PGD (transfer from a surrogate, white-box), diversity, coherence of a recorded ensemble")
+    add_store_argument(p)
+    p.add_argument("--ensemble", required=True, help="name in the store's ensembles table")
+    p.add_argument("--surrogate", help="node id or run name (its last node) the transfer attack is made on")
+    p.add_argument("--eps", type=float, required=True, help="l_inf PGD budget in input units")
+    p.add_argument("--eps-step", type=float, help="PGD step (default eps/4)")
+    p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="valid input range (default: the inputs' min, max)")
+    p.add_argument("-n", "--n", type=int, default=1000, help="first n test inputs of the task")
+    p.add_argument("--joint-n", type=int, help="attack the ensemble as a whole on the first N of them (0 = skip; default all)")
+    p.add_argument("--whitebox-members", action="store_true", help="also attack each member on its own")
+    p.add_argument("--probe-n", type=int, default=200, help="inputs for diversity and coherence")
+    _add_data(p)
+    p.set_defaults(func=cmd_robustness)
 
     p = subparsers.add_parser("spectrum", help="top eigenvalues of the metric tensor at a node")
     add_store_argument(p)

@@ -57,14 +57,19 @@ class _LogMean(nn.Module):
 
 def adversarial_report(ensemble, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
                        surrogate: nn.Module | None = None, max_iter: int = 20,
-                       clip: tuple[float, float] | None = None, joint: bool = False) -> dict:
-    """Clean accuracies; PGD accuracy of each member attacked white-box; with `surrogate`, the
-    paper's transfer setting: member and ensemble accuracy on the surrogate's PGD examples;
-    joint=True also attacks the ensemble as a whole (log mean probability as logits)."""
-    kw = dict(n_classes=n_classes, eps=eps, max_iter=max_iter, clip=clip)
+                       clip: tuple[float, float] | None = None, joint: bool = False,
+                       eps_step: float | None = None, whitebox_members: bool = True) -> dict:
+    """Clean accuracies; PGD accuracy of each member attacked white-box (whitebox_members; also the
+    ensemble's accuracy on each member's examples); with `surrogate`, the paper's transfer setting:
+    member and ensemble accuracy on the surrogate's PGD examples; joint=True also attacks the
+    ensemble as a whole (log mean probability as logits)."""
+    kw = dict(n_classes=n_classes, eps=eps, eps_step=eps_step, max_iter=max_iter, clip=clip)
     members = list(ensemble.members)
-    rep = {"clean_member": [accuracy(m, x, y) for m in members], "clean_ensemble": accuracy(ensemble, x, y),
-           "pgd_whitebox_member": [accuracy(m, pgd_examples(m, x, y, **kw), y) for m in members]}
+    rep = {"clean_member": [accuracy(m, x, y) for m in members], "clean_ensemble": accuracy(ensemble, x, y)}
+    if whitebox_members:  # one attack per member: costs as much as the joint attack
+        advs = [pgd_examples(m, x, y, **kw) for m in members]
+        rep["pgd_whitebox_member"] = [accuracy(m, a, y) for m, a in zip(members, advs)]
+        rep["pgd_whitebox_member_ensemble"] = [accuracy(ensemble, a, y) for a in advs]
     if surrogate is not None:
         x_adv = pgd_examples(surrogate, x, y, **kw)
         rep["pgd_surrogate_self"] = accuracy(surrogate, x_adv, y)
@@ -118,3 +123,54 @@ def coherence(members: Sequence[nn.Module], surrogate: nn.Module, x: torch.Tenso
     gs = input_gradient(surrogate, x, y)
     cos = [float(F.cosine_similarity(input_gradient(m, x, y), gs, dim=0)) for m in members]
     return {"coherence": max(cos), "cosine_member": cos}
+
+
+def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
+                        surrogate: int | None = None, max_iter: int = 20, eps_step: float | None = None,
+                        clip: tuple[float, float] | None = None, joint_n: int | None = None,
+                        whitebox_members: bool = False, probe_n: int = 200, record: bool = True) -> dict:
+    """The adversarial report, representation diversity and (with a surrogate node) coherence of
+    the store's recorded ensemble `name`, on inputs x (labels y).
+
+    joint_n: attack the ensemble as a whole (its log mean probability) on the first joint_n inputs
+    (0 = skip; None = all). probe_n: inputs for diversity and coherence. record=True writes the
+    scalars as evals of the ensemble's FIRST member under dataset "ensemble:<name>" (the store keeps
+    no metrics per ensemble), read back with
+    ``select metric, value from evals where dataset = 'ensemble:<name>'``.
+    """
+    from fipgraph.models import model_from_node
+    from fipgraph.query.ensemble import load_ensemble
+
+    if len(x) != len(y) or len(x) == 0:
+        raise ConfigError(f"x has {len(x)} inputs and y {len(y)} labels; give the same positive number")
+    ens = load_ensemble(store, name)
+    sur = model_from_node(store, int(surrogate)).eval() if surrogate is not None else None
+    if sur is not None and int(surrogate) in ens.node_ids:
+        raise ConfigError(f"surrogate node {surrogate} is a member of ensemble {name!r}; a transfer "
+                          "attack needs a network outside the ensemble")
+    rep = adversarial_report(ens, x, y, n_classes=n_classes, eps=eps, eps_step=eps_step, surrogate=sur,
+                             max_iter=max_iter, clip=clip, whitebox_members=whitebox_members)
+    out: dict[str, float] = {"n_inputs": len(x), "eps": eps, "max_iter": max_iter, "k": len(ens.node_ids)}
+    for key, v in rep.items():  # member lists -> mean, min, max
+        if isinstance(v, list):
+            out.update({f"{key}_mean": float(np.mean(v)), f"{key}_min": min(v), f"{key}_max": max(v)})
+        else:
+            out[key] = v
+    if joint_n != 0:
+        xj, yj = x[:joint_n], y[:joint_n]
+        adv = pgd_examples(_LogMean(ens), xj, yj, n_classes=n_classes, eps=eps, eps_step=eps_step,
+                           max_iter=max_iter, clip=clip)
+        out.update(n_joint=len(xj), clean_ensemble_joint_inputs=accuracy(ens, xj, yj),
+                   pgd_joint_ensemble=accuracy(ens, adv, yj))
+    xp, yp = x[:probe_n], y[:probe_n]
+    div = representation_diversity(list(ens.members), xp)
+    out.update({f"diversity_{layer}": v for layer, v in div.items()})
+    out["diversity_mean"] = float(np.mean(list(div.values())))
+    if sur is not None:
+        coh = coherence(list(ens.members), sur, xp, yp)
+        out.update(coherence=coh["coherence"], cosine_member_mean=float(np.mean(coh["cosine_member"])))
+        out["surrogate_node"] = int(surrogate)
+    if record:
+        store.add_evals(ens.node_ids[0], {f"ensemble:{name}": out})
+        store.flush()
+    return out
