@@ -261,8 +261,8 @@ def test_missing_text_sources_say_how_to_get_them(tmp_path, monkeypatch, tiny_to
         make_tasks("lee", tokenizer=tiny_tokenizer)
 
 
-def _docs(n: int = 20) -> list[str]:
-    rng = np.random.default_rng(0)
+def _docs(n: int = 20, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=40)) for _ in range(n)]
 
 
@@ -319,3 +319,42 @@ def test_chained_sources_make_one_task_per_source_on_one_head():
         make_tasks(["digits", "digits"], split="classes:5")
     with pytest.raises(ConfigError, match="image sources"):
         make_tasks(["digits", "vader"])
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer():
+    """One id per word of WORDS. (BertTokenizerFast(vocab_file=...) in tiny_tokenizer maps every
+    word to [UNK] under the installed transformers, so it cannot tell two corpora apart.)"""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def test_chained_lm_sources_named_tokenizer_and_test_blocks(word_tokenizer, monkeypatch, tmp_path):
+    """["wiki", "lee"] gives one causal-LM task per source, each with the split it gets alone;
+    a tokenizer can be named (a folder here, "smollm2" in configs); test_blocks keeps evenly spaced blocks."""
+    from fipgraph.data import text
+    tiny_tokenizer = word_tokenizer
+    assert 1 not in tiny_tokenizer("good bad day")["input_ids"]  # real ids, not [UNK]
+    monkeypatch.setattr(text, "load_wiki", lambda: _docs(20, seed=1))
+    monkeypatch.setattr(text, "load_lee", lambda: _docs(30, seed=2))
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    opts = dict(objective="causal", block_size=8, seed=3, test_size=0.25)
+    wiki, lee = make_tasks(["wiki", "lee"], tokenizer=str(tmp_path / "tok"), test_blocks=3, **opts)
+    assert (wiki.name, lee.name) == ("wiki/causal", "lee/causal") and wiki.kind == lee.kind == "causal_lm"
+    (alone,) = make_tasks("lee", tokenizer=tiny_tokenizer, **opts)
+    assert torch.equal(lee.train["input_ids"], alone.train["input_ids"])  # same held-out documents
+    full = alone.test["input_ids"]
+    assert len(full) > 3 and lee.n_test == 3
+    assert torch.equal(lee.test["input_ids"], full[[0, round((len(full) - 1) / 2), len(full) - 1]])
+    assert not torch.equal(wiki.train["input_ids"][:3], lee.train["input_ids"][:3])
+    (every,) = make_tasks("lee", tokenizer=tiny_tokenizer, test_blocks=10_000, **opts)
+    assert torch.equal(every.test["input_ids"], full)  # more blocks than exist: all of them
+    with pytest.raises(ConfigError, match="test_blocks=0"):
+        make_tasks("lee", tokenizer=tiny_tokenizer, test_blocks=0, **opts)
+    with pytest.raises(ConfigError, match="chained"):
+        make_tasks(["wiki", "digits"], tokenizer=tiny_tokenizer, **opts)

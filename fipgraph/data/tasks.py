@@ -50,6 +50,9 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
     if isinstance(source, (list, tuple)):
         if split is not None:
             raise ConfigError(f"a list of sources {list(source)} makes one task per source; drop split={split!r}")
+        from fipgraph.data import text
+        if source and all(s in text.LM_SOURCES for s in source):  # e.g. ["wiki", "lee"]: one LM task each
+            return text.make_text_tasks(list(source), seed=seed, test_size=test_size, head=head, **options)
         return chain_sources(source, seed=seed, head=head, test_size=test_size, **options)
     if isinstance(source, str) and source in TEXT_SOURCES:
         from fipgraph.data import text

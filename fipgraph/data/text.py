@@ -26,6 +26,7 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 GENSIM_INSTALL = "pip install gensim"
 LM_OBJECTIVES = ("mlm", "causal")
+LM_SOURCES = ("wiki", "lee")
 
 
 def cache_dir() -> Path:
@@ -34,6 +35,15 @@ def cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fipgraph"
+
+
+def resolve_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object as given, or one loaded by name ("smollm2", "minilm", a folder): a build
+    config or a CLI flag can only name it."""
+    if isinstance(tokenizer, (str, Path)):
+        from fipgraph.models import load_tokenizer
+        return load_tokenizer(str(tokenizer))
+    return tokenizer
 
 
 def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int = 128) -> dict[str, torch.Tensor]:
@@ -181,9 +191,21 @@ def _blocks(docs: Sequence[str], tokenizer: Any, block_size: int) -> torch.Tenso
     return torch.tensor(ids[:n * block_size]).reshape(n, block_size)
 
 
+def _spread(ids: torch.Tensor, n: int | None) -> torch.Tensor:
+    """n blocks evenly spaced over ids (all if n is None or >= len): a small held-out set that
+    still samples every part of the held-out documents, not just the first one."""
+    if n is None or n >= len(ids):
+        return ids
+    if n < 1:
+        raise ConfigError(f"test_blocks={n} must be >= 1 (or None for every held-out block)")
+    return ids[torch.linspace(0, len(ids) - 1, n).round().long()]
+
+
 def lm_task(docs: Sequence[str], tokenizer: Any, *, name: str = "text", objective: str = "mlm",
-            block_size: int = 128, seed: int = 0, test_size: float = 0.2, mlm_prob: float = 0.15) -> Task:
-    """A masked- or causal-LM task from raw documents; held-out documents form the test split."""
+            block_size: int = 128, seed: int = 0, test_size: float = 0.2, mlm_prob: float = 0.15,
+            test_blocks: int | None = None) -> Task:
+    """A masked- or causal-LM task from raw documents; held-out documents form the test split
+    (``test_blocks``: keep only that many of its blocks, evenly spaced, to bound evaluation cost)."""
     if objective not in LM_OBJECTIVES:
         raise ConfigError(f"objective must be one of {LM_OBJECTIVES}, got {objective!r}")
     if tokenizer is None:
@@ -196,6 +218,8 @@ def lm_task(docs: Sequence[str], tokenizer: Any, *, name: str = "text", objectiv
     out = {}
     for k, (split, part) in enumerate(splits.items()):
         ids = _blocks(part, tokenizer, block_size)
+        if split == "test":
+            ids = _spread(ids, test_blocks)
         if objective == "mlm":
             special = ids == tokenizer.sep_token_id if tokenizer.sep_token_id is not None else None
             masked, labels = mask_tokens(ids, tokenizer, seed=seed * 2 + k, prob=mlm_prob, special=special)
@@ -205,15 +229,23 @@ def lm_task(docs: Sequence[str], tokenizer: Any, *, name: str = "text", objectiv
     kind = "masked_lm" if objective == "mlm" else "causal_lm"
     return Task(name=f"{name}/{objective}", classes=[], n_classes=len(tokenizer), label_offset=0,
                 train=out["train"], test=out["test"], kind=kind,
-                meta={"source": name, "objective": objective, "block_size": block_size, "n_docs": len(docs)})
+                meta={"source": name, "objective": objective, "block_size": block_size, "n_docs": len(docs),
+                      "test_blocks": test_blocks})
 
 
-def make_text_tasks(source: str, split: Any = None, seed: int = 0, test_size: float = 0.2, *,
+def make_text_tasks(source: str | Sequence[str], split: Any = None, seed: int = 0, test_size: float = 0.2, *,
                     tokenizer: Any = None, head: str = "single", **options: Any) -> list[Task]:
-    """Dispatch for ``make_tasks``: "vader" (split = list of domains), "wiki" / "lee" (LM)."""
+    """Dispatch for ``make_tasks``: "vader" (split = list of domains), "wiki" / "lee" (LM), or a
+    list of LM sources chained one task per source (e.g. ["wiki", "lee"]: pretraining-like text,
+    then news). Each source's held-out split is the one it gets alone at the same seed."""
+    tokenizer = resolve_tokenizer(tokenizer)
     if source == "vader":
         return vader_tasks(split, tokenizer, seed=seed, test_size=test_size, head=head, **options)
     if split is not None:
-        raise ConfigError(f"text source {source!r} is one LM task; split must be None, got {split!r}")
-    docs = load_lee() if source == "lee" else load_wiki()
-    return [lm_task(docs, tokenizer, name=source, seed=seed, test_size=test_size, **options)]
+        raise ConfigError(f"text source {source!r} is one LM task per source; split must be None, got {split!r}")
+    sources = [source] if isinstance(source, str) else list(source)
+    bad = [s for s in sources if s not in LM_SOURCES]
+    if not sources or bad:
+        raise ConfigError(f"chained text sources must be LM sources {list(LM_SOURCES)}, got {sources}")
+    loaders = {"lee": load_lee, "wiki": load_wiki}
+    return [lm_task(loaders[s](), tokenizer, name=s, seed=seed, test_size=test_size, **options) for s in sources]

@@ -90,7 +90,8 @@ def check_plan(plan: Plan, tasks: list, head: str) -> None:
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"run {run.name!r}: model {plan.spec} does not accept task{i + 1}'s data "
                               f"({exc}); use a model whose input matches the data, e.g. mlp in_features=64 for digits") from None
-        hi = task.label_offset + task.n_classes if head == "per_task" else max(task.classes) + 1
+        # LM tasks have no class list (classes == []): their labels span the vocabulary, n_classes
+        hi = task.label_offset + task.n_classes if head == "per_task" or not task.classes else max(task.classes) + 1
         if hi > logits.shape[-1]:
             raise ConfigError(f"run {run.name!r}: task{i + 1} uses output units up to {hi - 1} (classes {task.classes}) "
                               f"but model {plan.spec['name']} has {logits.shape[-1]} outputs; size the head for all "

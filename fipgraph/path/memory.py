@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from fipgraph.models import forward_logits
+from fipgraph.models import forward_logits, model_kind
 
 Batch = dict[str, torch.Tensor]
 _PAD = {"labels": -100}  # padding value per key when text batches of different lengths are joined
@@ -43,10 +43,18 @@ def index_batch(batch: Batch, idx: torch.Tensor) -> Batch:
     return {k: v[idx] for k, v in batch.items()}
 
 
-def n_scored(batch: Batch) -> int:
-    """Number of logit rows forward_logits returns for this batch (labels -100 are not scored)."""
+def scored_per_example(batch: Batch, causal: bool = False) -> torch.Tensor:
+    """Logit rows forward_logits returns per example: 1 for classifiers, else labels != -100;
+    a causal LM scores position t against token t+1, so its first label is never scored."""
     labels = batch["labels"]
-    return int((labels != -100).sum()) if labels.dim() > 1 else int(labels.shape[0])
+    if labels.dim() == 1:
+        return torch.ones_like(labels)
+    return (labels[:, 1:] if causal else labels).ne(-100).sum(1)
+
+
+def n_scored(batch: Batch, causal: bool = False) -> int:
+    """Number of logit rows forward_logits returns for this batch (labels -100 are not scored)."""
+    return int(scored_per_example(batch, causal).sum())
 
 
 @dataclass
@@ -67,7 +75,7 @@ class FrozenReference:
                 chunks.append(out.detach())
         logits, offsets = torch.cat(chunks, 0), None
         if memory["labels"].dim() > 1:  # token-level outputs: several rows per example
-            counts = (memory["labels"] != -100).sum(1)
+            counts = scored_per_example(memory, causal=model_kind(model) == "causal_lm")
             offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         if logits.shape[0] != (n if offsets is None else int(offsets[-1])):
             raise ValueError(f"forward_logits gave {logits.shape[0]} rows for {n} memory examples")

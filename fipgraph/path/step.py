@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fipgraph.models import forward_logits
+from fipgraph.models import forward_logits, model_kind
 from fipgraph.path.memory import Batch, cat_batches, n_scored
 
 
@@ -27,7 +27,7 @@ def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch |
     """S(w) for one step. ``cols`` selects the task's logit columns for its cross-entropy."""
     batches = [b for b in (task_batch, memory_batch) if b is not None]
     logits, labels = forward_logits(model, batches[0] if len(batches) == 1 else cat_batches(batches))
-    n_task = n_scored(task_batch) if task_batch is not None else 0
+    n_task = n_scored(task_batch, causal=model_kind(model) == "causal_lm") if task_batch is not None else 0
     terms: dict[str, float] = {}
     if task_batch is not None:
         L = objective.penalty(model, logits[:n_task, cols], labels[:n_task])
