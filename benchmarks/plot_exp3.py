@@ -22,10 +22,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import fipgraph  # noqa: E402
 
+# tagged sparse nodes, plus the last node of each "FIP + fine-tune" run (finetune tags nothing; it keeps the zeros)
 SQL = """select r.name, w.prunable_sparsity as s, w.task1_accuracy as acc from wide w join runs r using (run_id)
-         where r.status = 'finished' and w.tags like '%sparse_mask%' and w.task1_accuracy is not null"""
+         where r.status = 'finished' and w.task1_accuracy is not null and (w.tags like '%sparse_mask%' or
+         (r.name like '%/fipft_%' and w.step = (select max(step) from nodes n where n.run_id = r.run_id)))"""
 DENSE_SQL = """select w.task1_accuracy as acc from wide w join runs r using (run_id)
                where r.name like '%/dense' and w.task1_accuracy is not null order by w.step desc limit 1"""
+# sparsify runs: the last node before the final hard projection (not yet sparse) and the distance it had left
+BEFORE_SQL = """select r.name, w.task1_accuracy as acc, json_extract(f.tags, '$.distance_before_projection') as dist
+    from wide w join runs r using (run_id) join nodes f on f.run_id = r.run_id and f.step = w.step + 1
+    where r.status = 'finished' and r.name like '%/sparsify_%' and f.tags like '%final_projection%'"""
 # the paper's LeNet-300-100 numbers quoted in the issue: (sparsity %, mean, half-range or std)
 PAPER_FIP = [(99.1, 96.55, 0.25), (99.4, 96.0, 0.6)]
 PAPER_LT = [(99.4, 91.0, 3.0)]
@@ -34,13 +40,19 @@ METHODS = [("FIP, fixed step (λ = 1)", "sparsify_"), ("FIP + fine-tune", "fipft
 
 
 def read(store: str) -> tuple[dict[str, tuple[float, float]], float | None]:
-    """{run name without build prefix (lottery: 'lottery@<sparsity %>'): (sparsity %, accuracy %)}, dense acc %."""
+    """{run name without build prefix (lottery: 'lottery@<sparsity %>'): (sparsity %, accuracy %)}, dense acc %.
+
+    Also 'before_<tag>': (100·||w - project(w)||/||w||, accuracy %) of a sparsify run's node before its projection.
+    """
     out: dict[str, tuple[float, float]] = {}
     with fipgraph.open_store(store, mode="r") as st:
         for name, s, acc in st.sql(SQL).itertuples(index=False):
             run = name.split("/", 1)[1]
             key = f"lottery@{100 * s:.2f}" if run == "lottery" else run
             out[key] = (100 * float(s), 100 * float(acc))
+        for name, acc, dist in st.sql(BEFORE_SQL).itertuples(index=False):
+            if acc == acc:  # NaN = not evaluated (stores written before d4cd5e2 skipped some nodes)
+                out["before_" + name.split("/sparsify_", 1)[1]] = (100 * float(dist), 100 * float(acc))
         dense = st.sql(DENSE_SQL)
     return out, (100 * float(dense.acc.iloc[0]) if len(dense) else None)
 
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     print("dense:", cell(dense))
     for tag in tags:
         row = [f"{tag}:"] + [f"{label}: {cell([d.get(p + tag, (0, None))[1] for d in seeds])}" for label, p in METHODS]
+        row.append(f"FIP before projection: {cell([d.get('before_' + tag, (0, None))[1] for d in seeds])}, "
+                   f"dist % {cell([d.get('before_' + tag, (None,))[0] for d in seeds])}")
         print(" | ".join(row))
     lottery = sorted({k for d in seeds for k in d if k.startswith("lottery@")}, key=lambda k: float(k[8:]))
     for k in lottery:
@@ -126,27 +140,38 @@ def main(argv: list[str] | None = None) -> None:
     for k in sorted({k for d in old for k in d if not k.startswith("lottery")}):
         print(f"old {k}: {cell([d.get(k, (0, None))[1] for d in old])}")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (label, prefix), marker in zip(METHODS, "osD"):
-        x, y, e = series(seeds, [prefix + t for t in tags])
-        ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=f"ours: {label}")
-    x, y, e = series(seeds, lottery)
-    ax.errorbar(x, y, yerr=e, marker="^", ms=4, capsize=2, label="ours: lottery ticket (each round)")
-    if old:
-        x, y, e = series(old, sorted(k for k in old[0] if k.startswith("sparsify_") and "lam1" not in k))
-        ax.errorbar(x, y, yerr=e, marker="x", ls=":", color="grey", capsize=2, label="ours, first attempt: FIP, plain Adam, λ = 20")
-    for pts, label, marker in ((PAPER_FIP, "paper: FIP", "*"), (PAPER_LT, "paper: lottery ticket", "P")):
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker, ms=11,
-                    ls="none", color="black" if marker == "*" else "dimgrey", capsize=4, label=label)
-    ax.set_xscale("function", functions=(lambda s: -_log_density(s), lambda v: 100 - 10 ** (-v)))
-    ticks = [20, 67, 89, 96, 98.7, 99.1, 99.4]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set_xlim(15, 99.6)
-    ax.set_xlabel("sparsity of the prunable weights (%), log scale of the weights kept")
-    ax.set_ylabel("MNIST test accuracy (%)")
-    ax.set_title(f"LeNet-300-100, {len(seeds)} seeds (mean ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    # left: the whole range (FIP's hard projection collapses at high sparsity); right: zoom on 80-99 %
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, zoom in zip(axes, (False, True)):
+        for (label, prefix), marker in zip(METHODS, "osD"):
+            x, y, e = series(seeds, [prefix + t for t in tags])
+            ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=f"ours: {label}")
+        x, y, e = series(seeds, lottery)
+        ax.errorbar(x, y, yerr=e, marker="^", ms=4, capsize=2, label="ours: lottery ticket (each round)")
+        x, y, e = series(seeds, [f"sparsify_{t}" for t in tags])  # x: the targets; y: the path before projection
+        _, yb, eb = series(seeds, [f"before_{t}" for t in tags])
+        if len(yb) == len(x):
+            ax.errorbar(x, yb, yerr=eb, marker="o", mfc="none", ls="--", color="tab:blue", alpha=0.6, capsize=2,
+                        label="ours: FIP path before the hard projection (NOT sparse)")
+        if old:
+            x, y, e = series(old, sorted(k for k in old[0] if k.startswith("sparsify_") and "lam1" not in k))
+            ax.errorbar(x, y, yerr=e, marker="x", ls=":", color="grey", capsize=2,
+                        label="ours, first attempt: FIP, plain Adam, λ = 20")
+        for pts, label, marker in ((PAPER_FIP, "paper: FIP", "*"), (PAPER_LT, "paper: lottery ticket", "P")):
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker, ms=11,
+                        ls="none", color="black" if marker == "*" else "dimgrey", capsize=4, label=label)
+        ax.set_xscale("function", functions=(lambda v: -_log_density(v), lambda v: 100 - 10 ** (-v)))
+        ticks = [20, 67, 89, 96, 98.7, 99.1, 99.4]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlim(15, 99.6)
+        if zoom:
+            ax.set_ylim(80, 99)
+        ax.set_xlabel("sparsity of the prunable weights (%), log scale of the weights kept")
+        ax.set_ylabel("MNIST test accuracy (%)")
+        ax.set_title(f"LeNet-300-100, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} (mean ± std)"
+                     + (": zoom on 80-99 %" if zoom else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(args.out, dpi=130)
     print("wrote", args.out)
