@@ -64,3 +64,12 @@ def test_bad_queries_exit_2_naming_the_value(store_path, capsys):
     assert "zzz" in capsys.readouterr().err
     assert main(["spectrum", *s, "--node", "999"]) == 2
     assert "999" in capsys.readouterr().err
+
+
+def test_run_series_skips_unevaluated_nodes(store_path):
+    from fipgraph.query.plot import run_series
+
+    with fipgraph.open_store(store_path, "r") as store:
+        h = run_series(store, "walk", ["H"])["H"]
+    assert h["step"].tolist() == list(range(1, 8))  # step 0 has no H: left out, so the line has no gap
+    assert h["H"].tolist() == pytest.approx([1.0 / s for s in range(1, 8)])

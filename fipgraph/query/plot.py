@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.query._common import as_list, check_metric, sql_quote_ident  # noqa: E402
@@ -57,9 +58,9 @@ def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = 
     return out
 
 
-def plot_run(store, run: str | int, out: str, metrics: Sequence[str] | None = None,
-             x: str = "step") -> str:
-    """Lines of `metrics` (default: every *_accuracy column) along the nodes of a run, by step."""
+def run_series(store, run: str | int, metrics: Sequence[str] | None = None,
+               x: str = "step") -> dict[str, pd.DataFrame]:
+    """Per metric, the (x, value) rows of a run's nodes that have the metric (evaluated nodes only)."""
     if isinstance(run, str):
         info = store.find_run(run)
         if info is None:
@@ -80,9 +81,17 @@ def plot_run(store, run: str | int, out: str, metrics: Sequence[str] | None = No
     df = store.sql(f"select {x}, {sel} from wide where run_id = {run_id} order by {x}")
     if df.empty:
         raise ConfigError(f"run {run} has no nodes")
+    # nodes are often evaluated every k-th save only: drop the gaps so each metric draws one line
+    return {m: df[[x, m]].dropna().reset_index(drop=True) for m in metrics}
+
+
+def plot_run(store, run: str | int, out: str, metrics: Sequence[str] | None = None,
+             x: str = "step") -> str:
+    """Lines of `metrics` (default: every *_accuracy column) along the nodes of a run, by step."""
+    series = run_series(store, run, metrics, x)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for m in metrics:
-        ax.plot(df[x], df[m], marker=".", label=m)
+    for m, points in series.items():
+        ax.plot(points[x], points[m], marker=".", label=m)
     ax.set_xlabel(x)
     ax.set_ylabel("value")
     ax.legend()
