@@ -6,6 +6,7 @@ surface in setup, before the first optimizer step of the first run.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -77,10 +78,16 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
     return list(plans.values())
 
 
-def check_plan(plan: Plan, tasks: list, head: str) -> None:
-    """Everything that can fail before a step: model builds, data fits its input and head, objective setup."""
+def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -> None:
+    """Everything that can fail before a step: model builds, data fits its input and head, objective setup.
+    ``models`` caches one built network per spec across plans (a pretrained LM takes ~17 s to load)."""
     run = plan.run
-    model = build_model(plan.spec)
+    key = json.dumps(plan.spec, sort_keys=True, default=str)
+    model = models.get(key) if models is not None else None
+    if model is None:
+        model = build_model(plan.spec)
+        if models is not None:
+            models[key] = model
     OBJECTIVES[run.op](run, model)  # e.g. sparsify raises if nothing is prunable
     for i, task in enumerate(tasks[: run.task]):
         batch = task.sample(2, seed=0)
@@ -123,8 +130,10 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
     store_dir = Path(store_dir)
     with fipgraph.open_store(store_dir, mode="a") as store:
         plans = plan_runs(config, store, start)
+        checked: dict = {}
         for plan in plans:
-            check_plan(plan, tasks, data.head)
+            check_plan(plan, tasks, data.head, checked)
+        del checked
         handler = _setup_log(store_dir)
         try:
             log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
