@@ -18,7 +18,6 @@ from fipgraph.errors import ConfigError
 from fipgraph.path.optim import OPTIMIZERS, SCHEDULES
 
 
-
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)

@@ -144,10 +144,10 @@ def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"x has {len(x)} inputs and y {len(y)} labels; give the same positive number")
     ens = load_ensemble(store, name)
-    sur = model_from_node(store, int(surrogate)).eval() if surrogate is not None else None
-    if sur is not None and int(surrogate) in ens.node_ids:
+    if surrogate is not None and int(surrogate) in ens.node_ids:  # refuse before loading any weights
         raise ConfigError(f"surrogate node {surrogate} is a member of ensemble {name!r}; a transfer "
                           "attack needs a network outside the ensemble")
+    sur = model_from_node(store, int(surrogate)).eval() if surrogate is not None else None
     rep = adversarial_report(ens, x, y, n_classes=n_classes, eps=eps, eps_step=eps_step, surrogate=sur,
                              max_iter=max_iter, clip=clip, whitebox_members=whitebox_members)
     out: dict[str, float] = {"n_inputs": len(x), "eps": eps, "max_iter": max_iter, "k": len(ens.node_ids)}
