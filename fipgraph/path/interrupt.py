@@ -45,9 +45,7 @@ class StopSignal:
 
     @contextlib.contextmanager
     def immediate(self) -> Iterator[None]:
-        """A phase that a Ctrl-C abandons at once; entering it after a Ctrl-C raises straight away."""
-        if self.requested:
-            raise KeyboardInterrupt
+        """A phase that a Ctrl-C abandons at once (one that came before it is the caller's to check)."""
         self._immediate += 1
         try:
             yield

@@ -112,6 +112,8 @@ class RunRecipe:
             log.info("run %s already finished at node %d", self.name, self.found[0])
             return RunResult(self.name, self.run_id, "finished", self.found[0])
         try:
+            if self.stop.requested:  # a Ctrl-C during an earlier run's last moments: start nothing new
+                raise KeyboardInterrupt
             with self.stop.immediate():  # model loading, memory, reference: abandoned at once on Ctrl-C
                 self.setup()
         except KeyboardInterrupt:
