@@ -25,6 +25,11 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is spelt like a device setting (whether this machine has it is resolve_device's job)."""
+    return bool(_DEVICE_PATTERN.match(str(name).strip().lower()))
+
+
 def available_devices() -> list[str]:
     """The device strings this machine can use right now, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
     found = ["cpu"]
@@ -44,7 +49,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     name = "auto" if name is None else str(name).strip().lower()
-    if not _DEVICE_PATTERN.match(name):
+    if not is_device_name(name):
         raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' "
                           f"(available here: {', '.join(available_devices())})")
     if name == "auto":

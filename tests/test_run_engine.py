@@ -227,7 +227,7 @@ def test_every_op_runs_with_device_cpu_passed_explicitly(tmp_path):
 def test_auto_device_is_logged(tmp_path):
     build(load_config(None, SHORT[:1] + ["runs.continual.steps=1", "runs.finetune.steps=1"]), tmp_path, progress=False)
     picked = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert f"(asked: auto)" in (tmp_path / "build.log").read_text() and f"device {picked}" in (tmp_path / "build.log").read_text()
+    assert "(asked: auto)" in (tmp_path / "build.log").read_text() and f"device {picked}" in (tmp_path / "build.log").read_text()
 
 
 def test_bf16_build_on_cpu_autocasts_and_stores_fp32_weights(tmp_path, uninterrupted):

@@ -19,7 +19,7 @@ from fipgraph.data import make_tasks
 from fipgraph.device import check_precision, resolve_device
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.models import build_model, forward_logits, normalize_spec
-from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, identity_diff
+from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.objectives import OBJECTIVES
 from fipgraph.path.walk import Limits, RunResult, walk
@@ -157,12 +157,8 @@ def _prepare(config: BuildConfig, store, start: int | None) -> tuple[list, list[
         check_plan(plan, tasks, data.head, checked)
     for plan in plans:  # a rerun with changed settings fails here, before any step
         stored = store.find_run(plan.name)
-        if stored is not None:
-            changed = [k for k in identity_diff({**stored["config"], "start_node": None},
-                                                resolved_config(config, plan, None), plan.run) if k != "start_node"]
-            if changed:
-                raise ConfigError(f"run {plan.name!r} is already in the store with a different config (differs in "
-                                  f"{changed}); rerun with the same settings to resume it, or pass --run NEWNAME")
+        if stored is not None:  # the start node is compared when the run starts (an earlier run may move it)
+            refuse_changed_run(plan.name, {**stored["config"], "start_node": None}, resolved_config(config, plan, None), plan.run)
     return tasks, plans
 
 

@@ -164,9 +164,9 @@ def _make_options(objective: Any, given: Any, where: str) -> Any:
 
 def _check_device_words(device: str | None, precision: str | None, where: str) -> None:
     """Spelling only: whether this machine has the device is checked when the build starts."""
-    from fipgraph.device import _DEVICE_PATTERN, PRECISIONS
+    from fipgraph.device import PRECISIONS, is_device_name
 
-    _need(device is None or bool(_DEVICE_PATTERN.match(device.strip().lower())),
+    _need(device is None or is_device_name(device),
           f"{where}: unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     _need(precision is None or precision.strip().lower() in PRECISIONS,
           f"{where}: unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -185,6 +185,13 @@ def identity_diff(stored: dict[str, Any], resolved: dict[str, Any], run: RunConf
     old, new = stored.get("run") or {}, resolved["run"]
     diff += [f"run.{k}" for k in run.identity_keys() if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
     return diff
+
+
+def refuse_changed_run(name: str, stored: dict[str, Any], resolved: dict[str, Any], run: RunConfig) -> None:
+    """ConfigError when a stored run of this name is not this run (see ``identity_diff``)."""
+    changed = identity_diff(stored, resolved, run)
+    _need(not changed, f"run {name!r} is already in the store with a different config (differs in {changed}); "
+                       f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
 
 
 BUILD_IDENTITY = ("build", "data", "eval_all_tasks", "model", "start_node")  # resolved-config keys beside "run"

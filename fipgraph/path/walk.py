@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from fipgraph.data.seeds import derive_seed
 from fipgraph.device import check_precision, host_state_dict, move_batch, resolve_device
-from fipgraph.errors import ConfigError, FipgraphError
+from fipgraph.errors import FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
-from fipgraph.path.config import identity_diff
+from fipgraph.path.config import refuse_changed_run
 from fipgraph.path.evaluate import evaluate_tasks, head_slice
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
@@ -133,10 +133,7 @@ class RunRecipe:
         existing = self.store.find_run(self.name)
         if existing is None:
             return None
-        changed = identity_diff(existing["config"], self.resolved, self.cfg)
-        if changed:
-            raise ConfigError(f"run {self.name!r} is already in the store with a different config (differs in "
-                              f"{changed}); rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
+        refuse_changed_run(self.name, existing["config"], self.resolved, self.cfg)
         self.run_id = int(existing["run_id"])
         self.found = last_node(self.store, self.run_id)
         return existing
