@@ -78,6 +78,11 @@ def test_each_op_owns_a_registered_config_dataclass():
     assert [r.options.sparsity for r in both.runs if r.op == "sparsify"] == [0.5]
 
 
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.toml")))
+def test_every_example_config_still_loads(example):
+    assert load_config(ROOT / "examples" / example).runs
+
+
 def test_epochs_can_be_used_and_count_passes_over_the_task(tmp_path):
     cfg = load_config(None, ["runs.task1.epochs=0.5", "runs.continual.steps=2", "runs.finetune.steps=2", "save_every=100"])
     assert cfg.runs[0].steps is None and cfg.runs[0].epochs == 0.5

@@ -28,7 +28,7 @@ def _need(ok: bool, msg: str) -> None:
 class DataConfig:
     source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), or a
     # list of image sources chained one task per source, e.g. ["mnist", "fashion-mnist"]
-    split: list[list[int]] | str | None = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ...
+    split: list | str | None = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ... (text sources: domain names; "permuted:N")
     seed: int = 0  # fixes the train/test split, independent of the training seed
     head: str = "single"  # single: label = class id on one head sized for all tasks from the start; per_task: logits sliced to the task's block
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for make_tasks

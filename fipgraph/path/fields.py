@@ -55,7 +55,8 @@ def describe(kind: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(k) for k in typing.get_args(kind))
     if origin is list and typing.get_args(kind):
-        return f"a list of {describe(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
+        item = typing.get_args(kind)[0]
+        return "a list of lists" if typing.get_origin(item) is list else f"a list of {describe(item).split(' ', 1)[-1]}s"
     return _NAMES.get(origin or kind, getattr(kind, "__name__", str(kind)))
 
 
