@@ -25,6 +25,11 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is spelt like a device setting (whether this machine has it is resolve_device's job)."""
+    return bool(_DEVICE_PATTERN.match(str(name).strip().lower()))
+
+
 def available_devices() -> list[str]:
     """The device strings this machine can use right now, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
     found = ["cpu"]
@@ -44,7 +49,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     name = "auto" if name is None else str(name).strip().lower()
-    if not _DEVICE_PATTERN.match(name):
+    if not is_device_name(name):
         raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' "
                           f"(available here: {', '.join(available_devices())})")
     if name == "auto":
@@ -82,3 +87,33 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def move_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on ``device``; pinned host tensors copy asynchronously (non_blocking) to CUDA."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=v.is_pinned()) for k, v in batch.items()}
+
+
+class HostWeights(dict):
+    """Host copies of a module's state dict that still say how to rebuild the module (its spec)."""
+
+    fipgraph_spec: dict | None = None
+
+
+def host_state_dict(module: torch.nn.Module) -> "HostWeights | torch.nn.Module":
+    """What the store receives: the module itself on the CPU, else host (CPU) copies of exactly its weights."""
+    tensors = module.state_dict()
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return module  # the store reads the spec from the module and copies the tensors itself
+    from fipgraph.storage.inputs import model_spec_of
+
+    host = HostWeights({k: v.detach().to("cpu") for k, v in tensors.items()})
+    host.fipgraph_spec = model_spec_of(module)
+    return host
+
+
+def grad_scaler(device: torch.device, precision: str) -> "torch.amp.GradScaler | None":
+    """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

@@ -239,3 +239,23 @@ def test_lora_node_is_the_merged_parent_architecture(tmp_path, monkeypatch):
     for k in (k for k in targeted if k.endswith("query.weight")):  # a low-rank update: rank <= r
         assert int(torch.linalg.matrix_rank(merged[k] - parent[k], atol=1e-5)) <= 4
     assert acc["task1"] > 0.6  # evaluated like every other node (and it learned something)
+
+
+def test_lora_resume_is_bit_exact_with_its_adapters_and_adam_moments(tmp_path, monkeypatch):
+    """The stored node is merged, so a resume needs the adapters saved beside the optimizer state."""
+    monkeypatch.setattr(build_mod, "make_tasks", lambda *a, **k: [_text_task(0)])
+    raw = {"name": "lora", "data": {"split": [[0, 1]]}, "device": "cpu",
+           "model": {"name": "bert", "kwargs": {"head": "classifier", "vocab_size": 40, "hidden_size": 32,
+                                                "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                "intermediate_size": 64, "max_position_embeddings": 16}},
+           "defaults": {"save_every": 5, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw"},
+           "runs": [{"name": "base", "op": "finetune", "steps": 3},
+                    {"name": "lora", "op": "lora", "from": "base", "steps": 16, "lora_r": 2}]}
+    full = _last(build(build_config(raw), tmp_path / "a", progress=False))
+    first = build(build_config(raw), tmp_path / "b", max_steps=10, progress=False)  # stops at lora step 7
+    assert first.status == "interrupted" and first.runs[-1].name == "lora/lora"
+    assert (tmp_path / "b" / "optim" / f"run-{first.runs[-1].run_id}.pt").exists()
+    resumed = _last(build(build_config(raw), tmp_path / "b", progress=False))
+    with fipgraph.open_store(tmp_path / "a", "r") as a, fipgraph.open_store(tmp_path / "b", "r") as b:
+        sa, sb = a.state_dict(full["lora"]), b.state_dict(resumed["lora"])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

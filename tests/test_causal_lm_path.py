@@ -9,13 +9,9 @@ import torch
 torch.set_num_threads(1)
 
 from fipgraph.models import build_model  # noqa: E402
-from fipgraph.path import FrozenReference, fip_loss, fip_step, get_odist  # noqa: E402
+from fipgraph.path import FrozenReference, RunConfig, fip_loss, fip_step, get_odist  # noqa: E402
 from fipgraph.path.memory import n_scored  # noqa: E402
 from fipgraph.path.objectives import OBJECTIVES  # noqa: E402
-
-
-class _Run:  # the RunConfig fields the continual objective reads
-    name, sparsity, prune_scope, prunable = "t", 0.5, "global", None
 
 
 def _llama():
@@ -37,7 +33,7 @@ def test_continual_step_on_a_causal_lm_splits_task_and_memory_rows():
     assert ref.logits.shape == (6 * 8, 40) and ref.offsets.tolist() == list(range(0, 49, 8))
     mem, ref_logits = ref.sample(4, torch.Generator().manual_seed(0))
     assert ref_logits.shape[0] == 4 * 8
-    objective = OBJECTIVES["continual"](_Run(), model)
+    objective = OBJECTIVES["continual"](RunConfig(name="t", op="continual", task=2, start=0), model)
     odist = get_odist("bhattacharyya")
     out = fip_loss(model, objective, odist, 1.0, task, mem, ref_logits)
     # at the reference weights the memory rows are exactly the reference's (odist at its floor), and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from fipgraph.cli import add_store_argument
@@ -25,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch intra-op threads (default 1: small networks run fastest single-threaded, "
                         "beside the store's writer thread; raise it for large models)")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="auto (CUDA, then MPS, then CPU; the log says which) | cpu | cuda | cuda:N | mps, "
+                        "for every run (default: the config's, else auto)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision over fp32 weights for every run (default: the config's, else fp32; "
+                        "fp16 needs CUDA or MPS)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # one positional list: the config file and the overrides are told apart by "=" (argparse needs
     # them side by side: `build CONFIG k=v --store S` or `build --store S CONFIG k=v`)
@@ -47,6 +54,9 @@ def run_build(args: argparse.Namespace) -> int:
     config_path = paths[0] if paths else None
     if args.run:
         overrides.append(f"name={args.run!r}".replace("'", '"'))
+    for key in ("device", "precision"):  # a bare run key: the flag wins over the config for every run
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={json.dumps(getattr(args, key))}")
     config = load_config(config_path, overrides)
     if args.threads < 1:
         from fipgraph.errors import ConfigError
@@ -56,6 +66,9 @@ def run_build(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     print(format_table(result))
     print(f"store: {args.store}   log: {result.log_path}")
+    if result.status != "finished" and not result.runs:
+        print("interrupted before the first step; rerun the same command to start", file=sys.stderr)
+        return 130
     if result.status != "finished":
         last = result.runs[-1]
         reason = "interrupted" if last.stop_reason == "interrupt" else "stopped at the step/time limit"

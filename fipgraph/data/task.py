@@ -11,6 +11,7 @@ from typing import Iterator
 
 import torch
 
+from fipgraph.data.seeds import derive_seed
 from fipgraph.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
@@ -33,11 +34,12 @@ class BatchLoader:
     """
 
     def __init__(self, tensors: Batch, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, pin_memory: bool = False) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.pin_memory = pin_memory  # page-locked batches: a CUDA copy can then run asynchronously
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass produce epoch ``epoch``'s order."""
@@ -50,14 +52,15 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         n = _n_rows(self.tensors)
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
         self.epoch += 1
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            yield _take(self.tensors, order[start:start + self.batch_size])
+            batch = _take(self.tensors, order[start:start + self.batch_size])
+            yield {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
 
 
 @dataclass(eq=False)  # tensors have no useful ==; identity is what a task compares by
@@ -98,13 +101,14 @@ class Task:
     def n_test(self) -> int:
         return _n_rows(self.test)
 
-    def train_loader(self, batch_size: int = 64, seed: int = 0, drop_last: bool = False) -> BatchLoader:
-        """Shuffled training batches; the same ``seed`` gives the same batches."""
-        return BatchLoader(self.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+    def train_loader(self, batch_size: int = 64, seed: int = 0, drop_last: bool = False,
+                     pin_memory: bool = False) -> BatchLoader:
+        """Shuffled training batches; the same ``seed`` gives the same batches (pinned for CUDA on request)."""
+        return BatchLoader(self.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, pin_memory=pin_memory)
 
-    def test_loader(self, batch_size: int = 256) -> BatchLoader:
+    def test_loader(self, batch_size: int = 256, pin_memory: bool = False) -> BatchLoader:
         """Held-out batches in a fixed order."""
-        return BatchLoader(self.test, batch_size, shuffle=False)
+        return BatchLoader(self.test, batch_size, shuffle=False, pin_memory=pin_memory)
 
     def sample(self, n: int, seed: int = 0) -> Batch:
         """One batch of ``n`` distinct training examples (e.g. a memory buffer); all if n >= size."""

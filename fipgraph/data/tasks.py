@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fipgraph.data.seeds import derive_seed
 from fipgraph.data.task import Task
 from fipgraph.data.vision import Arrays, load_digits, load_fashion_mnist, load_mnist, permute_pixels
 from fipgraph.errors import ConfigError
@@ -170,7 +171,7 @@ def _permuted_tasks(train: dict, test: dict, classes: list[int], n: int, name: s
         raise ConfigError(f"split 'permuted:{n}' needs image/feature inputs; source {name!r} is text")
     tasks = []
     for i in range(n):
-        perm_seed = seed * 10_007 + i
+        perm_seed = derive_seed(seed, "permutation", i)
         x_tr, x_te = train["x"], test["x"]
         if i > 0:  # task 0 is the original data, as in the usual permuted-MNIST protocol
             x_tr, perm = permute_pixels(x_tr, perm_seed)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+from fipgraph.data.seeds import derive_seed
 from fipgraph.data.task import Task
 from fipgraph.errors import ConfigError
 
@@ -222,7 +223,7 @@ def lm_task(docs: Sequence[str], tokenizer: Any, *, name: str = "text", objectiv
             ids = _spread(ids, test_blocks)
         if objective == "mlm":
             special = ids == tokenizer.sep_token_id if tokenizer.sep_token_id is not None else None
-            masked, labels = mask_tokens(ids, tokenizer, seed=seed * 2 + k, prob=mlm_prob, special=special)
+            masked, labels = mask_tokens(ids, tokenizer, seed=derive_seed(seed, "mask", k), prob=mlm_prob, special=special)
             out[split] = {"input_ids": masked, "attention_mask": torch.ones_like(ids), "labels": labels}
         else:
             out[split] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}

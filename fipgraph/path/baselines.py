@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fipgraph.data.seeds import derive_seed
+from fipgraph.device import move_batch
 from fipgraph.errors import ConfigError
 from fipgraph.path.evaluate import head_slice, task_logits
 from fipgraph.path.memory import batch_size_of, index_batch
-from fipgraph.path.objectives import Context, Objective, register_objective
+from fipgraph.path.objectives import Context, Objective, OpConfig, register_objective
 
 log = logging.getLogger("fipgraph.build")
 
@@ -89,12 +92,13 @@ def diagonal_fisher(model: nn.Module, task: Any, head: str, n: int, seed: int) -
     backward (the square of a sum) would not give. Evaluated in eval mode (no dropout)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fisher = [torch.zeros_like(p) for p in params]
-    batch = task.sample(n, seed=seed)
+    device = next(model.parameters()).device
+    batch = move_batch(task.sample(n, seed=seed), device)
     count = batch_size_of(batch)
     was = model.training
     model.eval()
     for i in range(count):
-        logits, labels = task_logits(model, index_batch(batch, torch.tensor([i])), task, head)
+        logits, labels = task_logits(model, index_batch(batch, torch.tensor([i], device=device)), task, head)
         grads = torch.autograd.grad(F.cross_entropy(logits, labels), params, allow_unused=True)
         for f, g in zip(fisher, grads):
             if g is not None:
@@ -103,20 +107,28 @@ def diagonal_fisher(model: nn.Module, task: Any, head: str, n: int, seed: int) -
     return [f / count for f in fisher]
 
 
-@register_objective("ewc")
+@dataclass
+class EWCConfig(OpConfig):
+    ewc_lambda: float = 5000.0  # weight of (1/2)·Σ F_i (w_i - w*_i)^2 (paper: 5,000)
+    fisher_samples: int = 500  # examples per earlier task for its diagonal Fisher (paper: 500)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ewc_lambda < 0:
+            raise ConfigError(f"ewc_lambda={self.ewc_lambda} must be >= 0 (paper: 5000)")
+        if self.fisher_samples < 1:
+            raise ConfigError(f"fisher_samples={self.fisher_samples} must be >= 1 (paper: 500)")
+
+
+@register_objective("ewc", config=EWCConfig)
 class EWC(Objective):
     """Cross-entropy on task i plus the EWC quadratic penalty around each earlier task's end point."""
 
     uses_task_batch = True
-    options = ("ewc_lambda", "fisher_samples")
 
     @classmethod
     def check(cls, run: Any) -> None:
         need_earlier_task(run)
-        if run.ewc_lambda < 0:
-            raise ConfigError(f"run {run.name!r}: ewc_lambda={run.ewc_lambda} must be >= 0 (paper: 5000)")
-        if run.fisher_samples < 1:
-            raise ConfigError(f"run {run.name!r}: fisher_samples={run.fisher_samples} must be >= 1 (paper: 500)")
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         super().__init__(run, model)
@@ -126,6 +138,7 @@ class EWC(Objective):
         self.ewc_term = 0.0
 
     def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
         earlier = list(range(1, self.run.task))
         ends = task_end_nodes(ctx.store, ctx.start, earlier) if ctx.start is not None else {}
         for j in earlier:
@@ -134,7 +147,8 @@ class EWC(Objective):
                 log.warning("run %s: no ancestor of node %s trained task %d; its EWC anchor is the start node",
                             self.run.name, ctx.start, j)
             net = ctx.model if node == ctx.start else ctx.store.load_into(copy.deepcopy(ctx.model), node)
-            fisher = diagonal_fisher(net, ctx.tasks[j - 1], ctx.head, self.run.fisher_samples, seed=self.run.seed * 1000 + j)
+            fisher = diagonal_fisher(net, ctx.tasks[j - 1], ctx.head, self.options.fisher_samples,
+                                     seed=derive_seed(self.run.seed, "fisher", j))
             params = dict(net.named_parameters())
             self.anchors.append((fisher, [params[n].detach().clone() for n in self.names]))
             self.anchor_nodes[j] = int(node)
@@ -144,7 +158,7 @@ class EWC(Objective):
         live = [params[n] for n in self.names]
         quad = sum(sum((f * (p - w).pow(2)).sum() for f, p, w in zip(fisher, live, star))
                    for fisher, star in self.anchors)
-        ewc = 0.5 * self.run.ewc_lambda * quad
+        ewc = 0.5 * self.options.ewc_lambda * quad
         self.ewc_term = float(ewc.detach()) if torch.is_tensor(ewc) else float(ewc)
         return F.cross_entropy(logits, labels) + ewc
 
@@ -168,6 +182,7 @@ class Replay(Objective):
         return list(range(1, task))  # the buffers `continual` anchors with odist
 
     def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
         self.tasks, self.head = ctx.tasks, ctx.head
 
     def penalty(self, model, logits, labels):

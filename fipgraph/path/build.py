@@ -16,9 +16,11 @@ import torch
 
 import fipgraph
 from fipgraph.data import make_tasks
+from fipgraph.device import check_precision, resolve_device
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.models import build_model, forward_logits, normalize_spec
-from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict
+from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
+from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.objectives import OBJECTIVES
 from fipgraph.path.walk import Limits, RunResult, walk
 
@@ -79,9 +81,11 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
 
 
 def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -> None:
-    """Everything that can fail before a step: model builds, data fits its input and head, objective setup.
-    ``models`` caches one built network per spec across plans (a pretrained LM takes ~17 s to load)."""
+    """Everything that can fail before a step: device and precision exist here, model builds, data fits
+    its input and head, objective setup. ``models`` caches one built network per spec across plans (a
+    pretrained LM takes ~17 s to load)."""
     run = plan.run
+    check_precision(run.precision, resolve_device(run.device))  # e.g. cuda on a machine without it
     key = json.dumps(plan.spec, sort_keys=True, default=str)
     model = models.get(key) if models is not None else None
     if model is None:
@@ -120,51 +124,67 @@ def last_accuracies(store, node_id: int) -> dict[str, float]:
 
 def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
           max_hours: float | None = None, max_steps: int | None = None, progress: bool = True) -> BuildResult:
-    """Run (or resume) every run of ``config`` into the store at ``store_dir``."""
+    """Run (or resume) every run of ``config`` into the store at ``store_dir``.
+
+    Ctrl-C anywhere (loading data and models, a step, an evaluation, the final save) stops cleanly:
+    the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.interrupt``)."""
+    limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
+                    max_steps=max_steps, progress=progress)
+    store_dir = Path(store_dir)
+    with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a") as store:
+        try:
+            with stop.immediate():  # data, model builds and checks: nothing to save yet
+                tasks, plans = _prepare(config, store, start)
+        except KeyboardInterrupt:
+            return BuildResult("interrupted", [], {}, store_dir / "build.log")
+        handler = _setup_log(store_dir)
+        try:
+            return _walk_all(config, plans, store, store_dir, tasks, limits, stop)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _prepare(config: BuildConfig, store, start: int | None) -> tuple[list, list[Plan]]:
+    """Tasks and the checked plan of every run: all configuration errors surface here."""
     data = config.data
     tasks = make_tasks(data.source, split=data.split, seed=data.seed, head=data.head, **data.kwargs)
     if len(tasks) < max(r.task for r in config.runs):
         raise ConfigError(f"data gave {len(tasks)} tasks but a run asks for task {max(r.task for r in config.runs)}")
-    limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
-                    max_steps=max_steps, progress=progress)
-    store_dir = Path(store_dir)
-    with fipgraph.open_store(store_dir, mode="a") as store:
-        plans = plan_runs(config, store, start)
-        checked: dict = {}
-        for plan in plans:
-            check_plan(plan, tasks, data.head, checked)
-        del checked
-        handler = _setup_log(store_dir)
-        try:
-            log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
-            results, last = [], {}
-            base = {k: v for k, v in config_to_dict(config).items() if k not in ("runs", "name", "model")}
+    plans = plan_runs(config, store, start)
+    checked: dict = {}
+    for plan in plans:
+        check_plan(plan, tasks, data.head, checked)
+    for plan in plans:  # a rerun with changed settings fails here, before any step
+        stored = store.find_run(plan.name)
+        if stored is not None:  # the start node is compared when the run starts (an earlier run may move it)
+            refuse_changed_run(plan.name, {**stored["config"], "start_node": None}, resolved_config(config, plan, None), plan.run)
+    return tasks, plans
 
-            def resolve(plan: Plan, start_node: int | None) -> dict:
-                return {"build": config.name, **base, "model": plan.spec, "run": plan.run.to_dict(), "start_node": start_node}
 
-            for plan in plans:  # a rerun with changed settings fails here, before any step
-                stored = store.find_run(plan.name)
-                if stored is not None and {**stored["config"], "start_node": None} != resolve(plan, None):
-                    changed = sorted(k for k, v in resolve(plan, None).items() if k != "start_node" and stored["config"].get(k) != v)
-                    raise ConfigError(f"run {plan.name!r} is already in the store with a different config (differs in "
-                                      f"{changed}); rerun with the same settings to resume it, or pass --run NEWNAME")
-            for plan in plans:
-                start_node = last[plan.start] if isinstance(plan.start, str) else plan.start
-                resolved = resolve(plan, start_node)
-                result = walk(plan, store, store_dir, tasks, data.head, limits, resolved, config.eval_all_tasks)
-                results.append(result)
-                last[plan.run.name] = result.last_node
-                if result.status != "finished":
-                    break
-            store.flush()
-            accuracy = {r.name: last_accuracies(store, r.last_node) for r in results}
-            status = "finished" if all(r.status == "finished" for r in results) and len(results) == len(plans) else "interrupted"
-            log.info("build %s: %s", config.name, status)
-            return BuildResult(status, results, accuracy, store_dir / "build.log")
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+def resolved_config(config: BuildConfig, plan: Plan, start_node: int | None) -> dict:
+    """What is stored with a run (and compared, key by key, when it resumes)."""
+    base = {k: v for k, v in config_to_dict(config).items() if k not in ("runs", "name", "model")}
+    return {"build": config.name, **base, "model": plan.spec, "run": plan.run.to_dict(), "start_node": start_node}
+
+
+def _walk_all(config: BuildConfig, plans: list[Plan], store, store_dir: Path, tasks: list, limits: Limits,
+              stop: StopSignal) -> BuildResult:
+    log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
+    results, last = [], {}
+    for plan in plans:
+        start_node = last[plan.start] if isinstance(plan.start, str) else plan.start
+        result = walk(plan, store, store_dir, tasks, config.data.head, limits,
+                      resolved_config(config, plan, start_node), config.eval_all_tasks, stop)
+        results.append(result)
+        last[plan.run.name] = result.last_node
+        if result.status != "finished":
+            break
+    store.flush()
+    accuracy = {r.name: last_accuracies(store, r.last_node) for r in results}
+    status = "finished" if all(r.status == "finished" for r in results) and len(results) == len(plans) else "interrupted"
+    log.info("build %s: %s", config.name, status)
+    return BuildResult(status, results, accuracy, store_dir / "build.log")
 
 
 def format_table(result: BuildResult) -> str:

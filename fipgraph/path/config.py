@@ -12,9 +12,10 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fipgraph.errors import ConfigError
+from fipgraph.path.fields import check_types
 from fipgraph.path.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -27,12 +28,13 @@ def _need(ok: bool, msg: str) -> None:
 class DataConfig:
     source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), or a
     # list of image sources chained one task per source, e.g. ["mnist", "fashion-mnist"]
-    split: list[list[int]] = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ...
+    split: list | str | None = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ... (text sources: domain names; "permuted:N")
     seed: int = 0  # fixes the train/test split, independent of the training seed
     head: str = "single"  # single: label = class id on one head sized for all tasks from the start; per_task: logits sliced to the task's block
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for make_tasks
 
     def __post_init__(self) -> None:
+        check_types(self, "data")
         _need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
         if isinstance(self.source, list):  # chained sources: the task sequence is the source list
             _need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
@@ -54,6 +56,8 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
+    """The settings every op shares; an op's own settings live in ``options`` (its registered dataclass)."""
+
     name: str  # unique within the build; the store run is named "{build}/{name}"
     op: str  # objective: continual | sparsify | undirected | finetune | ewc | replay | oneshot_prune | lottery | lora
     task: int = 1  # 1-based task trained now (continual/finetune) or whose data anchors odist
@@ -71,78 +75,126 @@ class RunConfig:
     batch_size: int = 32  # new-task batch
     memory_size: int = 500  # examples kept per earlier (or anchoring) task, as in the paper
     memory_batch_size: int = 32  # memory examples per step; odist is summed over them
-    steps: int | None = 300  # optimizer steps (lottery: per round); None = use epochs
+    steps: int | None = None  # optimizer steps (lottery: per round); None with no epochs = DEFAULT_STEPS
     epochs: float | None = None  # alternative to steps, in passes over the task's training set
     save_every: int = 10  # write a node every k steps (the first and last step always)
     eval_every: int | None = None  # evaluate saved nodes every k steps (None = every saved node)
     seed: int = 0  # seeds init, batch order, memory choice: a run is reproducible from it
-    sparsity: float = 0.9  # sparsify: target fraction p of zeros over prunable weights
-    prune_scope: str = "global"  # sparsify: rank magnitudes over all prunable weights or per layer
     prunable: list[str] | None = None  # fnmatch patterns of prunable parameter names (None = Linear/Conv/attention weights)
-    tolerance: float = 1e-3  # sparsify: stop when ||w - project(w)|| / ||w|| falls below this
     keep_zeros: bool | None = None  # re-zero a sparse start node's zeros after each step (None = if the start node has a mask)
-    h_attack: str = "fgsm"  # undirected: perturbation for H: fgsm (eps*sign input-gradient) | noise (uniform l_inf)
-    h_epsilon: float = 0.1  # undirected: l_inf size of that perturbation (digits pixels are scaled to [0, 1])
     eval_batch_size: int = 256  # evaluation only; no effect on the path
     probe_size: int = 32  # fixed examples for each edge's output_distance (odist to the parent, per example); 0 = skip
-    # baseline settings (path/baselines.py, pruning.py, lora.py); stored with a run only when its op reads them
-    ewc_lambda: float = 5000.0  # ewc: weight of (1/2)·Σ F_i (w_i - w*_i)^2 (paper: 5,000)
-    fisher_samples: int = 500  # ewc: examples per earlier task for its diagonal Fisher (paper: 500)
-    prune_rate: float = 0.2  # lottery: fraction of the remaining prunable weights removed per round (paper: 20 %)
-    rewind_step: int = 0  # lottery: rewind survivors to the start node's ancestor at this step of its first run (0 = the initialisation)
-    lora_r: int = 16  # lora: adapter rank (issue 5: 16; paper: 1-256)
-    lora_alpha: float | None = None  # lora: scale numerator; None = 2·lora_r, as in the paper
-    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])  # lora: module names (suffixes) that get adapters
-    lora_dropout: float = 0.0  # lora: dropout on the adapter input
-    lora_train: list[str] = field(default_factory=lambda: ["classifier"])  # lora: modules trained in full beside the adapters (the head)
+    device: str | None = None  # auto | cpu | cuda | cuda:N | mps; None = the build's device
+    precision: str | None = None  # fp32 | bf16 | fp16 (autocast over fp32 master weights); None = the build's
+    options: Any = None  # this op's own settings: its registered config dataclass, or a dict of them
+
+    DEFAULT_STEPS: ClassVar[int] = 300
+    # what makes two runs "the same run" for resuming (besides the op's own options): every setting that
+    # changes the nodes. Not here: name (the run's key), device (a run may resume elsewhere),
+    # eval_batch_size (evaluation only). A key missing from a stored config counts as its default.
+    IDENTITY: ClassVar[tuple[str, ...]] = (
+        "op", "task", "from", "model", "optimizer", "lr", "lr_schedule", "lr_min", "lr_cycle", "momentum",
+        "weight_decay", "lam", "odist", "batch_size", "memory_size", "memory_batch_size", "steps", "epochs",
+        "save_every", "eval_every", "seed", "prunable", "keep_zeros", "probe_size", "precision")
 
     def __post_init__(self) -> None:
         from fipgraph.path.objectives import OBJECTIVES
         from fipgraph.path.odist import ODISTS
 
         where = f"run {self.name!r}"
+        check_types(self, where, skip=("options",))
         _need(self.op in OBJECTIVES, f"{where}: unknown op {self.op!r}; choose one of {sorted(OBJECTIVES)}")
+        self.options = _make_options(OBJECTIVES[self.op], self.options, where)
+        if self.steps is None and self.epochs is None:
+            self.steps = self.DEFAULT_STEPS
         _need(self.optimizer in OPTIMIZERS, f"{where}: unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
         _need(self.odist in ODISTS, f"{where}: unknown odist {self.odist!r}; choose one of {sorted(ODISTS)}")
-        _need(self.prune_scope in ("global", "layer"), f"{where}: prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
-        _need(self.h_attack in ("fgsm", "noise"), f"{where}: h_attack={self.h_attack!r}; use 'fgsm' or 'noise'")
-        _need(0.0 <= self.sparsity < 1.0, f"{where}: sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
         _need(self.task >= 1, f"{where}: task={self.task}; tasks are numbered from 1")
+        self._check_schedule(where)
+        _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
+        for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
+            _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
+        _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
+        _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
+        _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
+        _need(self.steps is None or self.steps >= 1, f"{where}: steps={self.steps} must be >= 1")
+        _need(self.epochs is None or self.epochs > 0, f"{where}: epochs={self.epochs} must be > 0")
+        _check_device_words(self.device, self.precision, where)
+        objective = OBJECTIVES[self.op]
+        if objective.uses_memory:
+            _need(self.memory_size >= 1, f"{where}: memory_size={self.memory_size}: {self.op} needs a memory buffer; set memory_size >= 1 (paper: 500)")
+        objective.check(self)
+
+    def _check_schedule(self, where: str) -> None:
         _need(self.lr > 0, f"{where}: lr={self.lr} must be > 0")
         _need(self.lr_schedule in SCHEDULES, f"{where}: unknown lr_schedule {self.lr_schedule!r}; choose one of {list(SCHEDULES)}")
         _need(0 <= self.lr_min <= self.lr, f"{where}: lr_min={self.lr_min} must be in [0, lr={self.lr}]")
         _need((self.lr_schedule == "cyclic") == (self.lr_cycle is not None),
               f"{where}: lr_cycle={self.lr_cycle} with lr_schedule={self.lr_schedule!r}; give lr_cycle (steps per cycle) exactly when the schedule is 'cyclic'")
         _need(self.lr_cycle is None or self.lr_cycle >= 1, f"{where}: lr_cycle={self.lr_cycle} must be >= 1")
-        _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
-        for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
-            _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
-        _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
-        _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
-        _need(self.h_epsilon > 0, f"{where}: h_epsilon={self.h_epsilon} must be > 0")
-        _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
-        _need(self.steps is None or self.steps >= 1, f"{where}: steps={self.steps} must be >= 1")
-        _need(self.epochs is None or self.epochs > 0, f"{where}: epochs={self.epochs} must be > 0")
-        objective = OBJECTIVES[self.op]
-        if objective.uses_memory:
-            _need(self.memory_size >= 1, f"{where}: memory_size={self.memory_size}: {self.op} needs a memory buffer; set memory_size >= 1 (paper: 500)")
-        if self.op == "continual":
-            _need(self.task >= 2, f"{where}: continual on task {self.task} has no earlier task to remember; train task 1 with op='finetune' first")
-            _need(self.start is not None, f"{where}: continual needs a start network trained on the earlier tasks; set from = a run name or node id")
-        objective.check(self)
+
+    def identity_keys(self) -> tuple[str, ...]:
+        """The stored-config keys that must agree for a rerun to resume this run."""
+        return self.IDENTITY + tuple(f.name for f in dataclasses.fields(self.options))
 
     def to_dict(self) -> dict[str, Any]:
-        from fipgraph.path.objectives import OBJECTIVES
-
-        out = dataclasses.asdict(self)
-        own = set(OBJECTIVES[self.op].options)
-        for key in {k for cls in OBJECTIVES.values() for k in cls.options} - own:
-            out.pop(key, None)  # another op's setting: not part of this run's identity
+        """The run as stored with it: shared settings and this op's own, flat (the TOML layout)."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "options"}
+        out.update(dataclasses.asdict(self.options))
         if self.lr_schedule == "constant":  # the default: kept out so runs stored before schedules existed still resume
             for key in ("lr_schedule", "lr_min", "lr_cycle"):
                 out.pop(key)
         out["from"] = out.pop("start")
         return out
+
+
+def _make_options(objective: Any, given: Any, where: str) -> Any:
+    """The op's config dataclass from a dict of its settings (or as given), errors prefixed with the run."""
+    if isinstance(given, objective.Config):
+        return given
+    given = dict(given or {})
+    allowed = sorted(objective.Config.__dataclass_fields__)
+    unknown = sorted(set(given) - set(allowed))
+    _need(not unknown, f"{where}: op {objective.name!r} has no settings {unknown}; its own settings are {allowed}")
+    try:
+        return objective.Config(**given)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_device_words(device: str | None, precision: str | None, where: str) -> None:
+    """Spelling only: whether this machine has the device is checked when the build starts."""
+    from fipgraph.device import PRECISIONS, is_device_name
+
+    _need(device is None or is_device_name(device),
+          f"{where}: unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    _need(precision is None or precision.strip().lower() in PRECISIONS,
+          f"{where}: unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+def identity_diff(stored: dict[str, Any], resolved: dict[str, Any], run: RunConfig) -> list[str]:
+    """Keys in which a stored run's config and this build's resolved config differ (empty = same run).
+
+    Only the explicit identity keys are compared, so a setting added later (to any op) never blocks
+    resuming a run stored before it existed: a key a stored config lacks counts as its default."""
+    from fipgraph.path.fields import field_defaults
+
+    diff = [k for k in BUILD_IDENTITY if stored.get(k) != resolved.get(k)]
+    defaults = {**field_defaults(RunConfig), **field_defaults(type(run.options)), "from": None,
+                "steps": RunConfig.DEFAULT_STEPS, "precision": "fp32"}
+    old, new = stored.get("run") or {}, resolved["run"]
+    diff += [f"run.{k}" for k in run.identity_keys() if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
+    return diff
+
+
+def refuse_changed_run(name: str, stored: dict[str, Any], resolved: dict[str, Any], run: RunConfig) -> None:
+    """ConfigError when a stored run of this name is not this run (see ``identity_diff``)."""
+    changed = identity_diff(stored, resolved, run)
+    _need(not changed, f"run {name!r} is already in the store with a different config (differs in {changed}); "
+                       f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
+
+
+BUILD_IDENTITY = ("build", "data", "eval_all_tasks", "model", "start_node")  # resolved-config keys beside "run"
 
 
 @dataclass
@@ -152,9 +204,16 @@ class BuildConfig:
     model: dict[str, Any] | None = None  # fipgraph.models spec for runs that build a new network; must match a --from node's
     runs: list[RunConfig] = field(default_factory=list)  # executed in order; later runs may start from earlier ones
     eval_all_tasks: bool = False  # evaluate saved nodes on every task, not just those seen so far
+    device: str = "auto"  # every run's device unless it sets its own: auto (CUDA, then MPS, then CPU) | cpu | cuda[:N] | mps
+    precision: str = "fp32"  # every run's precision unless it sets its own: fp32 | bf16 | fp16
 
     def __post_init__(self) -> None:
+        check_types(self, "config", skip=("data", "runs"))
+        _check_device_words(self.device, self.precision, "config")
         _need(len(self.runs) >= 1, "the config has no [[runs]]; add at least one")
+        for run in self.runs:  # a run without its own device/precision takes the build's
+            run.device = self.device if run.device is None else run.device
+            run.precision = (self.precision if run.precision is None else run.precision).strip().lower()
         seen: set[str] = set()
         for run in self.runs:
             _need(run.name not in seen, f"run name {run.name!r} is used twice; names must be unique")
@@ -168,7 +227,7 @@ class BuildConfig:
         return f"{self.name}/{run.name}"
 
 
-def _set(tree: dict, dotted: str, value: Any) -> None:
+def _set(tree: dict, dotted: str, value: Any) -> dict:
     """Set ``tree[a][b]... = value`` for "a.b...."; inside [[runs]] a key is a run name or an index."""
     keys = dotted.split(".")
     node: Any = tree
@@ -184,7 +243,9 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
             node = node.setdefault(k, {})
         else:
             raise ConfigError(f"override {dotted!r}: {k!r} is inside a plain value, not a table")
+    _need(isinstance(node, dict), f"override {dotted!r}: {keys[-2] if len(keys) > 1 else dotted!r} is not a table")
     node[keys[-1]] = value
+    return node
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -200,17 +261,74 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _shared_keys() -> set[str]:
+    """Keys of a [[runs]] entry that every op has (TOML spelling: from, lambda)."""
+    return {f.name for f in dataclasses.fields(RunConfig)} - {"start", "lam", "options"} | {"from", "lambda"}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A bare run field (lr=0.01) applies to every run; dotted keys address one place."""
+    """A bare run setting (lr=0.01) applies to every run (an op's own setting: to every run of that op);
+    dotted keys address one place."""
+    from fipgraph.path.objectives import OBJECTIVES, all_option_names, option_names
+
     raw = copy.deepcopy(raw)
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)} | {"from"}
+    default_op = raw.get("defaults", {}).get("op")
     for key, value in overrides.items():
-        if "." not in key and key in run_fields and key != "name":
+        if "." not in key and key in _shared_keys() and key != "name":
             for run in raw.get("runs", []):
+                _set_length(run, key, value, overrides)
+        elif "." not in key and key in all_option_names():
+            runs = [r for r in raw.get("runs", []) if r.get("op", default_op) in OBJECTIVES
+                    and key in option_names(r.get("op", default_op))]
+            owners = sorted(op for op in OBJECTIVES if key in option_names(op))
+            _need(bool(runs), f"override {key}={value!r}: no run has an op with that setting (it belongs to {owners})")
+            for run in runs:
                 run[key] = value
+        elif key.startswith("runs.") and key.rsplit(".", 1)[-1] in _LENGTH:
+            prefix, last = key.rsplit(".", 1)
+            _set_length(_set(raw, key, value), last, value, overrides, prefix + ".")
         else:
             _set(raw, key, value)
     return raw
+
+
+_LENGTH = {"steps": "epochs", "epochs": "steps"}  # a run's length: exactly one of the two
+
+
+def _set_length(run: dict, key: str, value: Any, overrides: dict, prefix: str = "") -> None:
+    """Set one run key; an overridden steps (epochs) replaces the run's epochs (steps) unless both are overridden."""
+    run[key] = value
+    other = _LENGTH.get(key)
+    if other and other not in overrides and prefix + other not in overrides:
+        run.pop(other, None)
+
+
+def _run_kwargs(i: int, run: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """One [[runs]] entry merged with [defaults], split into shared settings and the op's own (``options``)."""
+    from fipgraph.path.objectives import OBJECTIVES, all_option_names, option_names
+
+    _need("name" in run or "name" in defaults, f"runs[{i}] needs a name and an op")
+    defaults = dict(defaults)
+    if "epochs" in run and "steps" not in run:  # the run's own length wins over the defaults' other one
+        defaults.pop("steps", None)
+    if "steps" in run and "epochs" not in run:
+        defaults.pop("epochs", None)
+    merged = {**defaults, **run}
+    _need("name" in merged and "op" in merged, f"runs[{i}] needs a name and an op")
+    op = merged["op"]
+    _need(isinstance(op, str) and op in OBJECTIVES, f"runs[{i}]: unknown op {op!r}; choose one of {sorted(OBJECTIVES)}")
+    own, others = set(option_names(op)), all_option_names() - set(option_names(op))
+    wrong = sorted(k for k in run if k in others and k not in own)
+    _need(not wrong, f"run {merged['name']!r}: {wrong} are settings of other ops, not of {op!r}; its own are {sorted(own)}")
+    bad = sorted(set(merged) - _shared_keys() - all_option_names())
+    _need(not bad, f"runs[{i}]: unknown keys {bad}; allowed: {sorted(_shared_keys() | own)}")
+    kwargs = {k: v for k, v in merged.items() if k in _shared_keys()}  # [defaults] of other ops are dropped
+    kwargs["options"] = {k: v for k, v in merged.items() if k in own}
+    if "from" in kwargs:
+        kwargs["start"] = kwargs.pop("from")
+    if "lambda" in kwargs:
+        kwargs["lam"] = kwargs.pop("lambda")
+    return kwargs
 
 
 def build_config(raw: dict[str, Any]) -> BuildConfig:
@@ -220,18 +338,8 @@ def build_config(raw: dict[str, Any]) -> BuildConfig:
     unknown = set(raw) - known
     _need(not unknown, f"unknown top-level config keys {sorted(unknown)}; allowed: {sorted(known)}")
     defaults = raw.pop("defaults", {})
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    runs = []
-    for i, run in enumerate(raw.pop("runs", [])):
-        merged = {**defaults, **run}
-        if "from" in merged:
-            merged["start"] = merged.pop("from")
-        if "lambda" in merged:
-            merged["lam"] = merged.pop("lambda")
-        bad = set(merged) - run_fields
-        _need(not bad, f"runs[{i}]: unknown keys {sorted(bad)}; allowed: {sorted(run_fields - {'start'}) + ['from']}")
-        _need("name" in merged and "op" in merged, f"runs[{i}] needs a name and an op")
-        runs.append(RunConfig(**merged))
+    _need(isinstance(defaults, dict), f"[defaults] must be a table, got {defaults!r}")
+    runs = [RunConfig(**_run_kwargs(i, run, defaults)) for i, run in enumerate(raw.pop("runs", []))]
     try:
         data = DataConfig(**raw.pop("data", {}))
         return BuildConfig(data=data, runs=runs, **raw)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fipgraph.device import move_batch
 from fipgraph.models import forward_logits
 from fipgraph.path.memory import Batch
 
@@ -24,15 +25,16 @@ def task_logits(model: nn.Module, batch: Batch, task, head: str) -> tuple[torch.
 
 @torch.no_grad()
 def evaluate_tasks(model: nn.Module, tasks: dict[str, object], head: str, batch_size: int = 256) -> dict:
-    """{dataset: {"accuracy", "loss"}} on each task's held-out split."""
+    """{dataset: {"accuracy", "loss"}} on each task's held-out split, on the device the model is on."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for name, task in tasks.items():
         correct = total = 0
         loss = 0.0
-        for batch in task.test_loader(batch_size):
-            logits, labels = task_logits(model, batch, task, head)
+        for batch in task.test_loader(batch_size, pin_memory=device.type == "cuda"):
+            logits, labels = task_logits(model, move_batch(batch, device), task, head)
             loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
             total += int(labels.numel())
@@ -57,7 +59,7 @@ def robustness_h(model: nn.Module, batch: Batch, odist, attack: str, epsilon: fl
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), x_adv)
         x_pert = x + epsilon * grad.sign()
     else:
-        x_pert = x + epsilon * (2 * torch.rand(x.shape, generator=generator) - 1)
+        x_pert = x + epsilon * (2 * torch.rand(x.shape, generator=generator) - 1).to(x.device)
     with torch.no_grad():
         clean, _ = forward_logits(model, batch)
         pert, _ = forward_logits(model, {**batch, "x": x_pert})

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from fipgraph.data.seeds import derive_seed
 from fipgraph.models import forward_logits, model_kind
 
 Batch = dict[str, torch.Tensor]
@@ -76,7 +77,7 @@ class FrozenReference:
         logits, offsets = torch.cat(chunks, 0), None
         if memory["labels"].dim() > 1:  # token-level outputs: several rows per example
             counts = scored_per_example(memory, causal=model_kind(model) == "causal_lm")
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+            offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0).cpu()])  # host: read per row
         if logits.shape[0] != (n if offsets is None else int(offsets[-1])):
             raise ValueError(f"forward_logits gave {logits.shape[0]} rows for {n} memory examples")
         return cls(memory=memory, logits=logits, offsets=offsets)
@@ -94,15 +95,16 @@ class FrozenReference:
         return batch, self.logits[torch.cat(rows)]
 
 
-def batch_stream(task, batch_size: int, seed: int, start_step: int) -> Iterator[Batch]:
-    """Task batches forever; epoch e is shuffled with seed*1000+e, and a resumed run skips the
-    batches it already consumed, so step t sees the same batch whether or not the run was resumed."""
-    per_epoch = len(task.train_loader(batch_size, seed * 1000))
+def batch_stream(task, batch_size: int, seed: int, start_step: int, pin_memory: bool = False) -> Iterator[Batch]:
+    """Task batches forever; epoch e is shuffled with derive_seed(seed, "epoch", e), and a resumed run
+    skips the batches it already consumed, so step t sees the same batch whether or not the run was
+    resumed. ``pin_memory`` (CUDA): page-locked batches, so the copy to the device can overlap."""
+    per_epoch = len(task.train_loader(batch_size, derive_seed(seed, "epoch", 0)))
     if per_epoch == 0:
         raise ValueError(f"task {task.name!r} has no training batches")
     epoch, skip = divmod(start_step, per_epoch)
     while True:
-        for i, batch in enumerate(task.train_loader(batch_size, seed * 1000 + epoch)):
+        for i, batch in enumerate(task.train_loader(batch_size, derive_seed(seed, "epoch", epoch), pin_memory=pin_memory)):
             if i >= skip:
                 yield batch
         epoch, skip = epoch + 1, 0

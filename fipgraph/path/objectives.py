@@ -1,8 +1,30 @@
-"""Secondary objectives L(w) of the FIP step, one registration each.
+"""Secondary objectives L(w) of the FIP step, one registration each, and their settings.
 
 S(w) = odist(f(x_mem; w), f(x_mem; w_ref)) + λ·L(w). An objective says whether it uses the odist
-term (and over which tasks' memory), whether it needs new-task batches, and what L is. A new
-operation is one class with ``@register_objective("name")``; nothing else lists them.
+term (and over which tasks' memory), whether it needs new-task batches, and what L is.
+
+Adding an op (e.g. "travel") is one module-level block, nothing else lists ops::
+
+    @dataclass
+    class TravelConfig(OpConfig):          # settings only this op reads, checked in __post_init__
+        distance: float = 1.0
+
+    @register_objective("travel", config=TravelConfig)
+    class Travel(Objective):
+        uses_memory = True                  # odist to the frozen start network on the memory
+        def penalty(self, model, logits, labels): ...   # L(w) of one batch, a pure function of params
+
+The op's settings are flat keys of its ``[[runs]]`` entry (``distance = 2.0``); they land in
+``run.options`` (a ``TravelConfig``), are type-checked like every other key, and are part of that
+op's resume identity only: adding a setting to one op never blocks resuming stored runs of another.
+
+Hooks the run recipe calls, in order: ``check`` (config time), ``__init__``, ``prepare`` (start
+network, before any resume), ``wrap`` (after the weights are loaded), ``total_steps``; per step
+``before_step``, ``penalty`` / ``memory_loss``, ``report``, ``converged``, ``node_tags``; at a
+saved node ``export`` and, when it is evaluated, ``node_metrics``; ``finish`` after the last step.
+``state_dict`` / ``load_state_dict`` carry state a bit-exact resume needs beyond the stored node.
+Keep ``penalty`` a function of the parameters and the batch only, so a batched (vmap) step can
+reuse it.
 """
 
 from __future__ import annotations
@@ -14,20 +36,77 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fipgraph.errors import ConfigError
+from fipgraph.path.fields import check_types
 from fipgraph.path.sparsity import magnitude_masks, prunable_names, sparsity_of
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
 
-def register_objective(name: str) -> Callable[[type["Objective"]], type["Objective"]]:
+@dataclass
+class OpConfig:
+    """Settings that only one op reads (the base has none); subclasses add fields and checks.
+
+    Messages name the key, the value and the fix; the run config prefixes them with the run's name."""
+
+    def __post_init__(self) -> None:
+        check_types(self, "")
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class SparseTargetConfig(OpConfig):
+    """The target of ops that prune: sparsify, oneshot_prune, lottery."""
+
+    sparsity: float = 0.9  # target fraction p of zeros over prunable weights
+    prune_scope: str = "global"  # rank magnitudes over all prunable weights or per layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _need(self.prune_scope in ("global", "layer"), f"prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
+        _need(0.0 <= self.sparsity < 1.0, f"sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
+
+
+@dataclass
+class SparsifyConfig(SparseTargetConfig):
+    tolerance: float = 1e-3  # stop when ||w - project(w)|| / ||w|| falls below this
+
+
+@dataclass
+class UndirectedConfig(OpConfig):
+    h_attack: str = "fgsm"  # perturbation for H: fgsm (eps*sign input-gradient) | noise (uniform l_inf)
+    h_epsilon: float = 0.1  # l_inf size of that perturbation (digits pixels are scaled to [0, 1])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _need(self.h_attack in ("fgsm", "noise"), f"h_attack={self.h_attack!r}; use 'fgsm' or 'noise'")
+        _need(self.h_epsilon > 0, f"h_epsilon={self.h_epsilon} must be > 0")
+
+
+def register_objective(name: str, config: type[OpConfig] = OpConfig) -> Callable[[type["Objective"]], type["Objective"]]:
+    """Register an op under ``name`` with the dataclass of its own settings (peft style: one call per op)."""
     def deco(cls: type[Objective]) -> type[Objective]:
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} is registered twice")
-        cls.name = name
+        cls.name, cls.Config = name, config
         OBJECTIVES[name] = cls
         return cls
 
     return deco
+
+
+def option_names(op: str) -> tuple[str, ...]:
+    """The setting names of one op (the fields of its config dataclass)."""
+    return tuple(OBJECTIVES[op].Config.__dataclass_fields__)
+
+
+def all_option_names() -> set[str]:
+    """Every op's setting names: keys that belong in some op's ``run.options``."""
+    return {k for op in OBJECTIVES for k in option_names(op)}
 
 
 @dataclass
@@ -39,34 +118,33 @@ class Context:
     model: nn.Module  # the start network itself, before any resume or step
     tasks: list  # every task of the build (fipgraph.data.Task)
     head: str  # "single" | "per_task"
+    device: torch.device = torch.device("cpu")  # where the model and its batches live
+    seen: dict | None = None  # {dataset: task} evaluated at each node
+    odist: Any = None  # the run's output distance
 
 
 class Objective:
-    """Base: no odist term, no task batch, L = 0. Subclasses override what they need.
-
-    Hooks the walk calls, in order: check (config time), __init__, prepare (start network),
-    wrap (after a resume loaded its weights), total_steps, then per step before_step, penalty /
-    memory_loss, node_tags; export whenever a node is evaluated and stored; finish at the end.
-    """
+    """Base: no odist term, no task batch, L = 0. Subclasses override what they need (module docstring)."""
 
     name: ClassVar[str] = ""
+    Config: ClassVar[type[OpConfig]] = OpConfig  # set by register_objective
     uses_memory: ClassVar[bool] = False  # memory buffers of earlier (or anchoring) tasks enter every step
     uses_odist: ClassVar[bool] = True  # memory enters as odist to the frozen start network; False = memory_loss
     uses_task_batch: ClassVar[bool] = False  # cross-entropy batches of the run's task
-    # RunConfig fields only this op reads: runs of other ops leave them out of their stored config,
-    # so adding an op never changes (or blocks resuming) the stored runs of the others
-    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         self.run = run
+        self.options = run.options  # this op's own settings (an instance of Config)
         self.keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (param, 0/1 mask) kept after each step
+        self.ctx: Context | None = None
 
     @classmethod
     def check(cls, run: Any) -> None:
-        """Cross-field rules of this op's settings; raise ConfigError naming the value and the fix."""
+        """Cross-field rules between this op's settings and the shared ones; raise ConfigError naming the fix."""
 
     def prepare(self, ctx: Context) -> None:
         """Called once with the start network, before any resume or step (e.g. EWC's Fisher)."""
+        self.ctx = ctx
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to optimise (e.g. a LoRA wrapper); called after a resume loaded its weights."""
@@ -75,6 +153,13 @@ class Objective:
     def export(self, model: nn.Module) -> nn.Module:
         """The network to evaluate and store (e.g. LoRA merged into a plain copy of the parent's architecture)."""
         return model
+
+    def state_dict(self, model: nn.Module) -> dict[str, Any] | None:
+        """State beyond the stored node that a bit-exact resume needs (kept with the optimizer state)."""
+        return None
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, into the wrapped module ``model``."""
 
     def total_steps(self, steps: int) -> int:
         """Optimizer steps of the whole run given the config's steps (lottery: steps per round x rounds)."""
@@ -87,6 +172,10 @@ class Objective:
         """Tags for the node after ``step``; not None forces that node to be saved and evaluated."""
         return None
 
+    def node_metrics(self, model: nn.Module, step: int) -> dict[str, dict[str, float]]:
+        """Extra per-node evaluations of this op ({dataset: {metric: value}}), e.g. undirected's H."""
+        return {}
+
     def memory_loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: dict) -> torch.Tensor:
         """The memory term when ``uses_odist`` is False (replay: cross-entropy on the memory's labels)."""
         raise NotImplementedError(f"objective {self.name!r} sets uses_odist = False but has no memory_loss")
@@ -97,7 +186,7 @@ class Objective:
 
     def penalty(self, model: nn.Module, logits: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
         """L(w) given the new-task logits and labels (None when uses_task_batch is False)."""
-        return torch.zeros(())
+        return torch.zeros((), device=next(model.parameters()).device)
 
     def converged(self) -> bool:
         """True ends the run before its step budget."""
@@ -129,6 +218,12 @@ class Continual(Objective):
     uses_memory = True
     uses_task_batch = True
 
+    @classmethod
+    def check(cls, run: Any) -> None:
+        where = f"run {run.name!r}"
+        _need(run.task >= 2, f"{where}: continual on task {run.task} has no earlier task to remember; train task 1 with op='finetune' first")
+        _need(run.start is not None, f"{where}: continual needs a start network trained on the earlier tasks; set from = a run name or node id")
+
     def memory_tasks(self, task: int) -> list[int]:
         return list(range(1, task))
 
@@ -136,14 +231,29 @@ class Continual(Objective):
         return F.cross_entropy(logits, labels)
 
 
-@register_objective("undirected")
+@register_objective("undirected", config=UndirectedConfig)
 class Undirected(Objective):
     """Algorithm 3: L = 0; walk wherever odist on the memory stays small (H is evaluated per node)."""
 
     uses_memory = True
 
+    def node_metrics(self, model, step):
+        """H on one test batch of each evaluated task, with the perturbation drawn for this step."""
+        from fipgraph.data.seeds import derive_seed
+        from fipgraph.device import move_batch
+        from fipgraph.path.evaluate import robustness_h
 
-@register_objective("sparsify")
+        ctx, out = self.ctx, {}
+        gen = torch.Generator().manual_seed(derive_seed(self.run.seed, "robustness", step))
+        for ds, task in (ctx.seen or {}).items():
+            batch = move_batch(next(iter(task.test_loader(self.run.eval_batch_size))), ctx.device)
+            h = robustness_h(model, batch, ctx.odist, self.options.h_attack, self.options.h_epsilon, gen)
+            if h is not None:
+                out[ds] = {"H": h}
+        return out
+
+
+@register_objective("sparsify", config=SparsifyConfig)
 class Sparsify(Objective):
     """Algorithm 2: L = ||w - project_p(w)||^2 over the prunable weights; ends with a hard projection."""
 
@@ -153,8 +263,6 @@ class Sparsify(Objective):
         super().__init__(run, model)
         self.names = prunable_names(model, run.prunable)
         if not self.names:
-            from fipgraph.errors import ConfigError
-
             raise ConfigError(
                 f"run {run.name!r}: no prunable parameters (prunable={run.prunable!r}); give fnmatch "
                 f"patterns of parameter names, e.g. ['*.weight']"
@@ -167,7 +275,7 @@ class Sparsify(Objective):
 
     def penalty(self, model, logits, labels):
         params = self._params(model)
-        masks = magnitude_masks(params, self.run.sparsity, self.run.prune_scope)
+        masks = magnitude_masks(params, self.options.sparsity, self.options.prune_scope)
         # (w - w_p) is w on the pruned entries: L is the squared norm of what projection removes
         sq = sum((p * ~m).pow(2).sum() for p, m in zip(params, masks))
         norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in params))
@@ -175,7 +283,7 @@ class Sparsify(Objective):
         return sq
 
     def converged(self) -> bool:
-        return self.relative_distance < self.run.tolerance
+        return self.relative_distance < self.options.tolerance
 
     def report(self) -> dict[str, float]:
         return {"dist": self.relative_distance}
@@ -183,14 +291,14 @@ class Sparsify(Objective):
     def finish(self, model: nn.Module) -> dict[str, Any]:
         params = self._params(model)
         with torch.no_grad():
-            for p, m in zip(params, magnitude_masks(params, self.run.sparsity, self.run.prune_scope)):
+            for p, m in zip(params, magnitude_masks(params, self.options.sparsity, self.options.prune_scope)):
                 p.mul_(m)
         return {
             "final_projection": True,
             "distance_before_projection": self.relative_distance,  # ||w - project(w)|| / ||w|| at the last step
             # the mask is the zero pattern of these parameters in this node's (bit-exact) weights
             "sparse_mask": {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of(params),
-                            "target": self.run.sparsity, "scope": self.run.prune_scope},
+                            "target": self.options.sparsity, "scope": self.options.prune_scope},
         }
 
 

@@ -15,6 +15,7 @@ the same thing for all three.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from fipgraph.errors import ConfigError
 from fipgraph.path.baselines import lineage
-from fipgraph.path.objectives import Context, Objective, register_objective
+from fipgraph.path.objectives import Context, Objective, SparseTargetConfig, register_objective
 from fipgraph.path.sparsity import magnitude_masks, prunable_names, sparsity_of
 
 
@@ -46,6 +47,20 @@ def rewind_node(store: Any, start: int, rewind_step: int) -> int:
     return int(max(same, key=lambda r: int(r["step"]))["node_id"]) if same else int(chain[-1]["node_id"])
 
 
+@dataclass
+class LotteryConfig(SparseTargetConfig):
+    prune_rate: float = 0.2  # fraction of the remaining prunable weights removed per round (paper: 20 %)
+    rewind_step: int = 0  # rewind survivors to the start node's ancestor at this step of its first run (0 = the initialisation)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.prune_rate < 1:
+            raise ConfigError(f"prune_rate={self.prune_rate} must be in (0, 1); the lottery ticket prunes 0.2 "
+                              f"of the remaining weights per round")
+        if self.rewind_step < 0:
+            raise ConfigError(f"rewind_step={self.rewind_step} must be >= 0 (0 = rewind to the initialisation)")
+
+
 class _MaskedRetrain(Objective):
     """Cross-entropy under a magnitude mask over the prunable weights (shared by both baselines)."""
 
@@ -54,9 +69,9 @@ class _MaskedRetrain(Objective):
     @classmethod
     def check(cls, run: Any) -> None:
         where = f"run {run.name!r}"
-        if run.sparsity <= 0:
-            raise ConfigError(f"{where}: {run.op} with sparsity={run.sparsity} prunes nothing; give the fraction "
-                              f"of zeros to reach, e.g. sparsity = 0.9")
+        if run.options.sparsity <= 0:
+            raise ConfigError(f"{where}: {run.op} with sparsity={run.options.sparsity} prunes nothing; give the "
+                              f"fraction of zeros to reach, e.g. sparsity = 0.9")
         if run.start is None:
             raise ConfigError(f"{where}: {run.op} prunes a trained network; set from = a run name or node id")
 
@@ -75,7 +90,7 @@ class _MaskedRetrain(Objective):
     def _prune(self, model: nn.Module, p: float) -> None:
         """Zero exactly round(p·n) prunable weights of smallest magnitude; earlier zeros rank lowest, so stay pruned."""
         params = self._params(model)
-        masks = magnitude_masks(params, p, self.run.prune_scope)
+        masks = magnitude_masks(params, p, self.options.prune_scope)
         self.keep = [(w, m.to(w.dtype)) for w, m in zip(params, masks)]
         for w, m in self.keep:
             w.mul_(m)
@@ -89,51 +104,41 @@ class _MaskedRetrain(Objective):
         so a run started from the node keeps them zero (as after ``sparsify``)."""
         weights = [w.detach() for w, _ in self.keep or []]
         return {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of(weights),
-                "target": target, "scope": self.run.prune_scope}
+                "target": target, "scope": self.options.prune_scope}
 
     def penalty(self, model, logits, labels):
         return F.cross_entropy(logits, labels)
 
 
-@register_objective("oneshot_prune")
+@register_objective("oneshot_prune", config=SparseTargetConfig)
 class OneShotPrune(_MaskedRetrain):
     """Prune once to the target sparsity, then fine-tune with the mask kept."""
 
     def before_step(self, model, optimizer, step):
         if step == 1:
-            self._prune(model, self.run.sparsity)
+            self._prune(model, self.options.sparsity)
         elif self.keep is None:
             self._keep_zeros(model)
 
     def node_tags(self, step, total):
-        return {"sparse_mask": self._mask_tags(self.run.sparsity)} if step == total else None
+        return {"sparse_mask": self._mask_tags(self.options.sparsity)} if step == total else None
 
 
-@register_objective("lottery")
+@register_objective("lottery", config=LotteryConfig)
 class Lottery(_MaskedRetrain):
     """Iterative magnitude pruning with rewinding; one tagged node per round."""
 
-    options = ("prune_rate", "rewind_step")
-
-    @classmethod
-    def check(cls, run: Any) -> None:
-        super().check(run)
-        if not 0 < run.prune_rate < 1:
-            raise ConfigError(f"run {run.name!r}: prune_rate={run.prune_rate} must be in (0, 1); the lottery "
-                              f"ticket prunes 0.2 of the remaining weights per round")
-        if run.rewind_step < 0:
-            raise ConfigError(f"run {run.name!r}: rewind_step={run.rewind_step} must be >= 0 (0 = rewind to the initialisation)")
-
     def __init__(self, run: Any, model: nn.Module) -> None:
         super().__init__(run, model)
-        self.levels = lottery_levels(run.sparsity, run.prune_rate)
+        self.levels = lottery_levels(self.options.sparsity, self.options.prune_rate)
         self.round_steps = 0
         self.rewind: dict[str, torch.Tensor] | None = None
         self.rewind_node: int | None = None
 
     def prepare(self, ctx: Context) -> None:
-        self.rewind_node = rewind_node(ctx.store, ctx.start, self.run.rewind_step)
-        self.rewind = ctx.store.state_dict(self.rewind_node)
+        super().prepare(ctx)
+        self.rewind_node = rewind_node(ctx.store, ctx.start, self.options.rewind_step)
+        self.rewind = {k: v.to(ctx.device) for k, v in ctx.store.state_dict(self.rewind_node).items()}
 
     def total_steps(self, steps: int) -> int:
         self.round_steps = steps

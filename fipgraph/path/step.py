@@ -6,13 +6,42 @@ and one backward on (new + memory); the reference side is cached logits (see mem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from fipgraph.device import autocast, grad_scaler
 from fipgraph.models import forward_logits, model_kind
 from fipgraph.path.memory import Batch, cat_batches, n_scored
+
+
+@dataclass
+class Amp:
+    """Mixed precision of a run: autocast for forward (and the loss), fp32 master weights, and for
+    fp16 a gradient scaler against underflow. ``Amp()`` is plain fp32 on the CPU."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    scaler: "torch.amp.GradScaler | None" = None
+
+    @classmethod
+    def of(cls, device: torch.device, precision: str) -> "Amp":
+        return cls(device, precision, grad_scaler(device, precision))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """backward and optimizer step, through the scaler when there is one."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # unscales first; skips the step if a gradient overflowed
+        self.scaler.update()
 
 
 @dataclass
@@ -27,6 +56,7 @@ def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch |
     """S(w) for one step. ``cols`` selects the task's logit columns for its cross-entropy."""
     batches = [b for b in (task_batch, memory_batch) if b is not None]
     logits, labels = forward_logits(model, batches[0] if len(batches) == 1 else cat_batches(batches))
+    logits = logits.float()  # losses in fp32 also under bf16/fp16 autocast (a no-op at fp32)
     n_task = n_scored(task_batch, causal=model_kind(model) == "causal_lm") if task_batch is not None else 0
     terms: dict[str, float] = {}
     if task_batch is not None:
@@ -53,12 +83,15 @@ def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch |
 
 def fip_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective, odist, lam: float,
              task_batch: Batch | None, memory_batch: Batch | None, ref_logits: torch.Tensor | None,
-             cols: slice = slice(None), keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> StepOutput:
-    """Forward, backward, optimizer step; ``keep`` = (param, mask) pairs whose zeros must stay zero."""
-    out = fip_loss(model, objective, odist, lam, task_batch, memory_batch, ref_logits, cols)
+             cols: slice = slice(None), keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+             amp: Amp | None = None) -> StepOutput:
+    """Forward (under ``amp``'s autocast), backward, optimizer step; ``keep`` = (param, mask) pairs
+    whose zeros must stay zero."""
+    amp = amp or Amp()
+    with amp.autocast():
+        out = fip_loss(model, objective, odist, lam, task_batch, memory_batch, ref_logits, cols)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
+    amp.backward_step(out.loss, optimizer)
     if keep:
         with torch.no_grad():
             for p, m in keep:

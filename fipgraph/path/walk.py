@@ -1,11 +1,16 @@
-"""Walk one run: start or resume, step, save nodes with evaluations, stop cleanly.
+"""Walk one run as a small recipe: setup → resume → loop → finish.
+
+``RunRecipe`` holds what a run needs (model on its device, frozen reference, objective, optimizer,
+the last saved node); each phase is one short method, and everything op-specific is a hook of the
+objective (``fipgraph.path.objectives``), never a branch on the op's name here.
 
 Steps are numbered from the start node (step 0). A node is saved every ``save_every`` steps, at the
 last step and whenever the walk stops early, so a rerun resumes from the last node with no step
-stored twice. The optimizer state of the last saved node is kept beside the store
-(``<store>/optim/run-<id>.pt``: written when the walk stops, and at a save at most once a minute)
-and restored when it matches the node a rerun resumes from. Ctrl-C is caught between steps: the
-current network is saved as a node, then the walk stops; a second Ctrl-C stops at once.
+stored twice. The optimizer state of the last saved node (and the objective's own resume state,
+e.g. LoRA's adapters) is kept beside the store (``<store>/optim/run-<id>.pt``: written when the walk
+stops, and at a save at most once a minute) and restored when it matches the node a rerun resumes
+from. Ctrl-C (``fipgraph.path.interrupt``): during set-up and evaluation it abandons that phase at
+once; between steps it saves the current network as a node and stops; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -14,24 +19,26 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from fipgraph.errors import ConfigError, FipgraphError
+from fipgraph.data.seeds import derive_seed
+from fipgraph.device import check_precision, host_state_dict, move_batch, resolve_device
+from fipgraph.errors import FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
-from fipgraph.path.evaluate import evaluate_tasks, head_slice, robustness_h
+from fipgraph.path.config import refuse_changed_run
+from fipgraph.path.evaluate import evaluate_tasks, head_slice
+from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
 from fipgraph.path.objectives import OBJECTIVES, Context
 from fipgraph.path.odist import get_odist
 from fipgraph.path.optim import lr_at, make_optimizer, set_lr
 from fipgraph.path.sparsity import prunable_names, sparsity_of
-from fipgraph.path.step import fip_step
+from fipgraph.path.step import Amp, fip_step
 
 log = logging.getLogger("fipgraph.build")
 
@@ -61,20 +68,11 @@ class Limits:
 @dataclass
 class RunResult:
     name: str
-    run_id: int
+    run_id: int  # -1: stopped before the run was entered in the store
     status: str  # finished | interrupted
-    last_node: int
+    last_node: int  # -1: no node yet (stopped while setting up a new network)
     steps_done: int = 0  # optimizer steps taken by this invocation
     stop_reason: str | None = None  # "limit" | "interrupt"
-
-
-@dataclass
-class _State:
-    parent: int | None = None
-    parent_probe: torch.Tensor | None = None
-    saved_step: int = -1  # step of the last node this run has in the store
-    accs: dict = field(default_factory=dict)  # last evaluated accuracies, for the progress bar
-    last_write: float = field(default_factory=time.time)
 
 
 def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
@@ -85,226 +83,330 @@ def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
     return int(df["node_id"][0]), int(df["step"][0]), (json.loads(tags) if isinstance(tags, str) and tags else {})
 
 
-class _CtrlC:
-    """First SIGINT sets a flag the loop checks between steps; the second raises as usual."""
+def node_tags_of(store, node: int | None) -> dict:
+    tags = store.node(node).get("tags") if node is not None else None
+    tags = json.loads(tags) if isinstance(tags, str) and tags else tags
+    return tags if isinstance(tags, dict) else {}
 
-    def __init__(self) -> None:
-        self.requested, self._old = False, None
 
-    def __enter__(self) -> "_CtrlC":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
+class RunRecipe:
+    """One run of a build: ``RunRecipe(...).run()`` walks it (or resumes it) and returns a RunResult."""
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+    def __init__(self, plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
+                 eval_all: bool = False, stop: StopSignal | None = None) -> None:
+        self.plan, self.cfg, self.name = plan, plan.run, plan.name
+        self.store, self.store_dir, self.tasks, self.head = store, Path(store_dir), tasks, head
+        self.limits, self.resolved, self.stop = limits, resolved, stop or StopSignal()
+        self.task = tasks[self.cfg.task - 1]
+        self.seen = {f"task{i + 1}": t for i, t in enumerate(tasks if eval_all else tasks[: self.cfg.task])}
+        self.run_id, self.found = -1, None  # store run id; (node, step, tags) of the node to resume from
+        self.parent: int | None = None  # the last node of this run's branch (a new node's parent)
+        self.parent_probe: torch.Tensor | None = None
+        self.step = self.saved_step = 0  # the current step; the step of the last node stored
+        self.steps_done, self.accs, self.last_write = 0, {}, time.time()
 
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+    # -- the recipe ---------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        existing = self._existing()
+        if existing is not None and existing["status"] == "finished" and self.found is not None:
+            log.info("run %s already finished at node %d", self.name, self.found[0])
+            return RunResult(self.name, self.run_id, "finished", self.found[0])
+        try:
+            if self.stop.requested:  # a Ctrl-C during an earlier run's last moments: start nothing new
+                raise KeyboardInterrupt
+            with self.stop.immediate():  # model loading, memory, reference: abandoned at once on Ctrl-C
+                self.setup()
+        except KeyboardInterrupt:
+            log.info("%s: interrupted while setting up; nothing of this run changed", self.name)
+            node = self.found[0] if self.found else (self.resolved["start_node"] if self.resolved["start_node"] is not None else -1)
+            return RunResult(self.name, self.run_id, "interrupted", node, 0, "interrupt")
+        self._enter_run(existing)
+        if self.resume():
+            return RunResult(self.name, self.run_id, "finished", self.found[0])
+        stop = self.loop()
+        if stop is None and self.stop.requested:  # e.g. the last node's evaluation was abandoned: finish on the rerun
+            stop = "interrupt"
+        return self.stopped(stop) if stop is not None else self.finish()
+
+    def _existing(self) -> dict | None:
+        """The stored run of this name, if any; refuses one whose identity differs from this config."""
+        existing = self.store.find_run(self.name)
+        if existing is None:
+            return None
+        refuse_changed_run(self.name, existing["config"], self.resolved, self.cfg)
+        self.run_id = int(existing["run_id"])
+        self.found = last_node(self.store, self.run_id)
+        return existing
+
+    def _enter_run(self, existing: dict | None) -> None:
+        if existing is None:
+            self.run_id = self.store.start_run(self.name, self.cfg.op, self.resolved)
+        else:
+            self.store.set_run_status(self.run_id, "running")
+
+    def setup(self) -> None:
+        """Device, model, objective, memory and frozen reference, weights to resume, optimizer."""
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        self.amp = Amp.of(self.device, check_precision(cfg.precision, self.device))
+        log.info("%s: device %s (asked: %s), precision %s", self.name, self.device, cfg.device, self.amp.precision)
+        self.start = self.resolved["start_node"]
+        model = self._start_model()
+        self.objective = OBJECTIVES[cfg.op](cfg, model)
+        self.odist = get_odist(cfg.odist)
+        self.cols = head_slice(self.task, self.head)
+        self.prunable = prunable_names(model, cfg.prunable)
+        self.reference = self._reference(model) if self.objective.uses_memory else None
+        self.objective.prepare(Context(store=self.store, start=self.start, model=model, tasks=self.tasks,
+                                       head=self.head, device=self.device, seen=self.seen, odist=self.odist))
+        self.probe = self._probe()
+        self.keep = self._keep_zeros(model)
+        self.checkpoint = self._read_checkpoint()
+        own_state = (self.checkpoint or {}).get("objective")
+        if self.found is not None and own_state is None:
+            self.store.load_into(model, self.found[0])  # the weights as last saved, before any wrapper (LoRA) goes on
+        self.model = self.objective.wrap(model)
+        if own_state is not None:  # e.g. LoRA: the start weights plus the adapters as they were at the node
+            self.objective.load_state_dict(self.model, own_state)
+        steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(self.task.train_loader(cfg.batch_size, 0)))
+        self.total = self.objective.total_steps(steps)
+        self.optimizer = make_optimizer(cfg, self.model)
+
+    def _start_model(self) -> torch.nn.Module:
+        if self.start is None:
+            torch.manual_seed(derive_seed(self.cfg.seed, "init"))  # same seed, same initial network, also when resuming
+            model = build_model(self.plan.spec)
+        else:
+            model = model_from_node(self.store, self.start)
+        return model.to(self.device).train()
+
+    def _reference(self, model: torch.nn.Module) -> FrozenReference:
+        """Memory of the objective's tasks and the start network's logits on it (before any resume or step)."""
+        tasks = self.objective.memory_tasks(self.cfg.task)
+        samples = [self.tasks[t - 1].sample(self.cfg.memory_size, seed=derive_seed(self.cfg.seed, "memory", t)) for t in tasks]
+        if not self.objective.uses_odist:  # replay scores each example on its own task's head: say which task it is
+            samples = [{**b, "task": torch.full((batch_size_of(b),), t)} for b, t in zip(samples, tasks)]
+        memory = move_batch(cat_batches(samples), self.device)
+        return FrozenReference.take(model, memory, self.cfg.eval_batch_size)
+
+    def _probe(self) -> dict | None:
+        """Fixed inputs for each edge's output_distance."""
+        n = self.cfg.probe_size
+        if not n:
+            return None
+        if self.reference is not None:
+            return index_batch(self.reference.memory, torch.arange(min(n, len(self.reference))))
+        return move_batch(self.task.sample(n, derive_seed(self.cfg.seed, "probe")), self.device)
+
+    def _keep_zeros(self, model: torch.nn.Module) -> list | None:
+        """(param, 0/1 mask) pairs whose zeros stay zero: a sparse start node's mask, or keep_zeros = true."""
+        mask_info = node_tags_of(self.store, self.start).get("sparse_mask")
+        if not (self.cfg.keep_zeros or (self.cfg.keep_zeros is None and mask_info)):
+            return None
+        params = dict(model.named_parameters())
+        names = mask_info["params"] if mask_info else self.prunable
+        return [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
+
+    @property
+    def optim_path(self) -> Path:
+        return self.store_dir / "optim" / f"run-{self.run_id}.pt"
+
+    def _read_checkpoint(self) -> dict | None:
+        """The optimizer (and objective) state saved with the node this run resumes from, if it matches."""
+        if self.found is None or self.run_id < 0 or not self.optim_path.exists():
+            return None
+        saved = torch.load(self.optim_path, map_location=self.device, weights_only=False)
+        if saved.get("node") != self.found[0]:
+            log.warning("%s: optimizer state is for node %s, not %d; restarting the optimizer",
+                        self.name, saved.get("node"), self.found[0])
+            return None
+        return saved
+
+    def resume(self) -> bool:
+        """Place the walk at its start or its last saved node; True when nothing is left to do."""
+        if self.found is None and self.start is None:
+            self.save(0)  # the freshly initialised network is the root of this branch
+            return False
+        if self.found is None:
+            self.parent, self.parent_probe = self.start, self.probe_logits()
+            return False
+        self.parent, self.step = self.found[0], self.found[1]
+        self.saved_step, self.parent_probe = self.step, self.probe_logits()
+        if self.checkpoint is not None:
+            self.optimizer.load_state_dict(self.checkpoint["state"])
+            if self.amp.scaler is not None and self.checkpoint.get("scaler"):
+                self.amp.scaler.load_state_dict(self.checkpoint["scaler"])
+            log.info("%s: resumed at step %d (node %d) with its optimizer state", self.name, self.step, self.found[0])
+        final = bool(self.found[2].get("final_projection"))
+        if final or self.step >= self.total:
+            self._evaluate_if_missing(self.found[0])  # its evaluation may have been abandoned by a Ctrl-C
+        if final:  # interrupted after the final node: nothing left to do
+            self.store.finish_run(self.run_id, "finished")
+            return True
+        log.info("%s: resuming from node %d at step %d of %d", self.name, self.found[0], self.step, self.total)
+        return False
+
+    def _evaluate_if_missing(self, node: int) -> None:
+        has = self.store.sql("SELECT count(*) AS n FROM evals WHERE node_id = ?", [int(node)])
+        if int(has["n"][0]) == 0:
+            self.store.add_evals(node, self.evaluate(self.objective.export(self.model), self.step))
+
+    # -- the loop -----------------------------------------------------------------------------
+    def loop(self) -> str | None:
+        """Steps until the budget, a limit or a Ctrl-C; returns why it stopped early (None = it did not)."""
+        cfg = self.cfg
+        pin = self.device.type == "cuda"
+        stream = batch_stream(self.task, cfg.batch_size, cfg.seed, self.step, pin) if self.objective.uses_task_batch else None
+        bar = tqdm(total=self.total, initial=self.step, desc=self.name, unit="step", disable=not self.limits.progress,
+                   dynamic_ncols=True)
+        guarded = False
+        try:
+            while self.step < self.total:
+                if self.stop.requested or self.limits.exhausted():
+                    return "interrupt" if self.stop.requested else "limit"
+                out = self.train_step(stream)
+                if self.reference is not None and not guarded and self.step >= 2:
+                    guarded = True
+                    self._check_reference_is_frozen(out)
+                converged = self.objective.converged()
+                self.after_step(converged)
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == self.total:
+                    bar.set_postfix({**{k: f"{v:.3g}" for k, v in out.terms.items()}, **self.accs}, refresh=False)
+                if converged:
+                    break
+        except KeyboardInterrupt:  # second Ctrl-C, or one outside the handler: the model may be mid-step
+            self.saved_step = self.step
+            return "hard-interrupt"
+        finally:
+            bar.close()
+        return None
+
+    def train_step(self, stream):
+        """One optimizer step: seeds, batches, learning rate, the objective's hook, the FIP step."""
+        cfg, self.step = self.cfg, self.step + 1
+        seed = derive_seed(cfg.seed, "step", self.step)
+        # dropout/noise reproducible per step, across resumes (CPU generator: torch.manual_seed
+        # also seeds CUDA lazily, which costs ~2 ms a call; on CUDA the device generator is seeded too)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        task_batch = move_batch(next(stream), self.device) if stream is not None else None
+        mem_batch, ref_logits = self.reference.sample(cfg.memory_batch_size, gen) if self.reference else (None, None)
+        if cfg.lr_schedule != "constant":
+            set_lr(self.optimizer, lr_at(cfg, self.step, self.total))
+        self.objective.before_step(self.model, self.optimizer, self.step)
+        keep = self.objective.keep if self.objective.keep is not None else self.keep
+        out = fip_step(self.model, self.optimizer, self.objective, self.odist, cfg.lam, task_batch, mem_batch,
+                       ref_logits, self.cols, keep, self.amp)
+        self.steps_done += 1
+        self.limits.count()
+        self.last_ref_logits = ref_logits
+        return out
+
+    def _check_reference_is_frozen(self, out) -> None:
+        """Weights moved since the reference was taken: outputs must differ somewhere."""
+        if torch.equal(out.memory_logits, self.last_ref_logits.to(out.memory_logits.dtype)):
+            raise LiveReferenceError(
+                f"run {self.name!r}: at step {self.step} the memory outputs equal the reference outputs exactly, "
+                "so the reference follows the live network and odist constrains nothing; the "
+                "reference must be a frozen copy taken when the task starts")
+
+    def after_step(self, converged: bool) -> None:
+        """Save the node this step made when it is due (tagged, converged, every save_every, the last)."""
+        tags = self.objective.node_tags(self.step, self.total)
+        if tags is not None:
+            self.save(self.step, tags, final=True)  # e.g. the end of a lottery round: always stored and evaluated
+        elif converged or self.step % self.cfg.save_every == 0 or self.step == self.total:
+            self.save(self.step, final=converged or self.step == self.total)  # a run's last node is always evaluated
+
+    # -- nodes --------------------------------------------------------------------------------
+    def probe_logits(self) -> torch.Tensor | None:
+        if self.probe is None:
+            return None
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.amp.autocast():
+            out = forward_logits(self.model, self.probe)[0].float()
+        self.model.train(was)
+        return out
+
+    def evaluate(self, net: torch.nn.Module, step: int) -> dict[str, dict[str, float]]:
+        """Accuracy and loss per seen task, prunable sparsity, and the objective's own metrics (e.g. H)."""
+        with self.amp.autocast():
+            metrics = evaluate_tasks(net, self.seen, self.head, self.cfg.eval_batch_size)
+        net_params = dict(net.named_parameters())
+        metrics["prunable"] = {"sparsity": sparsity_of([net_params[n].detach() for n in self.prunable])}
+        for ds, extra in self.objective.node_metrics(self.model, step).items():
+            metrics.setdefault(ds, {}).update(extra)
+        return metrics
+
+    def save(self, step: int, tags: dict | None = None, final: bool = False) -> int:
+        """Store the network at ``step`` as a child of the last node (evaluated when due)."""
+        net = self.objective.export(self.model)  # what is stored: the model itself, or e.g. LoRA merged into a plain copy
+        metrics: dict[str, dict[str, float]] = {}
+        if final or step % (self.cfg.eval_every or self.cfg.save_every) == 0:
+            try:
+                with self.stop.immediate():
+                    metrics = self.evaluate(net, step)
+            except KeyboardInterrupt:  # the node is kept without its metrics; the run stops next
+                self.stop.requested, metrics = True, {}
+                log.info("%s: evaluation at step %d abandoned (Ctrl-C); the node is stored without it", self.name, step)
+        now = self.probe_logits()
+        od = None if self.parent_probe is None or now is None else float(self.odist(now, self.parent_probe)) / now.shape[0]
+        nid = self.store.append(host_state_dict(net), parent=self.parent, run=self.run_id, op=self.cfg.op, step=step,
+                                metrics=metrics or None, tags=tags, output_distance=od)
+        self.parent, self.parent_probe, self.saved_step = nid, now, step
+        if metrics:
+            self.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
+            log.info("%s step %d node %d %s", self.name, step, nid,
+                     {k: round(v.get("accuracy", v.get("sparsity", 0.0)), 4) for k, v in metrics.items()})
+        if time.time() - self.last_write > 60:  # bound what a hard kill can lose
+            self.write_checkpoint(nid)
+        return nid
+
+    def write_checkpoint(self, node: int) -> None:
+        """Optimizer (and objective) state that belongs to ``node``; call only while the model equals that node."""
+        self.optim_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.optim_path.with_suffix(".tmp")
+        state = {"node": node, "state": self.optimizer.state_dict(), "objective": self.objective.state_dict(self.model),
+                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None}
+        torch.save(state, tmp)
+        os.replace(tmp, self.optim_path)  # atomic: a crash leaves the old file or the new one
+        self.last_write = time.time()
+
+    # -- the end ------------------------------------------------------------------------------
+    def stopped(self, stop: str) -> RunResult:
+        """A limit or a Ctrl-C: keep the work (a consistent network is saved), mark the run interrupted."""
+        if self.saved_step != self.step:
+            self.save(self.step)  # stopped between steps: a consistent network, so keep the work
+        self.store.flush()
+        if stop != "hard-interrupt":
+            self.write_checkpoint(self.parent)
+        stop = "interrupt" if stop == "hard-interrupt" else stop
+        self.store.set_run_status(self.run_id, "interrupted")
+        log.info("%s: stopped (%s) at step %d; rerun the same command to resume", self.name, stop, self.step)
+        return RunResult(self.name, self.run_id, "interrupted", self.parent, self.steps_done, stop)
+
+    def finish(self) -> RunResult:
+        """The objective's last change (e.g. sparsify's hard projection) as one more node, then done."""
+        tags = self.objective.finish(self.model)
+        if tags is not None:
+            self.step += 1
+            self.save(self.step, tags, final=True)  # e.g. the hard projection onto exactly p sparse
+            if self.stop.requested:  # its evaluation was abandoned: the rerun evaluates it and finishes
+                self.store.flush()
+                self.store.set_run_status(self.run_id, "interrupted")
+                return RunResult(self.name, self.run_id, "interrupted", self.parent, self.steps_done, "interrupt")
+        self.store.finish_run(self.run_id, "finished")
+        self.store.flush()
+        self.optim_path.unlink(missing_ok=True)
+        log.info("%s: finished at step %d, node %d", self.name, self.step, self.parent)
+        return RunResult(self.name, self.run_id, "finished", self.parent, self.steps_done)
 
 
 def walk(plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
-         eval_all: bool = False) -> RunResult:
+         eval_all: bool = False, stop: StopSignal | None = None) -> RunResult:
     """Execute (or resume) one planned run; see the module docstring."""
-    run, name = plan.run, plan.name
-    existing = store.find_run(name)
-    found = None
-    if existing is not None:
-        if existing["config"] != resolved:
-            diff = sorted(k for k in set(resolved) | set(existing["config"]) if resolved.get(k) != existing["config"].get(k))
-            raise ConfigError(f"run {name!r} is already in the store with a different config (differs in {diff}); "
-                              f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
-        run_id = int(existing["run_id"])
-        found = last_node(store, run_id)
-        if existing["status"] == "finished" and found is not None:
-            log.info("run %s already finished at node %d", name, found[0])
-            return RunResult(name, run_id, "finished", found[0])
-        store.set_run_status(run_id, "running")
-    else:
-        run_id = store.start_run(name, run.op, resolved)
-
-    start = resolved["start_node"]
-    if start is None:
-        torch.manual_seed(run.seed)  # same seed, same initial network, also when resuming
-        model = build_model(plan.spec)
-    else:
-        model = model_from_node(store, start)
-    model.train()
-    objective = OBJECTIVES[run.op](run, model)
-    odist = get_odist(run.odist)
-    task = tasks[run.task - 1]
-    shown = tasks if eval_all else tasks[: run.task]
-    seen = {f"task{i + 1}": t for i, t in enumerate(shown)}
-    cols = head_slice(task, head)
-    prunable = prunable_names(model, run.prunable)
-    params = dict(model.named_parameters())
-
-    reference = None
-    if objective.uses_memory:  # taken from the start network, before any resume or step
-        samples = [tasks[t - 1].sample(run.memory_size, seed=run.seed * 1000 + t) for t in objective.memory_tasks(run.task)]
-        if not objective.uses_odist:  # replay scores each example on its own task's head: say which task it is
-            samples = [{**b, "task": torch.full((batch_size_of(b),), t)} for b, t in
-                       zip(samples, objective.memory_tasks(run.task))]
-        memory = cat_batches(samples)
-        reference = FrozenReference.take(model, memory, run.eval_batch_size)
-    objective.prepare(Context(store=store, start=start, model=model, tasks=tasks, head=head))
-    probe = None  # fixed inputs for each edge's output_distance
-    if run.probe_size:
-        probe = (index_batch(reference.memory, torch.arange(min(run.probe_size, len(reference)))) if reference
-                 else task.sample(run.probe_size, run.seed))
-
-    keep = None
-    start_tags = store.node(start).get("tags") if start is not None else None
-    start_tags = json.loads(start_tags) if isinstance(start_tags, str) and start_tags else start_tags
-    mask_info = start_tags.get("sparse_mask") if isinstance(start_tags, dict) else None
-    if run.keep_zeros or (run.keep_zeros is None and mask_info):
-        names = mask_info["params"] if mask_info else prunable
-        keep = [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
-
-    if found is not None:
-        store.load_into(model, found[0])  # resume: the weights as last saved, before any wrapper (LoRA) goes on
-    model = objective.wrap(model)
-    total = objective.total_steps(run.steps if run.steps is not None
-                                  else math.ceil(run.epochs * len(task.train_loader(run.batch_size, 0))))
-    eval_every = run.eval_every or run.save_every
-    optimizer = make_optimizer(run, model)
-    optim_path = Path(store_dir) / "optim" / f"run-{run_id}.pt"
-    st = _State()
-
-    def _write_optim(path: Path, node: int) -> None:
-        """Optimizer state that belongs to ``node`` (call only while the model equals that node)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"node": node, "state": optimizer.state_dict()}, tmp)
-        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
-
-    def probe_logits() -> torch.Tensor | None:
-        if probe is None:
-            return None
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            out = forward_logits(model, probe)[0]
-        model.train(was)
-        return out
-
-    def save(step: int, tags: dict | None = None, final: bool = False) -> int:
-        net = objective.export(model)  # what is stored: the model itself, or e.g. LoRA merged into a plain copy
-        metrics: dict[str, dict[str, float]] = {}
-        if final or step % eval_every == 0:
-            metrics = evaluate_tasks(net, seen, head, run.eval_batch_size)
-            net_params = dict(net.named_parameters())
-            metrics["prunable"] = {"sparsity": sparsity_of([net_params[n].detach() for n in prunable])}
-            if run.op == "undirected":
-                gen = torch.Generator().manual_seed(run.seed + step)
-                for ds, t in seen.items():
-                    batch = next(iter(t.test_loader(run.eval_batch_size)))
-                    h = robustness_h(model, batch, odist, run.h_attack, run.h_epsilon, gen)
-                    if h is not None:
-                        metrics[ds]["H"] = h
-        now = probe_logits()
-        od = None if st.parent_probe is None or now is None else float(odist(now, st.parent_probe)) / now.shape[0]
-        nid = store.append(net, parent=st.parent, run=run_id, op=run.op, step=step,
-                           metrics=metrics or None, tags=tags, output_distance=od)
-        st.parent, st.parent_probe, st.saved_step = nid, now, step
-        if metrics:
-            st.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
-        if time.time() - st.last_write > 60:  # bound what a hard kill can lose
-            _write_optim(optim_path, nid)
-            st.last_write = time.time()
-        if metrics:
-            log.info("%s step %d node %d %s", name, step, nid,
-                     {k: round(v.get("accuracy", v.get("sparsity", 0.0)), 4) for k, v in metrics.items()})
-        return nid
-
-    step = 0
-    if found is None and start is None:
-        save(0)  # the freshly initialised network is the root of this branch
-    elif found is None:
-        st.parent, st.parent_probe, st.saved_step = start, probe_logits(), 0
-    else:
-        st.parent, step, st.saved_step = found[0], found[1], found[1]  # weights loaded above
-        st.parent_probe = probe_logits()
-        if optim_path.exists():
-            saved = torch.load(optim_path, weights_only=False)
-            if saved.get("node") == found[0]:
-                optimizer.load_state_dict(saved["state"])
-                log.info("%s: resumed at step %d (node %d) with its optimizer state", name, step, found[0])
-            else:
-                log.warning("%s: optimizer state is for node %s, not %d; restarting the optimizer", name, saved.get("node"), found[0])
-        if found[2].get("final_projection"):  # interrupted after the final node: nothing left to do
-            store.finish_run(run_id, "finished")
-            return RunResult(name, run_id, "finished", found[0])
-        log.info("%s: resuming from node %d at step %d of %d", name, found[0], step, total)
-
-    stream = batch_stream(task, run.batch_size, run.seed, step) if objective.uses_task_batch else None
-    bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not limits.progress, dynamic_ncols=True)
-    done, stop, guarded = 0, None, False
-    ctrl_c = _CtrlC()
-    try:
-        ctrl_c.__enter__()
-        while step < total:
-            if ctrl_c.requested or limits.exhausted():
-                stop = "interrupt" if ctrl_c.requested else "limit"
-                break
-            step += 1
-            # dropout/noise reproducible per step, across resumes (CPU generator: torch.manual_seed
-            # also seeds CUDA lazily, which costs ~2 ms a call)
-            torch.default_generator.manual_seed(run.seed * 1_000_003 + step)
-            gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
-            task_batch = next(stream) if stream is not None else None
-            mem_batch, ref_logits = reference.sample(run.memory_batch_size, gen) if reference else (None, None)
-            if run.lr_schedule != "constant":
-                set_lr(optimizer, lr_at(run, step, total))
-            objective.before_step(model, optimizer, step)
-            out = fip_step(model, optimizer, objective, odist, run.lam, task_batch, mem_batch, ref_logits, cols,
-                           objective.keep if objective.keep is not None else keep)
-            done += 1
-            limits.count()
-            if reference is not None and not guarded and step >= 2:
-                guarded = True  # weights moved since the reference was taken: outputs must differ somewhere
-                if torch.equal(out.memory_logits, ref_logits):
-                    raise LiveReferenceError(
-                        f"run {name!r}: at step {step} the memory outputs equal the reference outputs exactly, "
-                        "so the reference follows the live network and odist constrains nothing; the "
-                        "reference must be a frozen copy taken when the task starts")
-            converged = objective.converged()
-            node_tags = objective.node_tags(step, total)
-            if node_tags is not None:
-                save(step, node_tags, final=True)  # e.g. the end of a lottery round: always stored and evaluated
-            elif converged or step % run.save_every == 0 or step == total:
-                save(step, final=converged or step == total)  # a run's last node is always evaluated
-            bar.update(1)
-            if step % 10 == 0 or step == total:
-                bar.set_postfix({**{k: f"{v:.3g}" for k, v in out.terms.items()}, **st.accs}, refresh=False)
-            if converged:
-                break
-    except KeyboardInterrupt:  # second Ctrl-C, or one outside the handler: the model may be mid-step
-        stop, st.saved_step = "hard-interrupt", step
-    finally:
-        ctrl_c.__exit__()
-        bar.close()
-
-    if stop is not None:
-        if st.saved_step != step:
-            save(step)  # stopped between steps: a consistent network, so keep the work
-        store.flush()
-        if stop != "hard-interrupt":
-            _write_optim(optim_path, st.parent)
-        stop = "interrupt" if stop == "hard-interrupt" else stop
-        store.set_run_status(run_id, "interrupted")
-        log.info("%s: stopped (%s) at step %d; rerun the same command to resume", name, stop, step)
-        return RunResult(name, run_id, "interrupted", st.parent, done, stop)
-
-    tags = objective.finish(model)
-    if tags is not None:
-        step += 1
-        save(step, tags, final=True)  # e.g. the hard projection onto exactly p sparse
-    store.finish_run(run_id, "finished")
-    store.flush()
-    optim_path.unlink(missing_ok=True)
-    log.info("%s: finished at step %d, node %d", name, step, st.parent)
-    return RunResult(name, run_id, "finished", st.parent, done)
+    return RunRecipe(plan, store, store_dir, tasks, head, limits, resolved, eval_all, stop).run()
