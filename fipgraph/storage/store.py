@@ -12,10 +12,7 @@ import atexit
 import datetime as dt
 import json
 import shutil
-import threading
 import weakref
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +28,7 @@ from fipgraph.storage.catalog import Catalog, insert_frame, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
+from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import EvalJob, NodeJob, SqlJob, Writer
 
@@ -38,16 +36,6 @@ FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
 ENCODINGS = {"lossless": "lossless", "int8": "q8"}
 _OPEN_WRITERS: "weakref.WeakSet[Store]" = weakref.WeakSet()
-
-
-@dataclass(slots=True)
-class NodeInfo:
-    parent_id: int | None
-    arch_id: str
-    row: int
-    encoding: str
-    chain_depth: int
-    path_length: float | None
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
@@ -58,7 +46,7 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
 class Store:
     def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 lock_timeout: float = 60.0) -> None:
+                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -78,8 +66,7 @@ class Store:
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
-            self._decoded: OrderedDict[int, dict] = OrderedDict()
-            self._decode_lock = threading.RLock()  # readers may call state_dict from worker threads
+            self._reader = RowReader(self.weights, self.layout, self._info, self.root, cache_bytes=cache_bytes)
             self._new_ensembles: set[str] = set()
             self._load_index()
         except BaseException:
@@ -128,13 +115,14 @@ class Store:
 
     def _load_index(self, after: int = -1) -> None:
         df = self.catalog.query(
-            "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length "
+            "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length, s.checksum "
             "FROM storage s JOIN nodes n USING (node_id) WHERE s.node_id > ? ORDER BY s.node_id", [after])
         parents = [None if p != p else int(p) for p in df["parent_id"].astype("float64").tolist()]  # NaN -> None
         self._index.update(
-            (n, NodeInfo(p, a, r, e, d, pl))
-            for n, p, a, r, e, d, pl in zip(df["node_id"].tolist(), parents, df["arch_id"].tolist(), df["row"].tolist(),
-                                            df["encoding"].tolist(), df["chain_depth"].tolist(), df["path_length"].tolist())
+            (n, NodeInfo(p, a, r, e, d, pl, c))
+            for n, p, a, r, e, d, pl, c in zip(df["node_id"].tolist(), parents, df["arch_id"].tolist(), df["row"].tolist(),
+                                               df["encoding"].tolist(), df["chain_depth"].tolist(),
+                                               df["path_length"].tolist(), df["checksum"].tolist())
         )
         if self.mode == "a" or after < 0:
             runs = self.catalog.query("SELECT run_id, name FROM runs")
@@ -219,7 +207,8 @@ class Store:
 
     def _committed(self, jobs: list[NodeJob]) -> None:
         for job in jobs:
-            self._index[job.node_id].path_length = job.node_row["path_length"]
+            info = self._index[job.node_id]
+            info.path_length, info.checksum = job.node_row["path_length"], job.storage_row[5]
             self._pending.discard(job.node_id)
 
     def _path_length(self, node_id: int) -> float:
@@ -326,38 +315,8 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------------
     def _decode(self, node_id: int) -> dict[str, np.ndarray]:
-        """Decoded rows of a node: walk up to its keyframe (at most keyframe_every rows), decode down,
-        starting below the deepest two consecutive ancestors already in the cache.
-
-        Locked: the background writer decodes parents through here while user threads read."""
-        with self._decode_lock:
-            return self._decode_unlocked(node_id)
-
-    def _decode_unlocked(self, node_id: int) -> dict[str, np.ndarray]:
-        cache = self._decoded
-        if node_id in cache:
-            cache.move_to_end(node_id)
-            return cache[node_id]
-        chain = [(node_id, self._info(node_id))]
-        while chain[-1][1].chain_depth > 0:
-            parent = chain[-1][1].parent_id
-            chain.append((parent, self._info(parent)))
-        chain.reverse()  # keyframe first
-        start, parent, grandparent = 0, None, None
-        for i in range(len(chain) - 1, 0, -1):
-            if chain[i][0] in cache and chain[i - 1][0] in cache:
-                start, parent, grandparent = i + 1, cache[chain[i][0]], cache[chain[i - 1][0]]
-                break
-        for nid, info in chain[start:]:
-            layout = self.layout(info.arch_id)
-            stored = self.weights.read_row(info.arch_id, info.row, codec.array_names(layout, info.encoding))
-            rows = codec.decode_step(layout, stored, parent, grandparent, info.encoding)
-            grandparent, parent = parent, rows
-            cache[nid] = rows
-            cache.move_to_end(nid)
-            while len(cache) > 8:
-                cache.popitem(last=False)
-        return parent
+        """Decoded, verified rows of a node (raises CorruptNodeError if its chain is damaged)."""
+        return self._reader.decode(node_id)
 
     def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
         """The node's tensors, bit-identical to what was appended (unless stored with encoding='int8')."""

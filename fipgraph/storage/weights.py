@@ -77,6 +77,13 @@ class WeightArrays:
             out[name] = self._array(arch_id, name)[row] if n else np.empty(0, dtype=dtype)
         return out
 
+    def row_files(self, arch_id: str, name: str, row: int) -> list[Path]:
+        """The chunk files (absolute paths) that together hold ``row`` of one array."""
+        arr = self._array(arch_id, name)
+        rows_per_chunk, chunk_len = arr.chunks
+        folder = self.path / arch_id / name / "c" / str(row // rows_per_chunk)
+        return [folder / str(k) for k in range(-(-arr.shape[1] // chunk_len))] if arr.shape[1] else []
+
     def chunk_dir(self, arch_id: str, name: str, row: int) -> Path:
         """The folder holding the chunk(s) of ``row``, relative to the weights root."""
         rows_per_chunk = self._array(arch_id, name).chunks[0]

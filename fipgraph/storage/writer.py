@@ -19,12 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import xxhash
 
 from fipgraph.storage import codec
 from fipgraph.storage.catalog import (EDGE_COLUMNS, EVAL_COLUMNS, NODE_COLUMNS, STORAGE_COLUMNS, Catalog,
                                       insert_frame, to_json, wide_view_sql)
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
 
 
@@ -59,13 +59,6 @@ class SqlJob:
 
     apply: Callable[[Any], None]
     new_pairs: list[tuple[str, str]] = field(default_factory=list)
-
-
-def checksum(layout: Layout, rows: dict[str, np.ndarray]) -> str:
-    h = xxhash.xxh3_128()  # ~10x faster than blake2b; detects corruption, which is all it is for
-    for g in layout.groups:
-        h.update(np.ascontiguousarray(rows[g.dtype]).view(np.uint8))
-    return h.hexdigest()
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
