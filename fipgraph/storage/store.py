@@ -11,7 +11,10 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import json
+import logging
 import shutil
+import sys
+import threading
 import weakref
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,13 +27,13 @@ import torch
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec
-from fipgraph.storage.catalog import Catalog, insert_frame, to_json
+from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
 from fipgraph.storage.weights import WeightArrays
-from fipgraph.storage.writer import EvalJob, NodeJob, SqlJob, Writer
+from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
@@ -85,6 +88,7 @@ class Store:
                                   commit_interval=commit_interval, max_pending_bytes=max_pending_bytes)
             self._writer.start()
             _OPEN_WRITERS.add(self)
+            _register_exit_hook()
 
     # -- opening ---------------------------------------------------------------------------------
     def _check_marker(self, create: bool) -> None:
@@ -226,7 +230,20 @@ class Store:
         for node_id, metrics in metrics_by_node.items():
             self._info(node_id)
             rows += [(int(node_id), ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
-        writer.put(EvalJob(rows))
+        # the pre-ensemble_evals convention (dataset 'ensemble:<name>' on a member) also lands in ensemble_evals
+        known = set(self._ensemble_names()) | self._new_ensembles if any(r[1].startswith("ensemble:") for r in rows) else set()
+        ensemble_rows = [(r[1][9:], "", r[2], r[3], now) for r in rows if r[1].startswith("ensemble:") and r[1][9:] in known]
+        writer.put(EvalJob(rows, ensemble_rows))
+
+    def add_ensemble_evals(self, name: str, metrics: Mapping) -> None:
+        """Record results of a named ensemble as a whole ({metric: v} or {dataset: {metric: v}});
+        read them with ``store.sql("SELECT * FROM ensemble_evals")``."""
+        writer = self._writable()
+        if name not in self._new_ensembles and name not in self._ensemble_names():
+            raise FipgraphError(f"no ensemble named {name!r} in {self.root}; record it first with "
+                                f"store.add_ensemble(name, members). Recorded: {self._ensemble_names()}")
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        writer.put(EvalJob([], [(name, ds, m, v, now) for ds, m, v in normalise_evals(metrics)]))
 
     def add_ensemble(self, name: str, members: list[int], rule: Mapping | None = None) -> None:
         """Record a named ensemble (its member node ids and the rule that chose them)."""
@@ -237,7 +254,7 @@ class Store:
             raise FipgraphError(f"an ensemble named {name!r} already exists in {self.root}; choose another name")
         row = (name, to_json([int(n) for n in members]), to_json(dict(rule or {})),
                dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
-        writer.put(SqlJob(lambda con: insert_frame(con, "ensembles", ["name", "members", "rule", "created_at"], [row])))
+        writer.put(OpJob(CatalogOp("insert_ensemble", (row,))))
         self._new_ensembles.add(name)
 
     def _ensemble_names(self) -> list[str]:
@@ -261,19 +278,18 @@ class Store:
         run_id, self._next_run = self._next_run, self._next_run + 1
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         row = (run_id, name, op, to_json(dict(config or {})), "running", now, None)
-        writer.put(SqlJob(lambda con: insert_frame(con, "runs", ["run_id", "name", "op", "config", "status", "started_at", "finished_at"], [row])))
+        writer.put(OpJob(CatalogOp("insert_run", (row,))))
         self._run_names[name] = run_id
         return run_id
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
         writer = self._writable()
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        writer.put(SqlJob(lambda con: con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                                                  [status, now, int(run_id)])))
+        writer.put(OpJob(CatalogOp("finish_run", (int(run_id), status, now))))
 
     def set_run_status(self, run_id: int, status: str) -> None:
         writer = self._writable()
-        writer.put(SqlJob(lambda con: con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, int(run_id)])))
+        writer.put(OpJob(CatalogOp("set_run_status", (int(run_id), status))))
 
     def find_run(self, name: str) -> dict | None:
         self.flush()
@@ -284,12 +300,15 @@ class Store:
         run["config"] = json.loads(run["config"]) if run["config"] else {}
         return run
 
-    def flush(self) -> None:
-        """Block until every appended node and evaluation is committed."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every appended node and evaluation is committed. Raises WriterError if the
+        background writer failed (with its cause) or died, or if ``timeout`` seconds pass first."""
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.flush(timeout)
 
     def close(self) -> None:
+        """Commit what is queued, stop the writer and release the lock; raises WriterError if the
+        final commit fails (the lock is released either way)."""
         if self._writer is not None:
             try:
                 self._writer.flush()
@@ -372,10 +391,31 @@ class Store:
         return len(self._index)
 
 
+_EXIT_HOOK = threading.Lock()
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    """Close forgotten writers at interpreter exit *before* concurrent.futures shuts its thread pools
+    down (zarr writes through one; after that shutdown every chunk write fails). threading's exit hooks
+    run last-registered first and before atexit's, so registering here, after zarr's import, is early
+    enough; atexit stays as a fallback."""
+    global _exit_hook_registered
+    with _EXIT_HOOK:
+        if not _exit_hook_registered:
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_close_open_writers)
+            _exit_hook_registered = True
+
+
 @atexit.register
-def _close_open_writers() -> None:  # a forgotten close() must not lose queued nodes
+def _close_open_writers() -> None:
+    """A forgotten close() must not lose queued nodes, and a final commit that fails is reported."""
     for store in list(_OPEN_WRITERS):
         try:
             store.close()
-        except Exception:
-            pass
+        except Exception as exc:
+            message = f"fipgraph: the final commit of store {store.root} failed at exit; queued nodes were lost: {exc}"
+            logging.getLogger("fipgraph.build.store").error(message)
+            print(message, file=sys.stderr, flush=True)

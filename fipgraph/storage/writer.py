@@ -10,19 +10,20 @@ Write order makes crashes safe: chunks first, catalog rows (the commit point) la
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from fipgraph.storage import codec
-from fipgraph.storage.catalog import (EDGE_COLUMNS, EVAL_COLUMNS, NODE_COLUMNS, STORAGE_COLUMNS, Catalog,
-                                      insert_frame, to_json, wide_view_sql)
+from fipgraph.errors import WriterError
+from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
@@ -48,17 +49,22 @@ class NodeJob:
 
 @dataclass
 class EvalJob:
-    """Evaluations of existing nodes; all of a commit's rows go in with one insert."""
+    """Evaluations of existing nodes (EVAL_COLUMNS rows) and of ensembles (ENSEMBLE_EVAL_COLUMNS rows)."""
 
     rows: list[tuple]
+    ensemble_rows: list[tuple] | None = None
 
 
 @dataclass
-class SqlJob:
-    """Catalog-only work (runs, later evaluations), committed in order with the nodes."""
+class OpJob:
+    """Catalog-only changes (runs, statuses, ensembles), committed in order with the nodes."""
 
-    apply: Callable[[Any], None]
-    new_pairs: list[tuple[str, str]] = field(default_factory=list)
+    op: CatalogOp
+
+
+# a child of the build logger, so a build's build.log says when saving holds training back
+log = logging.getLogger("fipgraph.build.store")
+STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
@@ -98,27 +104,55 @@ class Writer(threading.Thread):
         self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
         self._path_length: dict[int, float] = {}
         self._unwritten: dict[int, dict] = {}  # decoded rows of the batch being written
+        self.stalled_seconds = 0.0  # total time producers waited for queue space (saving was the bottleneck)
+        self._stall_window = (time.monotonic(), 0.0)  # (start, stalled seconds) since the last report
 
     # -- producer side -------------------------------------------------------------------------
     def put(self, job) -> None:
+        """Queue a job; blocks while more than max_pending_bytes of snapshots wait (bounded memory)."""
         nbytes = getattr(job, "nbytes", 0)
         with self._cv:
-            # bounded memory: block the producer while too many bytes wait (always admit one job)
-            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes and not self.error:
-                self._cv.wait()
-            self._raise_error()
+            waited = time.monotonic()
+            # always admit one job, however large, so a node bigger than the bound can still be saved
+            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes:
+                self._check_alive()
+                self._cv.wait(0.5)
+            self._check_alive()
+            if nbytes:
+                self._note_stall(time.monotonic() - waited)
             self._pending_bytes += nbytes
             self._jobs.append(job)
             self._cv.notify_all()
 
-    def flush(self) -> None:
+    def _note_stall(self, seconds: float) -> None:
+        self.stalled_seconds += seconds
+        start, stalled = self._stall_window
+        stalled += seconds
+        elapsed = time.monotonic() - start
+        if elapsed >= STALL_REPORT_EVERY:
+            if stalled > 0.01 * elapsed:
+                log.warning("saving is the bottleneck: training waited %.1f s of the last %.0f s (%.0f %%) for the "
+                            "store's writer; save less often, or raise max_pending_bytes if memory allows",
+                            stalled, elapsed, 100 * stalled / elapsed)
+            start, stalled = time.monotonic(), 0.0
+        self._stall_window = (start, stalled)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything queued so far is committed. Raises WriterError if the writer failed
+        or its thread is gone, or if ``timeout`` seconds pass first (the queue is kept)."""
         done = threading.Event()
         with self._cv:
-            self._raise_error()
+            self._check_alive()
             self._flush_waiters.append(done)
             self._cv.notify_all()
-        done.wait()
-        self._raise_error()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
+            self._check_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WriterError(f"the store's writer did not commit the queued work within {timeout} s "
+                                  f"({self._pending_bytes / 2**20:.0f} MiB of snapshots still queued); it keeps going: "
+                                  "call flush() again to wait longer")
+        self._check_alive()
 
     def stop(self) -> None:
         with self._cv:
@@ -126,12 +160,15 @@ class Writer(threading.Thread):
             self._cv.notify_all()
         self.join()
 
-    def _raise_error(self) -> None:
+    def _check_alive(self) -> None:
         if self.error is not None:
-            raise RuntimeError(
+            raise WriterError(
                 f"the store's background writer failed, so nodes queued after the failure were not saved: "
-                f"{self.error!r}. Reopen the store to continue from the last committed node."
+                f"{type(self.error).__name__}: {self.error}. Reopen the store to continue from the last committed node."
             ) from self.error
+        if self.ident is not None and not self.is_alive() and not self._stopping:
+            raise WriterError("the store's background writer thread is gone (killed without an error); nodes "
+                              "queued since its last commit were not saved. Reopen the store to continue.")
 
     # -- consumer side -------------------------------------------------------------------------
     def run(self) -> None:
@@ -161,8 +198,9 @@ class Writer(threading.Thread):
                         self._commit(batch)
                         batch, last_commit = [], time.monotonic()
             except BaseException as exc:  # surfaced to the producer on its next call
-                self.error = exc
+                log.error("the store's writer failed: %s: %s", type(exc).__name__, exc)
                 with self._cv:
+                    self.error = exc
                     self._pending_bytes = 0
                     self._cv.notify_all()
             for w in waiters:
@@ -230,31 +268,19 @@ class Writer(threading.Thread):
                 for _, _, job in run:
                     job.storage_row[7] += grown // len(run)
 
-    def _commit(self, batch: list) -> None:
-        """One transaction: catalog-only jobs in queue order, then every node's rows in one insert
-        per table (row-by-row inserts cost 0.8 ms each; a 512-row Arrow insert 1.4 ms in all)."""
-        nodes = [j for j in batch if isinstance(j, NodeJob)]
-        eval_rows = [e for j in nodes for e in j.evals] + [r for j in batch if isinstance(j, EvalJob) for r in j.rows]
-        new_pairs = {(ds, m) for (_, ds, m, _, _) in eval_rows}
-        new_pairs |= {p for j in batch if isinstance(j, SqlJob) for p in j.new_pairs}
-        new_pairs -= self.known_pairs
-
-        def apply(con) -> None:
-            for job in batch:
-                if isinstance(job, SqlJob):
-                    job.apply(con)
-            for job in nodes:
-                if job.arch_spec is not None:
-                    con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING",
-                                [job.layout.arch_id, to_json(job.arch_spec)])
-            insert_frame(con, "nodes", NODE_COLUMNS, [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes])
-            insert_frame(con, "edges", EDGE_COLUMNS, [(j.parent_id, j.node_id, j.distance, j.output_distance)
-                                                      for j in nodes if j.parent_id is not None])
-            insert_frame(con, "evals", EVAL_COLUMNS, eval_rows)
-            insert_frame(con, "storage", STORAGE_COLUMNS, [tuple(j.storage_row) for j in nodes])
-            if new_pairs:
-                con.execute(wide_view_sql(sorted(self.known_pairs | new_pairs)))
-
-        self.catalog.write(apply)
+    def _commit(self, jobs: list) -> None:
+        """One transaction for everything queued since the last commit, in queue order."""
+        nodes = [j for j in jobs if isinstance(j, NodeJob)]
+        batch = Batch(ops=[j.op for j in jobs if isinstance(j, OpJob)])
+        batch.archs = [(j.layout.arch_id, to_json(j.arch_spec)) for j in nodes if j.arch_spec is not None]
+        batch.nodes = [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes]
+        batch.edges = [(j.parent_id, j.node_id, j.distance, j.output_distance) for j in nodes if j.parent_id is not None]
+        batch.evals = [e for j in nodes for e in j.evals] + [r for j in jobs if isinstance(j, EvalJob) for r in j.rows]
+        batch.ensemble_evals = [r for j in jobs if isinstance(j, EvalJob) for r in (j.ensemble_rows or [])]
+        batch.storage = [tuple(j.storage_row) for j in nodes]
+        new_pairs = {(ds, m) for (_, ds, m, _, _) in batch.evals} - self.known_pairs
+        if new_pairs:
+            batch.wide_pairs = sorted(self.known_pairs | new_pairs)
+        self.catalog.commit(batch)
         self.known_pairs |= new_pairs
         self.on_commit(nodes)
