@@ -41,10 +41,18 @@ def lossless_encoding(chain_depth: int) -> str:
     return "key" if chain_depth == 0 else "diff" if chain_depth == 1 else "pred"
 
 
-def _zigzag(d: np.ndarray) -> np.ndarray:
-    bits = d.dtype.itemsize * 8
-    s = d.view(np.dtype(f"i{d.dtype.itemsize}"))
-    return ((s << 1) ^ (s >> (bits - 1))).view(d.dtype)
+def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None) -> np.ndarray:
+    """Zig-zag coded ``words - prediction`` (sign folded into the low bit, so small residuals of
+    either sign have zero high bytes), built in one new array updated in place."""
+    r = np.subtract(words, parent)
+    if grandparent is not None:  # words - (2 parent - grandparent), wrapping
+        r -= parent
+        r += grandparent
+    s = r.view(np.dtype(f"i{r.dtype.itemsize}"))
+    sign = s >> (r.dtype.itemsize * 8 - 1)
+    s <<= 1
+    s ^= sign
+    return r
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
@@ -97,7 +105,7 @@ def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | 
             decoded[g.dtype], error = recon, max(error, err)
         else:  # diff, pred, and the exact groups (integers, bools) of a q8 node
             gp = grandparent[g.dtype] if encoding == "pred" else None
-            arrays[g.dtype] = _zigzag(words - _prediction(parent[g.dtype], gp))
+            arrays[g.dtype] = _residual(words, parent[g.dtype], gp)
             decoded[g.dtype] = words
     return Encoded(arrays, decoded, error)
 

@@ -177,7 +177,9 @@ class Store:
             raise FipgraphError(f"no run {run} in store {self.root}; create it with store.start_run(name, op, config)")
         if not allow_nonfinite:
             for name, t in state.items():
-                if t.is_floating_point() or t.is_complex():
+                # a sum is finite unless some element is NaN/Inf (or it overflows): one fast reduction,
+                # the elementwise count (3.5 ms per 1M floats) only when the sum is not finite
+                if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t.sum()).all():
                     bad = int(t.numel() - torch.isfinite(t).sum())
                     if bad:
                         raise NonFiniteWeightsError(f"parameter {name!r} has {bad} NaN/Inf values of {t.numel()}; "
