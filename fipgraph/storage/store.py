@@ -147,7 +147,8 @@ class Store:
     def layout(self, arch_id: str) -> Layout:
         if arch_id not in self._layouts:
             spec = self.catalog.query("SELECT spec FROM archs WHERE arch_id = ?", [arch_id])["spec"]
-            self._layouts[arch_id] = Layout.from_spec(json.loads(spec[0])["params"])
+            spec = json.loads(spec[0])
+            self._layouts[arch_id] = Layout.from_spec(spec["params"], spec.get("ties"))
         return self._layouts[arch_id]
 
     # -- writing ---------------------------------------------------------------------------------
@@ -168,8 +169,11 @@ class Store:
         same_arch = parent_info is not None and parent_info.arch_id == layout.arch_id
         if parent_info is not None and not same_arch:
             parent_layout = self.layout(parent_info.arch_id)
-            if sorted(layout.params) == sorted(parent_layout.params):  # e.g. safetensors sorts its keys
-                state = {name: state[name] for name, _, _ in parent_layout.params}
+            same_ties = sorted(t[:2] for t in layout.ties) == sorted(t[:2] for t in parent_layout.ties)
+            if sorted(layout.params) == sorted(parent_layout.params) and same_ties:  # e.g. safetensors sorts its keys
+                state = {name: state[name] for name in parent_layout.names}
+                layout, same_arch = parent_layout, True
+            elif layout.ties and layout.untied() == parent_layout:  # a chain begun before ties were recognised
                 layout, same_arch = parent_layout, True
         if parent_info is not None and not same_arch and not allow_arch_change:
             layout.check_matches(self.layout(parent_info.arch_id), f"parent node {parent}")
@@ -190,6 +194,8 @@ class Store:
         arch_spec = None
         if layout.arch_id not in self._next_row:
             arch_spec = {"params": layout.to_spec(), "model": model_spec_of(weights)}
+            if layout.ties:
+                arch_spec["ties"] = layout.ties_spec()
         rows = layout.pack(state)
 
         node_id = self._next_id
@@ -348,8 +354,9 @@ class Store:
 
     def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
         state = self.state_dict(node_id)
-        expected = Layout.of(model.state_dict())
-        expected.check_matches(self.layout(self._info(node_id).arch_id), f"node {node_id}")
+        expected, stored = Layout.of(model.state_dict()), self.layout(self._info(node_id).arch_id)
+        if expected.untied() != stored.untied():  # a node stored before ties were recognised loads into a tied model
+            expected.check_matches(stored, f"node {node_id}")
         model.load_state_dict(state)
         return model
 
