@@ -155,3 +155,22 @@ def test_forgotten_close_still_commits_every_queued_node_at_exit(tmp_path):
     assert proc.returncode == 0 and "failed" not in proc.stderr, proc.stderr
     with fipgraph.open_store(tmp_path / "s", mode="r") as store:
         assert [float(store.state_dict(n)["w"][0]) for n in range(len(store))] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_durable_fsyncs_every_chunk_file_before_the_commit(tmp_path, monkeypatch):
+    import os as os_module
+
+    events = []
+    real_fsync = os_module.fsync
+    monkeypatch.setattr(os_module, "fsync", lambda fd: (events.append(os_module.readlink(f"/proc/self/fd/{fd}")),
+                                                        real_fsync(fd))[1])
+    with fipgraph.open_store(tmp_path / "s", durable=True, commit_interval=30) as store:  # one batch
+        commit = store.catalog.write
+        store.catalog.write = lambda fn: (events.append("COMMIT"), commit(fn))[1]
+        a = store.append({"w": torch.randn(70_000)})
+        store.append({"w": torch.randn(70_000)}, parent=a)
+        store.flush()
+        files = [f for n in (0, 1) for f in store.weights.row_files(store._info(n).arch_id, "float32", store._info(n).row)]
+    first_commit = events.index("COMMIT")
+    assert all(str(f) in events[:first_commit] for f in files)  # chunks on disk before the commit point
+    assert str(tmp_path / "s" / "metrics.duckdb") in events[first_commit:]  # and the catalog after it

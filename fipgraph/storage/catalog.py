@@ -9,6 +9,7 @@ a few milliseconds and retries. Readers therefore see every committed node while
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -75,8 +76,9 @@ def wide_view_sql(pairs: list[tuple[str, str]]) -> str:
 class Catalog:
     """Short-lived DuckDB connections with lock-conflict retry."""
 
-    def __init__(self, path: Path, *, read_only: bool, lock_timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, *, read_only: bool, lock_timeout: float = 60.0, durable: bool = False) -> None:
         self.path = path
+        self.durable = durable  # fsync the database files after each commit, before it is reported done
         self.read_only = read_only
         self.lock_timeout = lock_timeout
         self._local = threading.RLock()  # one connection at a time inside this process
@@ -117,8 +119,12 @@ class Catalog:
         self.write(setup)
 
     def commit(self, batch: Batch) -> None:
-        """Write one batch in one transaction."""
+        """Write one batch in one transaction (with durable=True: on the disk when this returns)."""
         self.write(lambda con: apply_batch(con, batch))
+        if self.durable:
+            for p in (self.path, self.path.with_name(self.path.name + ".wal"), self.path.parent):
+                if p.exists():
+                    fsync_path(p)
 
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
@@ -269,6 +275,15 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: list[str],
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _fipgraph_rows")
         finally:
             con.unregister("_fipgraph_rows")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def to_json(value) -> str | None:

@@ -42,14 +42,19 @@ _OPEN_WRITERS: "weakref.WeakSet[Store]" = weakref.WeakSet()
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
-    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``."""
+    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``.
+
+    Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s),
+    ``max_pending_bytes`` (1 GiB of snapshots queued before append blocks), ``cache_bytes`` (1 GiB of
+    decoded rows kept for reads), ``durable`` (False; True fsyncs chunk files and the catalog before a
+    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
     return Store(path, mode, **options)
 
 
 class Store:
     def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -64,8 +69,9 @@ class Store:
             self._lock = WriterLock(self.root / "writer.lock").acquire()
         try:
             self._check_marker(create=mode == "a")
-            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout)
-            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r")
+            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout,
+                                   durable=durable)
+            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
