@@ -174,3 +174,29 @@ def test_durable_fsyncs_every_chunk_file_before_the_commit(tmp_path, monkeypatch
     first_commit = events.index("COMMIT")
     assert all(str(f) in events[:first_commit] for f in files)  # chunks on disk before the commit point
     assert str(tmp_path / "s" / "metrics.duckdb") in events[first_commit:]  # and the catalog after it
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_optimizer_state_lives_where_the_store_says_and_loads_without_running_code(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    with fipgraph.open_store(tmp_path / "s") as store:
+        path = store.files.save_optimizer_state(0, 7, opt.state_dict())
+        assert path == tmp_path / "s" / "optim" / "run-0.pt" and store.files.build_log == tmp_path / "s" / "build.log"
+        saved = store.files.load_optimizer_state(0)
+        assert saved["node"] == 7
+        fresh = torch.optim.Adam(model.parameters())
+        fresh.load_state_dict(saved["state"])
+        assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+        assert store.files.load_optimizer_state(1) is None
+        torch.save({"node": 7, "state": Evil()}, path)  # a tampered file
+        with pytest.raises(FipgraphError, match="cannot be loaded safely"):
+            store.files.load_optimizer_state(0)
+        store.files.drop_optimizer_state(0)
+        assert not path.exists()

@@ -8,14 +8,9 @@ Layout of a store directory (see store/README.md):
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import json
-import logging
 import shutil
-import sys
-import threading
-import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,19 +21,19 @@ import torch
 
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
-from fipgraph.storage import codec
+from fipgraph.storage import codec, exit_hook
 from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
+from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
 ENCODINGS = {"lossless": "lossless", "int8": "q8"}
-_OPEN_WRITERS: "weakref.WeakSet[Store]" = weakref.WeakSet()
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
@@ -62,6 +57,7 @@ class Store:
         if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
             raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
         self.root, self.mode = Path(path), mode
+        self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
         self.encoding, self.keyframe_every = ENCODINGS[encoding], keyframe_every
         self._lock = None
         if mode == "a":
@@ -93,8 +89,7 @@ class Store:
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
                                   commit_interval=commit_interval, max_pending_bytes=max_pending_bytes)
             self._writer.start()
-            _OPEN_WRITERS.add(self)
-            _register_exit_hook()
+            exit_hook.track(self)
 
     # -- opening ---------------------------------------------------------------------------------
     def _check_marker(self, create: bool) -> None:
@@ -329,7 +324,7 @@ class Store:
             finally:
                 self._writer.stop()
                 self._writer = None
-                _OPEN_WRITERS.discard(self)
+                exit_hook.untrack(self)
         self._release_lock()
 
     def _release_lock(self) -> None:
@@ -404,33 +399,3 @@ class Store:
 
     def __len__(self) -> int:
         return len(self._index)
-
-
-_EXIT_HOOK = threading.Lock()
-_exit_hook_registered = False
-
-
-def _register_exit_hook() -> None:
-    """Close forgotten writers at interpreter exit *before* concurrent.futures shuts its thread pools
-    down (zarr writes through one; after that shutdown every chunk write fails). threading's exit hooks
-    run last-registered first and before atexit's, so registering here, after zarr's import, is early
-    enough; atexit stays as a fallback."""
-    global _exit_hook_registered
-    with _EXIT_HOOK:
-        if not _exit_hook_registered:
-            register = getattr(threading, "_register_atexit", None)
-            if register is not None:
-                register(_close_open_writers)
-            _exit_hook_registered = True
-
-
-@atexit.register
-def _close_open_writers() -> None:
-    """A forgotten close() must not lose queued nodes, and a final commit that fails is reported."""
-    for store in list(_OPEN_WRITERS):
-        try:
-            store.close()
-        except Exception as exc:
-            message = f"fipgraph: the final commit of store {store.root} failed at exit; queued nodes were lost: {exc}"
-            logging.getLogger("fipgraph.build.store").error(message)
-            print(message, file=sys.stderr, flush=True)
