@@ -37,14 +37,18 @@ CREATE TABLE IF NOT EXISTS ensembles (name VARCHAR PRIMARY KEY, members JSON, ru
 -- where each node's bits live and how to check them; internal, but readable
 CREATE TABLE IF NOT EXISTS storage (
     node_id BIGINT PRIMARY KEY, arch_id VARCHAR, row BIGINT, encoding VARCHAR, chain_depth INTEGER,
-    checksum VARCHAR, max_abs_error DOUBLE, stored_bytes BIGINT);
+    checksum VARCHAR, max_abs_error DOUBLE, stored_bytes BIGINT, tolerance DOUBLE, max_error_ratio DOUBLE);
+-- added after format 1 shipped (tables created by older versions get them here)
+ALTER TABLE storage ADD COLUMN IF NOT EXISTS tolerance DOUBLE;
+ALTER TABLE storage ADD COLUMN IF NOT EXISTS max_error_ratio DOUBLE;
 -- results of an ensemble as a whole (before format 2 they were evals of its first member, dataset 'ensemble:<name>')
 CREATE TABLE IF NOT EXISTS ensemble_evals (name VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
 """
 
 NODE_COLUMNS = ["node_id", "parent_id", "run_id", "op", "step", "created_at", "arch_id", "n_params",
                 "l2_norm", "sparsity", "path_length", "tags"]
-STORAGE_COLUMNS = ["node_id", "arch_id", "row", "encoding", "chain_depth", "checksum", "max_abs_error", "stored_bytes"]
+STORAGE_COLUMNS = ["node_id", "arch_id", "row", "encoding", "chain_depth", "checksum", "max_abs_error", "stored_bytes",
+                   "tolerance", "max_error_ratio"]
 EVAL_COLUMNS = ["node_id", "dataset", "metric", "value", "created_at"]
 EDGE_COLUMNS = ["src", "dst", "distance", "output_distance"]
 RUN_COLUMNS = ["run_id", "name", "op", "config", "status", "started_at", "finished_at"]

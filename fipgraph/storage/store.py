@@ -33,7 +33,7 @@ from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
-ENCODINGS = {"lossless": "lossless", "int8": "q8"}
+ENCODINGS = {"lossless": "lossless", "int8": "q8", "bounded": "bnd"}
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
@@ -49,16 +49,20 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
 class Store:
     def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False) -> None:
+                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
+                 tolerance: float = 0.1) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+        if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
+            raise ValueError(f"tolerance (max error per weight / its tensor's RMS step, for encoding='bounded') "
+                             f"must be a positive number, got {tolerance!r}")
         if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
             raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
         self.root, self.mode = Path(path), mode
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
-        self.encoding, self.keyframe_every = ENCODINGS[encoding], keyframe_every
+        self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[encoding], keyframe_every, float(tolerance)
         self._lock = None
         if mode == "a":
             self.root.mkdir(parents=True, exist_ok=True)
@@ -203,14 +207,18 @@ class Store:
         depth = 0
         if same_arch and parent_info.chain_depth + 1 < self.keyframe_every:
             depth = parent_info.chain_depth + 1
-        encoding = "key" if depth == 0 else "q8" if self.encoding == "q8" else codec.lossless_encoding(depth)
+        encoding = codec.lossless_encoding(depth)
+        if depth and self.encoding == "q8":
+            encoding = "q8"
+        elif depth and self.encoding == "bnd":
+            encoding = "bnd" if depth == 1 else "bndp"
         row = self._next_row.get(layout.arch_id, 0)
         node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
                         arch_id=layout.arch_id, n_params=layout.n_params, tags=tags_json)
-        grandparent = parent_info.parent_id if encoding == "pred" else None
+        grandparent = parent_info.parent_id if codec.uses_grandparent(encoding) else None
         job = NodeJob(node_id, parent, grandparent, layout, rows, row, encoding, depth, same_arch, node_row,
                       [(node_id, *e) for e in evals], output_distance, arch_spec,
-                      nbytes=int(sum(a.nbytes for a in rows.values())))
+                      nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance)
         self._layouts[layout.arch_id] = layout
         writer.put(job)
         self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1

@@ -45,6 +45,7 @@ class NodeJob:
     output_distance: float | None
     arch_spec: dict | None  # set when this arch is new to the catalog
     nbytes: int = 0
+    tolerance: float | None = None  # encoding="bounded": max error / RMS step per tensor
 
 
 @dataclass
@@ -235,8 +236,8 @@ class Writer(threading.Thread):
         self._unwritten = {}
         for job in jobs:
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
-            grandparent = self._decoded(job.grandparent_id) if job.encoding == "pred" else None
-            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding)
+            grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
+            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
             self._unwritten[job.node_id] = enc.decoded
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
@@ -248,7 +249,8 @@ class Writer(threading.Thread):
             job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
             job.distance = dist
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
-                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0]
+                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
+                               job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
             self._recent[job.node_id] = enc.decoded
             while len(self._recent) > 4:
                 self._recent.popitem(last=False)
