@@ -36,9 +36,21 @@ def _register_exit_hook() -> None:
     with _EXIT_HOOK:
         if not _exit_hook_registered:
             register = getattr(threading, "_register_atexit", None)
-            if register is not None:
-                register(_close_open_writers)
+            try:
+                if register is not None:
+                    register(_close_before_thread_pools_stop)
+            except RuntimeError:  # the interpreter is already shutting down: atexit remains
+                pass
             _exit_hook_registered = True
+
+
+def _close_before_thread_pools_stop() -> None:
+    # other non-daemon threads still run at this point (they are joined later) and may still append:
+    # leave their stores to the atexit fallback rather than closing under them
+    others = [t for t in threading.enumerate()
+              if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if not others:
+        _close_open_writers()
 
 
 @atexit.register
