@@ -84,7 +84,7 @@ def test_sigkill_at_random_moments_loses_no_committed_node(tmp_path):
 def test_reader_sees_committed_nodes_while_writer_appends(tmp_path):
     path = tmp_path / "s"
     fipgraph.open_store(path).close()
-    proc = spawn_writer(path, 150, delay=0.01)
+    proc = spawn_writer(path, 150, delay=0.03)  # 4.5 s of appends: a reader slowed by a loaded machine still sees several counts
     seen = []
     with fipgraph.open_store(path, mode="r") as reader:
         while proc.poll() is None or not seen or seen[-1] < 150:
