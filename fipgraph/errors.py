@@ -46,3 +46,24 @@ class ConfigError(FipgraphError, ValueError):
 
 class QueryError(FipgraphError, ValueError):
     """SQL that DuckDB could not run (DuckDB's own message is kept)."""
+
+
+class CorruptNodeError(FipgraphError, OSError):
+    """A node's stored chunks are damaged (missing, truncated or changed): its weights cannot be trusted.
+
+    ``node_id`` is the node that was asked for; ``damaged_node`` the node whose own chunks failed
+    verification (the same node, or an ancestor it is delta-coded against); ``files`` the chunk files.
+    """
+
+    def __init__(self, message: str, *, node_id: int, damaged_node: int, arrays: list[str], files: list[str],
+                 reason: str = "") -> None:
+        super().__init__(message)
+        self.node_id, self.damaged_node, self.arrays, self.files = node_id, damaged_node, arrays, files
+        self.reason = reason  # what failed: a missing file, a decompression error, a checksum mismatch
+
+    def __str__(self) -> str:  # OSError formats a one-argument message as is; keep it explicit
+        return str(self.args[0])
+
+
+class WriterError(FipgraphError, RuntimeError):
+    """The store's background writer failed; nodes queued after the failure were not saved."""

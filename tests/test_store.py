@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fipgraph
+from fipgraph.storage.layout import Layout
 from fipgraph.errors import (ArchitectureMismatchError, FormatVersionError, NodeNotFoundError, NonFiniteWeightsError,
                              QueryError, ReadOnlyStoreError, StoreNotFoundError, WriterLockedError)
 
@@ -239,3 +240,49 @@ def test_unknown_row_encoding_is_refused_not_guessed(tmp_path):
     layout = Layout.of(state)
     with pytest.raises(FormatVersionError, match="'xor'"):
         codec.decode_step(layout, layout.pack(state), layout.pack(state), None, "xor")
+
+
+class TiedLM(torch.nn.Module):
+    """Input embedding and output layer share one weight, as in SmolLM2 and Llama."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_weights_are_stored_counted_and_measured_once_and_reload_tied(tmp_path):
+    torch.manual_seed(0)
+    a, b = TiedLM(), TiedLM()
+    unique = 50 * 8 + 8 + 8
+    with fipgraph.open_store(tmp_path / "s") as store:
+        na = store.append(a)
+        nb = store.append(b, parent=na)
+        nodes = store.sql("SELECT n_params, l2_norm FROM nodes ORDER BY node_id")
+        dist = store.sql("SELECT distance FROM edges")["distance"][0]
+    flat = lambda m: torch.cat([m.embed.weight.reshape(-1), m.norm.weight, m.norm.bias]).detach().double()  # noqa: E731
+    assert nodes["n_params"].tolist() == [unique, unique]  # not 50*8 more for the tied head
+    assert nodes["l2_norm"][0] == pytest.approx(float(flat(a).norm()), rel=1e-12)
+    assert dist == pytest.approx(float((flat(a) - flat(b)).norm()), rel=1e-12)
+    with fipgraph.open_store(tmp_path / "s", mode="r") as store:
+        got = store.state_dict(nb)
+        assert list(got) == list(b.state_dict())  # same names, same order
+        assert got["head.weight"] is got["embed.weight"] and same_bits(got["embed.weight"], b.embed.weight.detach())
+        fresh = store.load_into(TiedLM(), nb)
+        assert fresh.head.weight is fresh.embed.weight and torch.equal(fresh.head.weight, b.embed.weight)
+    # a store written before ties were recognised holds the head as a copy: it still loads, and a chain
+    # continues on the old (untied) architecture
+    untied = TiedLM()
+    untied.head.weight = torch.nn.Parameter(untied.embed.weight.detach().clone())
+    with fipgraph.open_store(tmp_path / "old") as store:
+        old = store.append(untied)
+        assert store.sql("SELECT n_params FROM nodes")["n_params"][0] == unique + 50 * 8
+        child = store.append(b, parent=old)
+        assert store.sql("SELECT count(DISTINCT arch_id) AS n FROM nodes")["n"][0] == 1
+        fresh = store.load_into(TiedLM(), old)
+        assert fresh.head.weight is fresh.embed.weight and torch.equal(fresh.embed.weight, untied.embed.weight)
+        assert same_bits(store.state_dict(child)["head.weight"], b.embed.weight.detach())
+        with pytest.raises(ArchitectureMismatchError, match="tied differently"):
+            Layout.of(b.state_dict()).check_matches(Layout.of(untied.state_dict()), "an untied model")

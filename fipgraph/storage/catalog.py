@@ -9,9 +9,11 @@ a few milliseconds and retries. Readers therefore see every committed node while
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -35,14 +37,23 @@ CREATE TABLE IF NOT EXISTS ensembles (name VARCHAR PRIMARY KEY, members JSON, ru
 -- where each node's bits live and how to check them; internal, but readable
 CREATE TABLE IF NOT EXISTS storage (
     node_id BIGINT PRIMARY KEY, arch_id VARCHAR, row BIGINT, encoding VARCHAR, chain_depth INTEGER,
-    checksum VARCHAR, max_abs_error DOUBLE, stored_bytes BIGINT);
+    checksum VARCHAR, max_abs_error DOUBLE, stored_bytes BIGINT, tolerance DOUBLE, max_error_ratio DOUBLE);
+-- added after format 1 shipped (tables created by older versions get them here)
+ALTER TABLE storage ADD COLUMN IF NOT EXISTS tolerance DOUBLE;
+ALTER TABLE storage ADD COLUMN IF NOT EXISTS max_error_ratio DOUBLE;
+-- results of an ensemble as a whole (before format 2 they were evals of its first member, dataset 'ensemble:<name>')
+CREATE TABLE IF NOT EXISTS ensemble_evals (name VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
 """
 
 NODE_COLUMNS = ["node_id", "parent_id", "run_id", "op", "step", "created_at", "arch_id", "n_params",
                 "l2_norm", "sparsity", "path_length", "tags"]
-STORAGE_COLUMNS = ["node_id", "arch_id", "row", "encoding", "chain_depth", "checksum", "max_abs_error", "stored_bytes"]
+STORAGE_COLUMNS = ["node_id", "arch_id", "row", "encoding", "chain_depth", "checksum", "max_abs_error", "stored_bytes",
+                   "tolerance", "max_error_ratio"]
 EVAL_COLUMNS = ["node_id", "dataset", "metric", "value", "created_at"]
 EDGE_COLUMNS = ["src", "dst", "distance", "output_distance"]
+RUN_COLUMNS = ["run_id", "name", "op", "config", "status", "started_at", "finished_at"]
+ENSEMBLE_COLUMNS = ["name", "members", "rule", "created_at"]
+ENSEMBLE_EVAL_COLUMNS = ["name", "dataset", "metric", "value", "created_at"]
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -69,8 +80,9 @@ def wide_view_sql(pairs: list[tuple[str, str]]) -> str:
 class Catalog:
     """Short-lived DuckDB connections with lock-conflict retry."""
 
-    def __init__(self, path: Path, *, read_only: bool, lock_timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, *, read_only: bool, lock_timeout: float = 60.0, durable: bool = False) -> None:
         self.path = path
+        self.durable = durable  # fsync the database files after each commit, before it is reported done
         self.read_only = read_only
         self.lock_timeout = lock_timeout
         self._local = threading.RLock()  # one connection at a time inside this process
@@ -102,10 +114,21 @@ class Catalog:
                 con.close()
 
     def create(self) -> None:
-        with self.connect() as con:
+        """Create missing tables and migrate older catalogs, in one transaction (idempotent)."""
+        def setup(con) -> None:
             con.execute(SCHEMA)
             if not con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = 'wide'").fetchall():
                 con.execute(wide_view_sql([]))
+            migrate(con)
+        self.write(setup)
+
+    def commit(self, batch: Batch) -> None:
+        """Write one batch in one transaction (with durable=True: on the disk when this returns)."""
+        self.write(lambda con: apply_batch(con, batch))
+        if self.durable:
+            for p in (self.path, self.path.with_name(self.path.name + ".wal"), self.path.parent):
+                if p.exists():
+                    fsync_path(p)
 
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
@@ -179,6 +202,74 @@ class Catalog:
                 raise
 
 
+@dataclass
+class CatalogOp:
+    """One catalog-only change (a run, a status, an ensemble), applied in queue order in its batch."""
+
+    kind: str  # a key of CATALOG_OPS
+    args: tuple
+
+
+def _insert_run(con, row: tuple) -> None:
+    insert_frame(con, "runs", RUN_COLUMNS, [row])
+
+
+def _finish_run(con, run_id: int, status: str, finished_at) -> None:
+    con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
+
+
+def _set_run_status(con, run_id: int, status: str) -> None:
+    con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, run_id])
+
+
+def _insert_ensemble(con, row: tuple) -> None:
+    insert_frame(con, "ensembles", ENSEMBLE_COLUMNS, [row])
+
+
+CATALOG_OPS = {"insert_run": _insert_run, "finish_run": _finish_run, "set_run_status": _set_run_status,
+               "insert_ensemble": _insert_ensemble}
+
+
+@dataclass
+class Batch:
+    """Everything one commit writes: like MLflow's log_batch, all of it lands in one transaction, or none."""
+
+    ops: list[CatalogOp] = field(default_factory=list)
+    archs: list[tuple] = field(default_factory=list)  # (arch_id, spec JSON)
+    nodes: list[tuple] = field(default_factory=list)  # NODE_COLUMNS
+    edges: list[tuple] = field(default_factory=list)  # EDGE_COLUMNS
+    evals: list[tuple] = field(default_factory=list)  # EVAL_COLUMNS
+    storage: list[tuple] = field(default_factory=list)  # STORAGE_COLUMNS
+    ensemble_evals: list[tuple] = field(default_factory=list)  # ENSEMBLE_EVAL_COLUMNS
+    wide_pairs: list[tuple[str, str]] | None = None  # every (dataset, metric) when the wide view must grow
+
+
+def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """The SQL of one commit (row-by-row inserts cost 0.8 ms each; a 512-row Arrow insert 1.4 ms in all)."""
+    for op in batch.ops:
+        CATALOG_OPS[op.kind](con, *op.args)
+    for arch_id, spec in batch.archs:
+        con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING", [arch_id, spec])
+    insert_frame(con, "nodes", NODE_COLUMNS, batch.nodes)
+    insert_frame(con, "edges", EDGE_COLUMNS, batch.edges)
+    insert_frame(con, "evals", EVAL_COLUMNS, batch.evals)
+    insert_frame(con, "storage", STORAGE_COLUMNS, batch.storage)
+    insert_frame(con, "ensemble_evals", ENSEMBLE_EVAL_COLUMNS, batch.ensemble_evals)
+    if batch.wide_pairs is not None:
+        con.execute(wide_view_sql(batch.wide_pairs))
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring an older store's catalog up to date (idempotent): copy ensemble results that older
+    versions kept as evals of the first member (dataset 'ensemble:<name>') into ensemble_evals.
+    The old rows stay in evals, where older readers look for them."""
+    con.execute(
+        "INSERT INTO ensemble_evals SELECT substr(e.dataset, 10), '', e.metric, e.value, e.created_at "
+        "FROM evals e JOIN ensembles x ON x.name = substr(e.dataset, 10) WHERE e.dataset LIKE 'ensemble:%' "
+        "AND NOT EXISTS (SELECT 1 FROM ensemble_evals q WHERE q.name = x.name AND q.metric = e.metric "
+        "AND q.created_at = e.created_at)")
+
+
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
     """Insert many rows at once through a pandas frame (one vectorised insert, not one per row)."""
     if rows:
@@ -188,6 +279,15 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: list[str],
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _fipgraph_rows")
         finally:
             con.unregister("_fipgraph_rows")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def to_json(value) -> str | None:

@@ -1,8 +1,15 @@
 """Verify a store: every committed node decodes to its stored checksum; find orphaned chunks.
 
+A damaged node (a chunk missing, truncated or changed) is reported with why; the nodes delta-coded
+against it (its descendants within the same keyframe interval) cannot be read either and are
+reported as its dependents. Nothing damaged is ever deleted: a damaged node's chunks stay where
+they are, so a backup of the files named can be copied back in.
+
 Orphans are chunk files no committed node points to: the weights of a node whose writer died
 before its catalog commit, or leftover temp files of an interrupted chunk write. They are
-harmless (the row is reused by the next append) but take space; ``repair`` deletes them.
+harmless (the row is reused by the next append) but take space; ``repair`` deletes them, and only
+them: a file is deleted only if no committed node's row lives in its chunk folder, or if its name
+is not a chunk name at all.
 """
 
 from __future__ import annotations
@@ -12,15 +19,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fipgraph.errors import CorruptNodeError
 from fipgraph.storage import codec
 from fipgraph.storage.store import Store
-from fipgraph.storage.writer import checksum
 
 
 @dataclass
 class CheckReport:
     n_nodes: int = 0
-    bad_nodes: list[tuple[int, str]] = field(default_factory=list)  # (node_id, why)
+    bad_nodes: list[tuple[int, str]] = field(default_factory=list)  # (node_id, why): its own chunks are damaged
+    dependents: dict[int, list[int]] = field(default_factory=dict)  # damaged node -> nodes decoded from it
     orphans: list[Path] = field(default_factory=list)
     removed: int = 0
 
@@ -28,10 +36,27 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.bad_nodes and len(self.orphans) == self.removed
 
+    @property
+    def unreadable(self) -> list[int]:
+        """Every node whose weights cannot be read: the damaged ones and their dependents."""
+        return sorted({n for n, _ in self.bad_nodes} | {d for ds in self.dependents.values() for d in ds})
+
     def summary(self) -> str:
-        lines = [f"{self.n_nodes} nodes checked, {len(self.bad_nodes)} bad, {len(self.orphans)} orphaned chunk files"
+        n_dep = sum(len(d) for d in self.dependents.values())
+        lines = [f"{self.n_nodes} nodes checked, {len(self.bad_nodes)} damaged, {n_dep} more unreadable because they "
+                 f"are delta-coded against a damaged node, {len(self.orphans)} orphaned chunk files"
                  + (f" ({self.removed} removed)" if self.removed else "")]
-        lines += [f"  node {n}: {why}" for n, why in self.bad_nodes[:20]]
+        for n, why in self.bad_nodes[:20]:
+            deps = self.dependents.get(n, [])
+            lines.append(f"  node {n}: {why}")
+            if deps:
+                shown = ", ".join(map(str, deps[:20])) + (f" ... ({len(deps)} in all)" if len(deps) > 20 else "")
+                lines.append(f"    nodes depending on it: {shown}")
+        if len(self.bad_nodes) > 20:
+            lines.append(f"  ... and {len(self.bad_nodes) - 20} more damaged nodes")
+        if self.bad_nodes:
+            lines.append("  damaged nodes are kept as they are (never deleted); restore their chunk files from a "
+                         "backup, or re-create the nodes")
         lines += [f"  orphan: {p}" for p in self.orphans[:20]]
         if len(self.orphans) > 20:
             lines.append(f"  ... and {len(self.orphans) - 20} more")
@@ -48,22 +73,23 @@ def check_store(path: str | Path, *, repair: bool = False, progress: bool = True
     """
     report = CheckReport()
     with Store(path, "a" if repair else "r") as store:
-        rows = store.sql("SELECT node_id, arch_id, row, encoding, checksum FROM storage ORDER BY node_id")
+        rows = store.sql("SELECT node_id, arch_id, row, encoding FROM storage ORDER BY node_id")
         report.n_nodes = len(rows)
         expected: set[Path] = set()
-        for node_id, arch_id, row, encoding, digest in tqdm(rows.itertuples(index=False), total=len(rows),
-                                                            desc="checking nodes", disable=not progress, unit="node"):
+        for node_id, arch_id, row, encoding in tqdm(rows.itertuples(index=False), total=len(rows),
+                                                    desc="checking nodes", disable=not progress, unit="node"):
             layout = store.layout(arch_id)
             for name, (_, n_words) in codec.array_names(layout, encoding).items():
                 if n_words:
                     expected.add(store.weights.chunk_dir(arch_id, name, int(row)))
             try:  # ascending ids: parents decode first, so the store's cache makes this one read per node
-                actual = checksum(layout, store._decode(int(node_id)))
-            except Exception as exc:  # a damaged chunk can fail to decompress: report, keep going
-                report.bad_nodes.append((int(node_id), f"unreadable: {exc}"))
-                continue
-            if actual != digest:
-                report.bad_nodes.append((int(node_id), f"checksum {actual} != stored {digest}"))
+                store._decode(int(node_id))  # verifies every row of the chain against its checksum
+            except CorruptNodeError as exc:
+                if exc.damaged_node == node_id:
+                    files = ", ".join(exc.files[:3]) + (" ..." if len(exc.files) > 3 else "")
+                    report.bad_nodes.append((int(node_id), f"{exc.reason} (files: {files})"))
+                else:
+                    report.dependents.setdefault(exc.damaged_node, []).append(int(node_id))
         root = store.weights.path
         for f in store.weights.chunk_files():
             rel = f.relative_to(root)

@@ -11,6 +11,7 @@ so they are exact for every dtype and invertible by construction.
   after blosc/zstd vs 0.63× for XOR-to-parent).
 - ``q8`` (opt-in, lossy): float groups as int8 block-quantised deltas to the parent's *decoded*
   weights (closed loop, so error does not accumulate along a chain); the node records its max error.
+- ``bnd``/``bndp`` (opt-in, lossy, error-bounded): see bounded.py.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ import numpy as np
 import torch
 
 from fipgraph.errors import FormatVersionError
+from fipgraph.storage import bounded
 from fipgraph.storage.layout import Group, Layout
 
 Q8_BLOCK = 4096  # elements sharing one scale. Measured on an Adam path: blocks of 256 gave 0.208x raw,
 # 4096 gave 0.168x, with the same max error (set by the block holding the largest step)
 Rows = Mapping[str, np.ndarray]
-ENCODINGS = ("key", "diff", "pred", "q8")
+ENCODINGS = ("key", "diff", "pred", "q8", *bounded.BOUNDED)
+
+
+def uses_grandparent(encoding: str) -> bool:
+    return encoding in ("pred", "bndp")
 
 
 @dataclass
@@ -35,16 +41,25 @@ class Encoded:
     arrays: dict[str, np.ndarray]  # zarr array name within the arch -> row to store
     decoded: dict[str, np.ndarray]  # the bits a reader will reconstruct (== input unless lossy)
     max_abs_error: float
+    max_error_ratio: float | None = None  # bounded: max error / its tensor's bound (<= 1)
 
 
 def lossless_encoding(chain_depth: int) -> str:
     return "key" if chain_depth == 0 else "diff" if chain_depth == 1 else "pred"
 
 
-def _zigzag(d: np.ndarray) -> np.ndarray:
-    bits = d.dtype.itemsize * 8
-    s = d.view(np.dtype(f"i{d.dtype.itemsize}"))
-    return ((s << 1) ^ (s >> (bits - 1))).view(d.dtype)
+def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None) -> np.ndarray:
+    """Zig-zag coded ``words - prediction`` (sign folded into the low bit, so small residuals of
+    either sign have zero high bytes), built in one new array updated in place."""
+    r = np.subtract(words, parent)
+    if grandparent is not None:  # words - (2 parent - grandparent), wrapping
+        r -= parent
+        r += grandparent
+    s = r.view(np.dtype(f"i{r.dtype.itemsize}"))
+    sign = s >> (r.dtype.itemsize * 8 - 1)
+    s <<= 1
+    s ^= sign
+    return r
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
@@ -84,22 +99,28 @@ def _lossy(group: Group, encoding: str) -> bool:
     return encoding == "q8" and group.is_float and not group.torch_dtype.is_complex
 
 
-def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str) -> Encoded:
+def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str,
+           tolerance: float | None = None) -> Encoded:
     """Encode one node's rows given its parent's and grandparent's decoded rows (None where unused)."""
-    arrays, decoded, error = {}, {}, 0.0
+    arrays, decoded, error, step_error = {}, {}, 0.0, None
     for g in layout.groups:
         words = rows[g.dtype]
         if encoding == "key":
             arrays[g.dtype], decoded[g.dtype] = words, words
+        elif bounded.is_bounded(g, encoding):
+            gp = grandparent[g.dtype] if encoding == "bndp" else None
+            zig, quanta, recon, err, rel = bounded.quantise(g, words, parent[g.dtype], gp, tolerance)
+            arrays[f"{g.dtype}.bq"], arrays[f"{g.dtype}.bstep"] = zig, quanta
+            decoded[g.dtype], error, step_error = recon, max(error, err), max(step_error or 0.0, rel)
         elif _lossy(g, encoding):
             q, scale, recon, err = _quantise(g, words, parent[g.dtype])
             arrays[f"{g.dtype}.q8"], arrays[f"{g.dtype}.scale"] = q, scale
             decoded[g.dtype], error = recon, max(error, err)
-        else:  # diff, pred, and the exact groups (integers, bools) of a q8 node
+        else:  # diff, pred, and the exact groups (integers, bools) of a lossy node
             gp = grandparent[g.dtype] if encoding == "pred" else None
-            arrays[g.dtype] = _zigzag(words - _prediction(parent[g.dtype], gp))
+            arrays[g.dtype] = _residual(words, parent[g.dtype], gp)
             decoded[g.dtype] = words
-    return Encoded(arrays, decoded, error)
+    return Encoded(arrays, decoded, error, step_error)
 
 
 def decode_step(layout: Layout, stored: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str) -> dict[str, np.ndarray]:
@@ -113,6 +134,9 @@ def decode_step(layout: Layout, stored: Rows, parent: Rows | None, grandparent: 
             out[g.dtype] = stored[g.dtype]
         elif _lossy(g, encoding):
             out[g.dtype] = _dequantise(g, parent[g.dtype], stored[f"{g.dtype}.q8"], stored[f"{g.dtype}.scale"])
+        elif bounded.is_bounded(g, encoding):
+            gp = grandparent[g.dtype] if encoding == "bndp" else None
+            out[g.dtype] = bounded.dequantise(g, stored[f"{g.dtype}.bq"], stored[f"{g.dtype}.bstep"], parent[g.dtype], gp)
         else:
             gp = grandparent[g.dtype] if encoding == "pred" else None
             out[g.dtype] = _unzigzag(stored[g.dtype]) + _prediction(parent[g.dtype], gp)
@@ -126,6 +150,9 @@ def array_names(layout: Layout, encoding: str) -> dict[str, tuple[type, int]]:
         if _lossy(g, encoding):
             names[f"{g.dtype}.q8"] = (np.int8, g.n_items)
             names[f"{g.dtype}.scale"] = (np.float32, -(-g.n_items // Q8_BLOCK))
+        elif bounded.is_bounded(g, encoding):
+            names[f"{g.dtype}.bq"] = (np.uint64, g.n_items)
+            names[f"{g.dtype}.bstep"] = (np.float64, len(g.numels))
         else:
             names[g.dtype] = (g.word, g.n_words)
     return names

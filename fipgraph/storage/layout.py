@@ -70,26 +70,68 @@ class Group:
         return self.torch_dtype.is_floating_point
 
 
+def _tie_key(t: torch.Tensor) -> tuple:
+    """Two state-dict entries are one tensor (tied weights) when they view the same memory the same way."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Parameter names, shapes and dtypes of one architecture, in state-dict order."""
+    """Parameter names, shapes and dtypes of one architecture, in state-dict order.
+
+    ``params`` holds each distinct tensor once; ``ties`` lists the other names of tied tensors
+    (e.g. an output layer sharing the input embedding) as (alias, name it shares, position in the
+    state dict), so tied weights are stored, counted and measured once and reloaded tied.
+    """
 
     params: tuple[tuple[str, tuple[int, ...], str], ...]
+    ties: tuple[tuple[str, str, int], ...] = ()
 
     @classmethod
     def of(cls, state: Mapping[str, torch.Tensor]) -> "Layout":
-        return cls(tuple((k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()))
+        params, ties, first = [], [], {}
+        for i, (k, v) in enumerate(state.items()):
+            key = _tie_key(v) if v.numel() else None  # empty tensors share a null pointer but are not tied
+            if key is not None and key in first:
+                ties.append((k, first[key], i))
+                continue
+            if key is not None:
+                first[key] = k
+            params.append((k, tuple(v.shape), str(v.dtype).removeprefix("torch.")))
+        return cls(tuple(params), tuple(ties))
 
     @classmethod
-    def from_spec(cls, params: list) -> "Layout":
-        return cls(tuple((name, tuple(shape), dtype) for name, shape, dtype in params))
+    def from_spec(cls, params: list, ties: list | None = None) -> "Layout":
+        return cls(tuple((name, tuple(shape), dtype) for name, shape, dtype in params),
+                   tuple((alias, target, int(pos)) for alias, target, pos in (ties or [])))
 
     def to_spec(self) -> list:
         return [[name, list(shape), dtype] for name, shape, dtype in self.params]
 
+    def ties_spec(self) -> list:
+        return [[alias, target, pos] for alias, target, pos in self.ties]
+
     @cached_property
     def arch_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_spec()).encode()).hexdigest()[:16]
+        spec = self.to_spec() if not self.ties else {"params": self.to_spec(), "ties": self.ties_spec()}
+        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]  # untied: the same id as before ties
+
+    def untied(self) -> "Layout":
+        """The same architecture with every tied alias as a parameter of its own (how stores written
+        before ties were recognised hold it)."""
+        if not self.ties:
+            return self
+        by_name = {p[0]: p for p in self.params}
+        aliases = {alias: target for alias, target, _ in self.ties}
+        return Layout(tuple((n, *by_name[aliases.get(n, n)][1:]) for n in self.names))
+
+    @property
+    def names(self) -> list[str]:
+        """Every state-dict name in order, tied aliases included."""
+        names = [name for name, _, _ in self.params]
+        for alias, _, pos in sorted(self.ties, key=lambda t: t[2]):
+            names.insert(pos, alias)
+        return names
 
     @cached_property
     def groups(self) -> tuple[Group, ...]:
@@ -108,6 +150,10 @@ class Layout:
         """Raise a readable error naming the first parameter that differs."""
         if self == other:
             return
+        if sorted(self.names) == sorted(other.names) and sorted(self.ties) != sorted(other.ties):
+            raise ArchitectureMismatchError(
+                f"state dict does not match {what} (architecture {other.arch_id}): the same tensors, tied differently "
+                f"(tied here: {[t[:2] for t in self.ties][:5]}, there: {[t[:2] for t in other.ties][:5]})")
         mine, theirs = {p[0]: p for p in self.params}, {p[0]: p for p in other.params}
         missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
         if missing or extra:
@@ -144,7 +190,9 @@ class Layout:
                 nbytes = numel * g.itemsize
                 out[name] = data[offset : offset + nbytes].view(g.torch_dtype).reshape(shape)
                 offset += nbytes
-        return {name: out[name] for name, _, _ in self.params}
+        for alias, target, _ in self.ties:
+            out[alias] = out[target]  # one tensor under both names: the tie survives load_state_dict
+        return {name: out[name] for name in self.names}
 
     def float_tensors(self, rows: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
         """Zero-copy tensor views of the real floating-point groups (for norms and distances)."""

@@ -10,21 +10,22 @@ Write order makes crashes safe: chunks first, catalog rows (the commit point) la
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import xxhash
 
 from fipgraph.storage import codec
-from fipgraph.storage.catalog import (EDGE_COLUMNS, EVAL_COLUMNS, NODE_COLUMNS, STORAGE_COLUMNS, Catalog,
-                                      insert_frame, to_json, wide_view_sql)
+from fipgraph.errors import WriterError
+from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
 
 
@@ -44,46 +45,57 @@ class NodeJob:
     output_distance: float | None
     arch_spec: dict | None  # set when this arch is new to the catalog
     nbytes: int = 0
+    tolerance: float | None = None  # encoding="bounded": max error / RMS step per tensor
 
 
 @dataclass
 class EvalJob:
-    """Evaluations of existing nodes; all of a commit's rows go in with one insert."""
+    """Evaluations of existing nodes (EVAL_COLUMNS rows) and of ensembles (ENSEMBLE_EVAL_COLUMNS rows)."""
 
     rows: list[tuple]
+    ensemble_rows: list[tuple] | None = None
 
 
 @dataclass
-class SqlJob:
-    """Catalog-only work (runs, later evaluations), committed in order with the nodes."""
+class OpJob:
+    """Catalog-only changes (runs, statuses, ensembles), committed in order with the nodes."""
 
-    apply: Callable[[Any], None]
-    new_pairs: list[tuple[str, str]] = field(default_factory=list)
+    op: CatalogOp
 
 
-def checksum(layout: Layout, rows: dict[str, np.ndarray]) -> str:
-    h = xxhash.xxh3_128()  # ~10x faster than blake2b; detects corruption, which is all it is for
-    for g in layout.groups:
-        h.update(np.ascontiguousarray(rows[g.dtype]).view(np.uint8))
-    return h.hexdigest()
+# a child of the build logger, so a build's build.log says when saving holds training back
+log = logging.getLogger("fipgraph.build.store")
+STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
+
+
+STATS_BLOCK = 1 << 16  # float64 elements per block: 512 KiB buffers stay in L2; whole-tensor float64
+# temporaries cost 15-20 ms per 1M-param node in page faults and memory traffic, blocks 4 ms (measured)
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
     """(L2 norm, fraction of exact zeros, Euclidean distance to parent) over floating-point params,
-    accumulated in float64."""
+    accumulated in float64, in one blocked pass over reused buffers."""
     xs = layout.float_tensors(rows)
+    ps = layout.float_tensors(parent) if parent is not None else [None] * len(xs)
     n = sum(x.numel() for x in xs)
-    sq = sum(float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2 for x in xs)
-    zeros = sum(int((x == 0).sum()) for x in xs)
-    dist = None
-    if parent is not None:
-        sq_dist = 0.0
-        for x, p in zip(xs, layout.float_tensors(parent)):
-            for start in range(0, x.numel(), 1 << 22):  # float64 blocks bound the temporary memory
-                d = x[start:start + (1 << 22)].double() - p[start:start + (1 << 22)].double()
-                sq_dist += float(torch.dot(d, d))
-        dist = math.sqrt(sq_dist)
-    return math.sqrt(sq), (zeros / n if n else 0.0), dist
+    x64 = torch.empty(min(STATS_BLOCK, max(n, 1)), dtype=torch.float64)
+    d64 = torch.empty_like(x64)
+    sq = sq_dist = 0.0
+    nonzero = 0
+    for x, p in zip(xs, ps):
+        nonzero += int(torch.count_nonzero(x))
+        for start in range(0, x.numel(), STATS_BLOCK):
+            block = x[start:start + STATS_BLOCK]
+            a = x64[:block.numel()]
+            a.copy_(block)  # float32 -> float64 is exact, so squares and differences below are too
+            sq += float(torch.dot(a, a))
+            if p is not None:
+                b = d64[:block.numel()]
+                b.copy_(p[start:start + STATS_BLOCK])
+                b.sub_(a)
+                sq_dist += float(torch.dot(b, b))
+    dist = math.sqrt(sq_dist) if parent is not None else None
+    return math.sqrt(sq), ((n - nonzero) / n if n else 0.0), dist
 
 
 class Writer(threading.Thread):
@@ -105,27 +117,55 @@ class Writer(threading.Thread):
         self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
         self._path_length: dict[int, float] = {}
         self._unwritten: dict[int, dict] = {}  # decoded rows of the batch being written
+        self.stalled_seconds = 0.0  # total time producers waited for queue space (saving was the bottleneck)
+        self._stall_window = (time.monotonic(), 0.0)  # (start, stalled seconds) since the last report
 
     # -- producer side -------------------------------------------------------------------------
     def put(self, job) -> None:
+        """Queue a job; blocks while more than max_pending_bytes of snapshots wait (bounded memory)."""
         nbytes = getattr(job, "nbytes", 0)
         with self._cv:
-            # bounded memory: block the producer while too many bytes wait (always admit one job)
-            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes and not self.error:
-                self._cv.wait()
-            self._raise_error()
+            waited = time.monotonic()
+            # always admit one job, however large, so a node bigger than the bound can still be saved
+            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes:
+                self._check_alive()
+                self._cv.wait(0.5)
+            self._check_alive()
+            if nbytes:
+                self._note_stall(time.monotonic() - waited)
             self._pending_bytes += nbytes
             self._jobs.append(job)
             self._cv.notify_all()
 
-    def flush(self) -> None:
+    def _note_stall(self, seconds: float) -> None:
+        self.stalled_seconds += seconds
+        start, stalled = self._stall_window
+        stalled += seconds
+        elapsed = time.monotonic() - start
+        if elapsed >= STALL_REPORT_EVERY:
+            if stalled > 0.01 * elapsed:
+                log.warning("saving is the bottleneck: training waited %.1f s of the last %.0f s (%.0f %%) for the "
+                            "store's writer; save less often, or raise max_pending_bytes if memory allows",
+                            stalled, elapsed, 100 * stalled / elapsed)
+            start, stalled = time.monotonic(), 0.0
+        self._stall_window = (start, stalled)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything queued so far is committed. Raises WriterError if the writer failed
+        or its thread is gone, or if ``timeout`` seconds pass first (the queue is kept)."""
         done = threading.Event()
         with self._cv:
-            self._raise_error()
+            self._check_alive()
             self._flush_waiters.append(done)
             self._cv.notify_all()
-        done.wait()
-        self._raise_error()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
+            self._check_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WriterError(f"the store's writer did not commit the queued work within {timeout} s "
+                                  f"({self._pending_bytes / 2**20:.0f} MiB of snapshots still queued); it keeps going: "
+                                  "call flush() again to wait longer")
+        self._check_alive()
 
     def stop(self) -> None:
         with self._cv:
@@ -133,12 +173,15 @@ class Writer(threading.Thread):
             self._cv.notify_all()
         self.join()
 
-    def _raise_error(self) -> None:
+    def _check_alive(self) -> None:
         if self.error is not None:
-            raise RuntimeError(
+            raise WriterError(
                 f"the store's background writer failed, so nodes queued after the failure were not saved: "
-                f"{self.error!r}. Reopen the store to continue from the last committed node."
+                f"{type(self.error).__name__}: {self.error}. Reopen the store to continue from the last committed node."
             ) from self.error
+        if self.ident is not None and not self.is_alive() and not self._stopping:
+            raise WriterError("the store's background writer thread is gone (killed without an error); nodes "
+                              "queued since its last commit were not saved. Reopen the store to continue.")
 
     # -- consumer side -------------------------------------------------------------------------
     def run(self) -> None:
@@ -168,8 +211,9 @@ class Writer(threading.Thread):
                         self._commit(batch)
                         batch, last_commit = [], time.monotonic()
             except BaseException as exc:  # surfaced to the producer on its next call
-                self.error = exc
+                log.error("the store's writer failed: %s: %s", type(exc).__name__, exc)
                 with self._cv:
+                    self.error = exc
                     self._pending_bytes = 0
                     self._cv.notify_all()
             for w in waiters:
@@ -192,8 +236,8 @@ class Writer(threading.Thread):
         self._unwritten = {}
         for job in jobs:
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
-            grandparent = self._decoded(job.grandparent_id) if job.encoding == "pred" else None
-            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding)
+            grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
+            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
             self._unwritten[job.node_id] = enc.decoded
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
@@ -205,7 +249,8 @@ class Writer(threading.Thread):
             job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
             job.distance = dist
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
-                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0]
+                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
+                               job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
             self._recent[job.node_id] = enc.decoded
             while len(self._recent) > 4:
                 self._recent.popitem(last=False)
@@ -237,31 +282,19 @@ class Writer(threading.Thread):
                 for _, _, job in run:
                     job.storage_row[7] += grown // len(run)
 
-    def _commit(self, batch: list) -> None:
-        """One transaction: catalog-only jobs in queue order, then every node's rows in one insert
-        per table (row-by-row inserts cost 0.8 ms each; a 512-row Arrow insert 1.4 ms in all)."""
-        nodes = [j for j in batch if isinstance(j, NodeJob)]
-        eval_rows = [e for j in nodes for e in j.evals] + [r for j in batch if isinstance(j, EvalJob) for r in j.rows]
-        new_pairs = {(ds, m) for (_, ds, m, _, _) in eval_rows}
-        new_pairs |= {p for j in batch if isinstance(j, SqlJob) for p in j.new_pairs}
-        new_pairs -= self.known_pairs
-
-        def apply(con) -> None:
-            for job in batch:
-                if isinstance(job, SqlJob):
-                    job.apply(con)
-            for job in nodes:
-                if job.arch_spec is not None:
-                    con.execute("INSERT INTO archs VALUES (?, ?) ON CONFLICT DO NOTHING",
-                                [job.layout.arch_id, to_json(job.arch_spec)])
-            insert_frame(con, "nodes", NODE_COLUMNS, [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes])
-            insert_frame(con, "edges", EDGE_COLUMNS, [(j.parent_id, j.node_id, j.distance, j.output_distance)
-                                                      for j in nodes if j.parent_id is not None])
-            insert_frame(con, "evals", EVAL_COLUMNS, eval_rows)
-            insert_frame(con, "storage", STORAGE_COLUMNS, [tuple(j.storage_row) for j in nodes])
-            if new_pairs:
-                con.execute(wide_view_sql(sorted(self.known_pairs | new_pairs)))
-
-        self.catalog.write(apply)
+    def _commit(self, jobs: list) -> None:
+        """One transaction for everything queued since the last commit, in queue order."""
+        nodes = [j for j in jobs if isinstance(j, NodeJob)]
+        batch = Batch(ops=[j.op for j in jobs if isinstance(j, OpJob)])
+        batch.archs = [(j.layout.arch_id, to_json(j.arch_spec)) for j in nodes if j.arch_spec is not None]
+        batch.nodes = [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes]
+        batch.edges = [(j.parent_id, j.node_id, j.distance, j.output_distance) for j in nodes if j.parent_id is not None]
+        batch.evals = [e for j in nodes for e in j.evals] + [r for j in jobs if isinstance(j, EvalJob) for r in j.rows]
+        batch.ensemble_evals = [r for j in jobs if isinstance(j, EvalJob) for r in (j.ensemble_rows or [])]
+        batch.storage = [tuple(j.storage_row) for j in nodes]
+        new_pairs = {(ds, m) for (_, ds, m, _, _) in batch.evals} - self.known_pairs
+        if new_pairs:
+            batch.wide_pairs = sorted(self.known_pairs | new_pairs)
+        self.catalog.commit(batch)
         self.known_pairs |= new_pairs
         self.on_commit(nodes)

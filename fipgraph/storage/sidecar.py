@@ -1,0 +1,71 @@
+"""Files a build keeps beside the store: the build log and each run's optimizer state.
+
+This module is the one place that names their paths (store/README.md describes them). Optimizer
+state is written atomically (temp file, then rename) and read with ``torch.load(weights_only=True)``:
+tensors, numbers, strings, lists and dicts only, so a tampered file cannot run code when a build
+resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from fipgraph.errors import FipgraphError
+from fipgraph.storage.catalog import fsync_path
+
+BUILD_LOG = "build.log"
+OPTIM_DIR = "optim"
+
+
+class StoreFiles:
+    """Paths and safe reads/writes of the files beside a store's weights and catalog."""
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        self.root, self.durable = Path(root), durable
+
+    @property
+    def build_log(self) -> Path:
+        """The build log (written by ``fipgraph build``)."""
+        return self.root / BUILD_LOG
+
+    def optimizer_state_path(self, run_id: int) -> Path:
+        return self.root / OPTIM_DIR / f"run-{int(run_id)}.pt"
+
+    def save_optimizer_state(self, run_id: int, node: int, state: Mapping[str, Any]) -> Path:
+        """Keep ``state`` (an optimizer's state_dict) as belonging to ``node``; atomic: a crash leaves
+        the previous file or the new one."""
+        path = self.optimizer_state_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"node": int(node), "state": dict(state)}, tmp)
+        if self.durable:
+            fsync_path(tmp)
+        os.replace(tmp, path)
+        if self.durable:
+            fsync_path(path.parent)
+        return path
+
+    def load_optimizer_state(self, run_id: int) -> dict | None:
+        """{"node": id, "state": state_dict} saved for the run, or None if there is none."""
+        path = self.optimizer_state_path(run_id)
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise FipgraphError(f"optimizer state {path} cannot be loaded safely ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to resume the run "
+                                "with a fresh optimizer") from None
+        if not isinstance(saved, dict) or "node" not in saved or "state" not in saved:
+            raise FipgraphError(f"optimizer state {path} is not a fipgraph optimizer file (keys node, state); "
+                                "delete it to resume the run with a fresh optimizer")
+        return saved
+
+    def drop_optimizer_state(self, run_id: int) -> None:
+        """Forget a finished run's optimizer state."""
+        self.optimizer_state_path(run_id).unlink(missing_ok=True)
