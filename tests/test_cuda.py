@@ -63,8 +63,8 @@ def test_fp16_uses_a_grad_scaler_and_resumes(tmp_path):
     first = build(load_config(None, SHORT + ['device="cuda"', 'precision="fp16"']), tmp_path / "s",
                   max_steps=70, progress=False)
     assert first.status == "interrupted"
-    saved = torch.load(tmp_path / "s" / "optim" / f"run-{first.runs[-1].run_id}.pt", weights_only=False)
-    assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0
+    saved = torch.load(tmp_path / "s" / "optim" / f"run-{first.runs[-1].run_id}.pt", weights_only=True)
+    assert saved["state"]["scaler"] is not None and saved["state"]["scaler"]["scale"] > 0
     assert build(load_config(None, SHORT + ['device="cuda"', 'precision="fp16"']), tmp_path / "s",
                  progress=False).status == "finished"
 

@@ -23,6 +23,7 @@ from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, refuse_
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.objectives import OBJECTIVES
 from fipgraph.path.walk import Limits, RunResult, walk
+from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
 
@@ -110,7 +111,7 @@ def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -
 
 
 def _setup_log(store_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(store_dir / "build.log")
+    handler = logging.FileHandler(StoreFiles(store_dir).build_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -123,20 +124,22 @@ def last_accuracies(store, node_id: int) -> dict[str, float]:
 
 
 def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
-          max_hours: float | None = None, max_steps: int | None = None, progress: bool = True) -> BuildResult:
+          max_hours: float | None = None, max_steps: int | None = None, progress: bool = True,
+          durable: bool = False) -> BuildResult:
     """Run (or resume) every run of ``config`` into the store at ``store_dir``.
 
     Ctrl-C anywhere (loading data and models, a step, an evaluation, the final save) stops cleanly:
-    the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.interrupt``)."""
+    the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.interrupt``).
+    ``durable`` fsyncs each node's files and the catalog before its commit (survives a power loss)."""
     limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
                     max_steps=max_steps, progress=progress)
     store_dir = Path(store_dir)
-    with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a") as store:
+    with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a", durable=durable) as store:
         try:
             with stop.immediate():  # data, model builds and checks: nothing to save yet
                 tasks, plans = _prepare(config, store, start)
         except KeyboardInterrupt:
-            return BuildResult("interrupted", [], {}, store_dir / "build.log")
+            return BuildResult("interrupted", [], {}, StoreFiles(store_dir).build_log)
         handler = _setup_log(store_dir)
         try:
             return _walk_all(config, plans, store, store_dir, tasks, limits, stop)
@@ -184,7 +187,7 @@ def _walk_all(config: BuildConfig, plans: list[Plan], store, store_dir: Path, ta
     accuracy = {r.name: last_accuracies(store, r.last_node) for r in results}
     status = "finished" if all(r.status == "finished" for r in results) and len(results) == len(plans) else "interrupted"
     log.info("build %s: %s", config.name, status)
-    return BuildResult(status, results, accuracy, store_dir / "build.log")
+    return BuildResult(status, results, accuracy, StoreFiles(store_dir).build_log)
 
 
 def format_table(result: BuildResult) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,15 +206,16 @@ class RunRecipe:
         names = mask_info["params"] if mask_info else self.prunable
         return [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
 
-    @property
-    def optim_path(self) -> Path:
-        return self.store_dir / "optim" / f"run-{self.run_id}.pt"
-
     def _read_checkpoint(self) -> dict | None:
         """The optimizer (and objective) state saved with the node this run resumes from, if it matches."""
-        if self.found is None or self.run_id < 0 or not self.optim_path.exists():
+        if self.found is None or self.run_id < 0:
             return None
-        saved = torch.load(self.optim_path, map_location=self.device, weights_only=False)
+        saved = self.store.files.load_optimizer_state(self.run_id)  # weights_only: a tampered file runs no code
+        if saved is None:
+            return None
+        if "param_groups" not in saved["state"]:  # this layout: optimizer, objective and scaler under "state"
+            saved = {"node": saved["node"], **saved["state"]}
+            saved["state"] = saved.pop("optimizer")
         if saved.get("node") != self.found[0]:
             log.warning("%s: optimizer state is for node %s, not %d; restarting the optimizer",
                         self.name, saved.get("node"), self.found[0])
@@ -368,12 +368,9 @@ class RunRecipe:
 
     def write_checkpoint(self, node: int) -> None:
         """Optimizer (and objective) state that belongs to ``node``; call only while the model equals that node."""
-        self.optim_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.optim_path.with_suffix(".tmp")
-        state = {"node": node, "state": self.optimizer.state_dict(), "objective": self.objective.state_dict(self.model),
+        state = {"optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(self.model),
                  "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None}
-        torch.save(state, tmp)
-        os.replace(tmp, self.optim_path)  # atomic: a crash leaves the old file or the new one
+        self.store.files.save_optimizer_state(self.run_id, node, state)  # atomic; fsynced when the store is durable
         self.last_write = time.time()
 
     # -- the end ------------------------------------------------------------------------------
@@ -401,7 +398,7 @@ class RunRecipe:
                 return RunResult(self.name, self.run_id, "interrupted", self.parent, self.steps_done, "interrupt")
         self.store.finish_run(self.run_id, "finished")
         self.store.flush()
-        self.optim_path.unlink(missing_ok=True)
+        self.store.files.drop_optimizer_state(self.run_id)
         log.info("%s: finished at step %d, node %d", self.name, self.step, self.parent)
         return RunResult(self.name, self.run_id, "finished", self.parent, self.steps_done)
 
