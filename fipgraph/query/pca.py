@@ -106,7 +106,8 @@ class WeightPCA(BaseEstimator):
                  params: Sequence[str] | None = None, method: str = "auto",
                  max_memory: int = 2 * 2**30, max_gram_nodes: int = 4000, n_oversamples: int = 10,
                  n_power_iter: int = 2, random_state: int = 0, record: bool = True,
-                 dataset: str = "pca", spill_dir: str | None = None, progress: bool = True):
+                 dataset: str = "pca", spill_dir: str | None = None, progress: bool = True,
+                 device: str = "auto", n_readers: int = 2):
         self.n_components = n_components
         self.nodes = nodes
         self.params = params
@@ -120,6 +121,8 @@ class WeightPCA(BaseEstimator):
         self.dataset = dataset
         self.spill_dir = spill_dir
         self.progress = progress
+        self.device = device
+        self.n_readers = n_readers
 
     # ---------------------------------------------------------------- fit
     def fit(self, store, y=None) -> "WeightPCA":
