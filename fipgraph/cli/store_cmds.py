@@ -13,6 +13,7 @@ import decimal
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 from fipgraph.cli import add_store_argument
@@ -159,13 +160,21 @@ def cmd_check(args) -> int:
 
 def cmd_export(args) -> int:
     from fipgraph.query.catalog import require_store
+    from fipgraph.query.text import save_tokenizer
     from fipgraph.storage import open_store
     from fipgraph.storage.transfer import export_node
 
     require_store(args.store)
     with open_store(args.store, mode="r") as store:
         out = export_node(store, args.node, args.out)
+        tokenizer = save_tokenizer(store, args.node, out, args.tokenizer)
+        is_hf = (store.arch_spec(args.node).get("model") or {}).get("name") == "hf"
     print(f"node {args.node} exported to {out}")
+    if tokenizer is not None:
+        print(f"tokenizer {tokenizer!r} written beside it (AutoTokenizer.from_pretrained({str(out)!r}))")
+    elif is_hf:
+        print(f"note: node {args.node} records no tokenizer; pass --tokenizer NAME_OR_FOLDER to write one",
+              file=sys.stderr)
     return 0
 
 

@@ -26,12 +26,11 @@ def tokenizer_name(store: Any, node_id: int) -> str | None:
     spec = store.arch_spec(node_id).get("model") or {}
     if spec.get("tokenizer"):
         return str(spec["tokenizer"])
-    run_id = store.node(node_id).get("run_id")
-    if run_id is None or run_id != run_id:  # NaN: no run
-        return None
-    df = store.sql("select json_extract_string(config, '$.data.kwargs.tokenizer') as t from runs "
-                   "where run_id = ?", [int(run_id)])
-    return None if df.empty or df["t"][0] is None else str(df["t"][0])
+    from fipgraph.query.catalog import query_rows
+
+    rows = query_rows(store, "select json_extract_string(r.config, '$.data.kwargs.tokenizer') from nodes n "
+                             "join runs r using (run_id) where n.node_id = ?", [int(node_id)]).rows
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def node_tokenizer(store: Any, node_id: int, tokenizer: Any = None) -> Any:
