@@ -101,7 +101,7 @@ def test_catalog_commands_load_no_torch(store_path):
 
     for argv in (["sql", "SELECT count(*) FROM nodes"], ["info"], ["select", "--where", "task1_accuracy > 0.3"]):
         code = ("import sys; from fipgraph.cli import main; rc = main(%r); "
-                "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers') if m in sys.modules); "
+                "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers', 'fastapi', 'uvicorn', 'starlette', 'dash', 'plotly') if m in sys.modules); "
                 "print('HEAVY', heavy, rc)") % (argv + ["--store", str(store_path)],)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert "HEAVY [] 0" in out, (argv, out)

@@ -284,6 +284,12 @@ def _add_recording_query(sub, name: str, func, hlp: str, what: str, data: str | 
 
 
 def register(subparsers) -> None:
+    _register_weights_and_scores(subparsers)
+    _register_selection(subparsers)
+    _register_geometry(subparsers)
+
+
+def _register_weights_and_scores(subparsers) -> None:
     p = _add_recording_query(subparsers, "pca", cmd_pca, "weight-space PCA of stored networks (coords recorded "
                              "as evals)", "the coordinates", data=False)
     _add_nodes(p)
@@ -308,6 +314,9 @@ def register(subparsers) -> None:
                            "instead of the one the node records")
             p.add_argument("--max-length", type=int, default=512, help="with --text: tokens kept per document")
 
+
+
+def _register_selection(subparsers) -> None:
     p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front (reads the "
                               "catalog only)")
     add_store_argument(p)
@@ -343,6 +352,9 @@ def register(subparsers) -> None:
     p.add_argument("--whitebox-members", action="store_true", help="also attack each member on its own")
     p.add_argument("--probe-n", type=int, default=200, help="inputs for diversity and coherence")
 
+
+
+def _register_geometry(subparsers) -> None:
     p = _add_recording_query(subparsers, "spectrum", cmd_spectrum, "top eigenvalues of the metric tensor at a "
                              "node", "the eigenvalues")
     p.add_argument("--node", type=int, required=True)
