@@ -59,10 +59,11 @@ class CatalogSnapshot:
         self.root = require_store(path)
         self.mode = "r"
         self._con = duckdb.connect(":memory:")
+        source = str(self.root / CATALOG).replace("'", "''")  # a quote in the path must not end the literal
         deadline, delay = time.monotonic() + lock_timeout, 0.002
         while True:  # a writer holds the file for one short transaction at a time: wait it out
             try:
-                self._con.execute(f"ATTACH '{self.root / CATALOG}' AS src (READ_ONLY)")
+                self._con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
                 break
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc) or time.monotonic() > deadline:
