@@ -1,8 +1,10 @@
-"""Query-layer benchmark: weight-space PCA (1000 x ~1M and 200 x ~10M), perplexity throughput
+"""Query-layer benchmark: weight-space PCA (1000 x ~1M and 200 x ~10M; the gram route on one thread
+as before, and the gram, one-pass sketch and randomized routes on both cores), perplexity throughput
 against a plain transformers loop on the same node, and select() latency on a 100k-node catalog.
 
     python benchmarks/bench_query.py            # full run; --quick for a small smoke run
-Writes benchmarks/results/query.json. One thread everywhere (the machine is shared).
+Writes benchmarks/results/query.json. One thread everywhere (the machine is shared) except the
+two-core PCA rows.
 
 Stores are built from synthetic-but-realistic path weights: w_{t+1} = w_t + lr·(slow low-rank
 drift + noise), appended through the public store API (the weights thus go through the real
@@ -65,7 +67,7 @@ def build_path_store(path: Path, n_nodes: int, n_params: int, seed: int = 0) -> 
 
 PCA_CHILD = """
 import os, sys, time, json
-import torch; torch.set_num_threads(1)
+import torch; torch.set_num_threads(int(sys.argv[4]))
 import fipgraph
 from fipgraph.query import WeightPCA
 def hwm():  # VmHWM is reset by exec; ru_maxrss would inherit the parent's peak
@@ -76,18 +78,22 @@ with fipgraph.open_store(sys.argv[1], mode="r") as st:
     st.sql("select 1")
     base = hwm()
     t, c = time.perf_counter(), time.process_time()
-    pca = WeightPCA(2, method=sys.argv[2], record=False, progress=False).fit(st)
+    pca = WeightPCA(2, method=sys.argv[2], record=False, progress=False, device="cpu",
+                    n_readers=int(sys.argv[3])).fit(st)
     dt, cpu = time.perf_counter() - t, time.process_time() - c
 print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "peak_rss_gb": hwm(), "baseline_rss_gb": base,
-                  "evr": pca.explained_variance_ratio_.tolist(), "method": pca.method_}))
+                  "evr": pca.explained_variance_ratio_.tolist(), "method": pca.method_,
+                  "coords": pca.coords_.tolist()}))
 """
 
 
-def bench_pca(path: Path, method: str = "auto") -> dict:
-    """PCA fit in a fresh process so ru_maxrss is this fit's peak (torch import included)."""
+def bench_pca(path: Path, method: str = "auto", readers: int = 2, threads: int = 2) -> dict:
+    """PCA fit in a fresh process so ru_maxrss is this fit's peak (torch import included);
+    `readers` decoding threads and `threads` BLAS threads (2 = both cores of this machine)."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PCA_CHILD, str(path), method], capture_output=True,
-                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    out = subprocess.run([sys.executable, "-c", PCA_CHILD, str(path), method, str(readers), str(threads)],
+                         capture_output=True, text=True, check=True, env=env)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process_wall_s"] = time.perf_counter() - t
     return res
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     ap.add_argument("--skip-large", action="store_true", help="skip 200 x 10M")
+    ap.add_argument("--quick-pca", action="store_true", help="PCA: only the two-core gram and sketch routes")
     ap.add_argument("--only", choices=["pca", "pca-large", "ppl", "sql"], action="append")
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -216,11 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         path = WORK / f"pca_{n}x{p}"
         build_s = build_path_store(path, n, p)
         r = {"n_nodes": n, "n_params": p, "build_s": build_s, "read_s_per_node": bench_read(path)}
-        r["gram"] = bench_pca(path, "gram")
-        log(f"PCA {n} x {p}: gram {r['gram']['seconds']:.1f} s, peak RSS {r['gram']['peak_rss_gb']:.2f} GB "
-            f"(baseline {r['gram']['baseline_rss_gb']:.2f}); target <= 15 s, <= 3 GB")
-        r["randomized"] = bench_pca(path, "randomized")
-        log(f"PCA {n} x {p}: randomized {r['randomized']['seconds']:.1f} s, peak {r['randomized']['peak_rss_gb']:.2f} GB")
+        for name, method, readers, threads in (("gram_1thread", "gram", 1, 1), ("gram", "gram", 2, 2),
+                                               ("sketch", "sketch", 2, 2), ("randomized", "randomized", 2, 2)):
+            if args.quick_pca and name in ("gram_1thread", "randomized"):
+                continue
+            r[name] = bench_pca(path, method, readers, threads)
+            log(f"PCA {n} x {p}: {name} ({readers} readers, {threads} BLAS threads) {r[name]['seconds']:.1f} s, "
+                f"{r[name]['cpu_seconds']:.1f} CPU-s, peak RSS {r[name]['peak_rss_gb']:.2f} GB; target <= 12 s, <= 3 GB")
+        exact = np.asarray(r["gram"].pop("coords"))
+        for name in [k for k in r if isinstance(r[k], dict)]:
+            coords = np.asarray(r[name].pop("coords", exact))
+            # sign of each component is arbitrary: compare |coords|; error relative to the spread
+            r[name]["coord_max_rel_err_vs_gram"] = float(np.abs(np.abs(coords) - np.abs(exact)).max()
+                                                         / np.abs(exact).max())
         res["pca_1000x1M" if not args.quick else "pca_quick"] = r
     if "pca-large" in only and not args.skip_large:
         n, p = (20, 1_000_000) if args.quick else (200, 10_000_000)
@@ -228,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         build_s = build_path_store(path, n, p, seed=1)
         r = {"n_nodes": n, "n_params": p, "build_s": build_s, "read_s_per_node": bench_read(path, 5)}
         r["gram"] = bench_pca(path, "gram")
+        r["gram"].pop("coords")
         log(f"PCA {n} x {p}: gram {r['gram']['seconds']:.1f} s, peak RSS {r['gram']['peak_rss_gb']:.2f} GB")
         res["pca_200x10M" if not args.quick else "pca_large_quick"] = r
     if "ppl" in only:

@@ -34,18 +34,19 @@ def store_path(tmp_path_factory):
 
 def test_query_commands_end_to_end(store_path, tmp_path, capsys):
     s = ["--store", store_path]
-    assert main(["pca", *s, "-n", "2"]) == 0
+    d = ["--device", "cpu"]
+    assert main(["pca", *s, "-n", "2", *d]) == 0
     assert "explained variance ratio" in capsys.readouterr().out
-    assert main(["evaluate", *s, "--split", SPLIT, "--task", "0"]) == 0
+    assert main(["evaluate", *s, "--split", SPLIT, "--task", "0", *d]) == 0
     assert "accuracy" in capsys.readouterr().out
-    assert main(["perplexity", *s, "--split", SPLIT, "--task", "task1", "--nodes", "0-2"]) == 0
+    assert main(["perplexity", *s, "--split", SPLIT, "--task", "task1", "--nodes", "0-2", *d]) == 0
     assert main(["select", *s, "--where", 'task1_accuracy >= 0', "--order-by=-H", "--limit", "3"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1 2 3"  # H = 1/step
     assert main(["select", *s, "--maximize", "task1_accuracy", "--minimize", "H"]) == 0
-    assert main(["ensemble", *s, "-k", "2", "--name", "e2", "--export", str(tmp_path / "ens")]) == 0
+    assert main(["ensemble", *s, "-k", "2", "--name", "e2", "--export", str(tmp_path / "ens"), *d]) == 0
     assert "members: 7 6" in capsys.readouterr().out  # robust = lowest H
     assert (tmp_path / "ens" / "ensemble.safetensors").exists()
-    assert main(["spectrum", *s, "--node", "3", "-k", "5", "--n-examples", "16"]) == 0
+    assert main(["spectrum", *s, "--node", "3", "-k", "5", "--n-examples", "16", *d]) == 0
     assert "eigenvalues" in capsys.readouterr().out
     out = tmp_path / "g.png"
     assert main(["plot", "graph", *s, "--color", "task1_accuracy", "--out", str(out)]) == 0
@@ -73,3 +74,66 @@ def test_run_series_skips_unevaluated_nodes(store_path):
         h = run_series(store, "walk", ["H"])["H"]
     assert h["step"].tolist() == list(range(1, 8))  # step 0 has no H: left out, so the line has no gap
     assert h["H"].tolist() == pytest.approx([1.0 / s for s in range(1, 8)])
+
+
+def test_interpolate_ends_equal_the_nodes_and_the_middle_equals_the_blend(store_path, tmp_path, capsys):
+    from fipgraph.query import evaluate, interpolate
+
+    task = make_tasks("digits", split=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], seed=0)[0]
+    with fipgraph.open_store(store_path, "r") as st:
+        df = interpolate(st, 0, 7, task, points=5, record=False, device="cpu")
+        ends = evaluate(st, [0, 7], task, recompute=True, record=False, progress=False, device="cpu")
+        mid = build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "n_classes": 10}})
+        mid.load_state_dict({k: (v + st.state_dict(7)[k]) / 2 for k, v in st.state_dict(0).items()})
+    assert df["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert df["task1_loss"].iloc[0] == ends.loc[0, "loss"] and df["task1_loss"].iloc[-1] == ends.loc[7, "loss"]
+    with torch.no_grad():
+        want = float(F.cross_entropy(mid(task.test["x"]), task.test["labels"]))
+    assert df["task1_loss"].iloc[2] == pytest.approx(want, rel=1e-5)
+    line = 0.5 * (df["task1_loss"].iloc[0] + df["task1_loss"].iloc[-1])
+    assert df.attrs["barrier"]["task1_loss"] >= df["task1_loss"].iloc[2] - line - 1e-12
+    out = tmp_path / "lmc.png"
+    assert main(["interpolate", "0", "7", "--store", store_path, "--split", SPLIT, "--task", "0",
+                 "--points", "5", "--device", "cpu", "--out", str(out)]) == 0
+    assert "loss barrier" in capsys.readouterr().out and out.read_bytes()[:4] == b"\x89PNG"
+    with fipgraph.open_store(store_path, "r") as st:
+        rec = st.sql("select metric, value from evals where node_id = 0 and dataset = 'interpolate:7/task1'")
+    got = dict(zip(rec["metric"], rec["value"]))
+    assert got["loss_t2"] == pytest.approx(df["task1_loss"].iloc[2]) and "accuracy_barrier" in got
+
+
+def test_a_running_query_never_holds_the_writer_lock(store_path, monkeypatch, capsys):
+    """A build must be able to start while `fipgraph evaluate` computes; results are recorded after."""
+    import importlib
+
+    ev = importlib.import_module("fipgraph.query.evaluate")  # the package exports the function
+
+    opened = []
+    real = ev.score_batches
+
+    def score_and_open_a_writer(*args, **kwargs):
+        if not opened:  # mid-query: a build takes the writer lock, appends, and lets go
+            with fipgraph.open_store(store_path, mode="a") as writer:
+                opened.append(writer.sql("select count(*) as n from nodes")["n"][0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "score_batches", score_and_open_a_writer)
+    assert main(["evaluate", "--store", store_path, "--split", SPLIT, "--task", "0", "--nodes", "1-2",
+                 "--recompute", "--device", "cpu"]) == 0
+    assert opened == [8]
+    assert "recorded in" in capsys.readouterr().err
+    with fipgraph.open_store(store_path, mode="a"):  # a build holds the lock for the whole query:
+        assert main(["evaluate", "--store", store_path, "--split", SPLIT, "--task", "0", "--nodes", "3",
+                     "--recompute", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy" in captured.out and "not recorded" in captured.err  # scores printed all the same
+
+
+def test_device_setting_is_checked_before_any_work(store_path, capsys):
+    for argv in (["evaluate", "--split", SPLIT, "--task", "0"], ["pca"], ["spectrum", "--node", "1"],
+                 ["interpolate", "0", "1", "--split", SPLIT, "--task", "0"]):
+        assert main(argv + ["--store", store_path, "--device", "tpu"]) == 2
+        assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["evaluate", "--store", store_path, "--split", SPLIT, "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_masked_lm_perplexity_equals_transformers_loss(tmp_path):
                                        "num_attention_heads": 2, "intermediate_size": 64}}
     st, ids = _store_with(tmp_path, spec)
     batches = _text_batches()
-    got = perplexity(st, ids, batches, name="toy", mask_token_id=MASK, progress=False)
+    got = perplexity(st, ids, batches, name="toy", mask_token_id=MASK, progress=False, device="cpu")
     masked = [mask_tokens(b, MASK, seed=i) for i, b in enumerate(batches)]
     for i, b in enumerate(masked):  # the fixed-seed masking: ~15 % of attended tokens, never padding
         chosen = b["labels"] != -100
@@ -73,7 +73,7 @@ def test_masked_lm_perplexity_equals_transformers_loss(tmp_path):
     cached = st.sql("select node_id, toy_perplexity from wide order by node_id")
     np.testing.assert_allclose(cached["toy_perplexity"], got["perplexity"].to_numpy(), rtol=1e-9)
     with pytest.raises(ConfigError, match="name="):
-        perplexity(st, ids, batches, progress=False)
+        perplexity(st, ids, batches, progress=False, device="cpu")
     st.close()
 
 
@@ -83,7 +83,7 @@ def test_causal_lm_perplexity_equals_transformers_loss(tmp_path):
     st, ids = _store_with(tmp_path, spec)
     batch = _text_batches(1)[0]
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    got = perplexity(st, ids, [batch], name="toy", progress=False)
+    got = perplexity(st, ids, [batch], name="toy", progress=False, device="cpu")
     for nid in ids:
         m = build_model(spec).eval()
         m.load_state_dict(st.state_dict(nid))
@@ -110,7 +110,7 @@ def test_spectrum_equals_eigvalsh_of_explicit_jjt(tmp_path, digits, monkeypatch,
     with fipgraph.open_store(tmp_path / "s", mode="a") as st:
         nid = st.append(model)
         st.flush()
-        res = spectrum(st, nid, digits, k=6, n_examples=12, dtype=torch.float64)
+        res = spectrum(st, nid, digits, k=6, n_examples=12, dtype=torch.float64, device="cpu")
         x = digits.test["x"][:12].double()
         m = model.double()
         params = {k: v.detach() for k, v in m.named_parameters()}
@@ -149,3 +149,56 @@ def test_robustness_measures(digits):
     coh = coherence(members, surrogate, x, y)
     expect = max(float(F.cosine_similarity(g, grads[0], dim=0)) for g in grads[1:])
     assert coh["coherence"] == pytest.approx(expect, rel=1e-5)
+
+
+WORDS = "the a cat dog sat ran on far away mat and then slept".split()
+
+
+def _word_tokenizer(folder):
+    """A word-level tokenizer saved as a transformers folder (no hub, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]"] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    fast.save_pretrained(folder)
+    return fast, len(vocab)
+
+
+def test_perplexity_of_the_users_texts_and_export_with_its_tokenizer(tmp_path, capsys):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from fipgraph.cli import main
+
+    tok, vocab = _word_tokenizer(tmp_path / "tok")
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64)
+    spec = {"name": "hf", "kwargs": {"hf_class": "LlamaForCausalLM", "hf_config": cfg.to_dict()},
+            "tokenizer": str(tmp_path / "tok")}
+    st, ids = _store_with(tmp_path, spec)
+    texts = ["the cat sat on the mat", "a dog ran far away and then slept", "the dog sat"]
+    got = perplexity(st, ids, texts, progress=False, record=False, device="cpu")
+    for nid in ids:  # each text on its own through transformers' own loss (mean over next tokens)
+        m = LlamaForCausalLM(cfg).eval()
+        m.load_state_dict(st.state_dict(nid))
+        tot = cnt = 0
+        with torch.no_grad():
+            for t in texts:
+                enc = tok(t, return_tensors="pt")
+                n = enc["input_ids"].shape[1] - 1
+                tot += float(m(**enc, labels=enc["input_ids"]).loss) * n
+                cnt += n
+        assert got.loc[nid, "perplexity"] == pytest.approx(math.exp(tot / cnt), rel=1e-5)
+    assert got.attrs["dataset"].startswith("text-")
+    st.close()
+    (tmp_path / "mine.txt").write_text("\n".join(texts) + "\n\n")
+    assert main(["perplexity", "--store", str(tmp_path / "lm"), "--text", str(tmp_path / "mine.txt"),
+                 "--device", "cpu", "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert got.attrs["dataset"] in out and f"{got.loc[ids[1], 'perplexity']:.4f}"[:5] in out
+    assert main(["export", str(ids[1]), "--store", str(tmp_path / "lm"), "--out", str(tmp_path / "ex")]) == 0
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "ex")
+    assert reloaded("the cat sat")["input_ids"] == tok("the cat sat")["input_ids"]
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "ex").config.fipgraph["node_id"] == ids[1]

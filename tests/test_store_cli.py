@@ -79,3 +79,45 @@ def test_export_transformers_model_keeps_lineage_in_config(tmp_path):
     loaded = BertForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert loaded.config.fipgraph["node_id"] == child and loaded.config.fipgraph["parent_id"] == root
     assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+def test_json_keeps_every_float_bit_and_csv_json_keep_integers_beside_nulls(store_path, capsys):
+    q = "SELECT node_id, parent_id, 1.234e-12 AS tiny, 0.1::DOUBLE + 0.2::DOUBLE AS sum FROM nodes ORDER BY node_id"
+    assert main(["sql", q, "--store", str(store_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0] == {"node_id": 0, "parent_id": None, "tiny": 1.234e-12, "sum": 0.1 + 0.2}
+    assert rows[2]["parent_id"] == 1 and isinstance(rows[2]["parent_id"], int)
+    assert main(["sql", q, "--store", str(store_path), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "0,,1.234e-12,0.30000000000000004"  # NULL empty, no 7.0-style integers
+    assert lines[3].split(",")[:2] == ["2", "1"]
+
+
+def test_catalog_commands_load_no_torch(store_path):
+    """sql, info and select answer from the catalog alone: importing torch (~2 s) is what made
+    `fipgraph sql` 15x slower than a bare duckdb process."""
+    import subprocess
+    import sys
+
+    for argv in (["sql", "SELECT count(*) FROM nodes"], ["info"], ["select", "--where", "task1_accuracy > 0.3"]):
+        code = ("import sys; from fipgraph.cli import main; rc = main(%r); "
+                "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers', 'fastapi', 'uvicorn', 'starlette', 'dash', 'plotly') if m in sys.modules); "
+                "print('HEAVY', heavy, rc)") % (argv + ["--store", str(store_path)],)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert "HEAVY [] 0" in out, (argv, out)
+    assert "2 3" in out  # the select still answers: accuracies 0.5 and 0.75
+
+
+def test_sql_refuses_writes_and_leaves_the_store_unchanged(store_path, capsys):
+    assert main(["sql", "DELETE FROM nodes", "--store", str(store_path)]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "SELECT count(*) AS n FROM nodes", "--store", str(store_path), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "4"
+
+
+def test_query_on_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "typo"
+    for argv in (["pca"], ["evaluate"], ["sql", "SELECT 1"], ["select"], ["export", "0", "--out", str(tmp_path / "o")]):
+        assert main(argv + ["--store", str(typo)]) == 2
+        assert f"no store at {typo}" in capsys.readouterr().err
+        assert not typo.exists()

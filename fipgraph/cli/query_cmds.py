@@ -1,26 +1,43 @@
-"""CLI: pca, perplexity, evaluate, select, ensemble, robustness, spectrum, plot (thin wrappers of fipgraph.query)."""
+"""CLI: pca, perplexity, evaluate, select, ensemble, robustness, spectrum, plot, interpolate (thin
+wrappers of fipgraph.query).
+
+Every command reads the store read-only, so a query never holds the writer lock a build needs.
+Commands that record results (evaluations, PCA coordinates, ensembles) keep them and write them in
+one short session at the end, and say so; `--no-record` leaves the store untouched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from fipgraph.cli import add_store_argument
-from fipgraph.errors import ConfigError, WriterLockedError
+from fipgraph.errors import ConfigError
 
 
-def _open(args, write: bool = True):
-    """Open for writing so results are cached; while a build holds the writer lock, read only."""
-    import fipgraph
+@contextmanager
+def _reading(args, records: bool = True) -> Iterator:
+    """The store opened read-only (nothing is created where there is no store). With `records`
+    (and no --no-record), what the query records is written under the writer lock at the end."""
+    from fipgraph.query.catalog import require_store
+    from fipgraph.query.recording import DeferredWrites
+    from fipgraph.storage import open_store
 
-    if not write:
-        return fipgraph.open_store(args.store, mode="r"), False
-    try:
-        return fipgraph.open_store(args.store, mode="a"), True
-    except WriterLockedError:
-        print("note: another process is writing this store; results are not cached", file=sys.stderr)
-        return fipgraph.open_store(args.store, mode="r"), False
+    require_store(args.store)
+    records = records and not getattr(args, "no_record", False)
+    with open_store(args.store, mode="r") as store:
+        view = DeferredWrites(store) if records else store
+        yield view
+        if records and view.pending:
+            if view.commit():
+                print(f"recorded in {args.store} (the writer lock was taken only to write the results)",
+                      file=sys.stderr)
+            else:
+                print(f"note: another process (a build?) holds the writer lock of {args.store}; results were "
+                      "printed but not recorded. Rerun when it is done to record them", file=sys.stderr)
 
 
 def _parse_nodes(store, spec: str | None, where: str | None) -> list[int] | None:
@@ -42,12 +59,26 @@ def _parse_nodes(store, spec: str | None, where: str | None) -> list[int] | None
     return ids
 
 
-def _tasks(args) -> list:
+def _head(args, store, nodes) -> str:
+    """--head, else the data.head the chosen nodes were built with (they must agree)."""
+    if getattr(args, "head", None) or store is None:
+        return getattr(args, "head", None) or "single"
+    from fipgraph.query._common import resolve_nodes
+    from fipgraph.query.scoring import node_heads
+
+    heads = {h or "single" for h in node_heads(store, resolve_nodes(store, nodes)).values()}
+    if len(heads) > 1:
+        raise ConfigError(f"the chosen nodes were built with different heads {sorted(heads)}; choose nodes "
+                          "of one build with --nodes/--where, or pass --head")
+    return heads.pop() if heads else "single"
+
+
+def _tasks(args, store=None, nodes=None) -> list:
     from fipgraph.data import make_tasks
 
-    split = json.loads(args.split) if args.split else None
-    kwargs = json.loads(args.data_kwargs) if args.data_kwargs else {}
-    tasks = make_tasks(args.data, split=split, seed=args.seed, **kwargs)
+    split = _json_option("--split", args.split)
+    kwargs = _json_option("--data-kwargs", args.data_kwargs) or {}
+    tasks = make_tasks(args.data, split=split, seed=args.seed, head=_head(args, store, nodes), **kwargs)
     if args.task is None:
         return tasks
     names = [t.name for t in tasks]
@@ -55,6 +86,20 @@ def _tasks(args) -> list:
         if args.task in (t.name, str(i), t.name.split("/")[-1]):
             return [t]
     raise ConfigError(f"--task {args.task!r} is not one of {names} (or their index)")
+
+
+def _json_option(flag: str, text: str | None):
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} {text!r} is not JSON ({exc.msg}); e.g. --split '[[0,1,2,3,4],[5,6,7,8,9]]'") from None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
 
 
 def _add_nodes(p: argparse.ArgumentParser) -> None:
@@ -66,6 +111,8 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
     p.add_argument("--data", default=default, help="data source (digits, mnist, wiki, a CSV path, ...)")
     p.add_argument("--split", help='class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]"')
     p.add_argument("--task", help="task name or index (default: every task)")
+    p.add_argument("--head", choices=["single", "per_task"],
+                   help="label layout of the tasks (default: the data.head the nodes were built with)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (must match the build)")
     p.add_argument("--data-kwargs", help='extra make_tasks options as JSON (the build\'s [data] kwargs), e.g. '
                    '\'{"tokenizer": "smollm2", "objective": "causal", "block_size": 64}\'')
@@ -74,27 +121,35 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
 def cmd_pca(args) -> int:
     from fipgraph.query import WeightPCA
 
-    store, can_write = _open(args)
-    with store:
+    with _reading(args) as store:
         nodes = _parse_nodes(store, args.nodes, args.where)
         params = args.params.split(",") if args.params else None
         pca = WeightPCA(args.n_components, nodes=nodes, params=params, method=args.method,
-                        record=can_write and not args.no_record).fit(store)
+                        record=not args.no_record, device=args.device).fit(store)
         print(f"{len(pca.nodes_)} nodes, {pca.n_features_in_} weights, method {pca.method_}")
         print("explained variance ratio:", " ".join(f"{v:.4f}" for v in pca.explained_variance_ratio_))
         if pca.record:
-            print(f"coordinates recorded as evals: dataset 'pca', metrics pc1..pc{pca.n_components_}")
+            print(f"coordinates as evals: dataset 'pca', metrics pc1..pc{pca.n_components_}")
     return 0
 
 
 def _score(args, fn) -> int:
-    store, can_write = _open(args)
-    with store:
+    with _reading(args) as store:
         nodes = _parse_nodes(store, args.nodes, args.where)
-        for task in _tasks(args):
-            kw = {"mask_token_id": args.mask_token_id} if fn.__name__ == "perplexity" else {}
-            df = fn(store, nodes, task, batch_size=args.batch_size, max_batches=args.max_batches,
-                    recompute=args.recompute, record=can_write, **kw)
+        kw = {}
+        if fn.__name__ == "perplexity":
+            kw = {"mask_token_id": args.mask_token_id, "tokenizer": args.tokenizer}
+        if getattr(args, "text", None):
+            from fipgraph.query.text import read_texts
+
+            datasets = [read_texts(args.text)]
+            kw["max_length"] = args.max_length
+        else:
+            kw.pop("tokenizer", None)
+            datasets = _tasks(args, store, nodes)
+        for data in datasets:
+            df = fn(store, nodes, data, batch_size=args.batch_size, max_batches=args.max_batches,
+                    recompute=args.recompute, device=args.device, **kw)
             print(f"# {df.attrs['dataset']}")
             print(df.to_string())
     return 0
@@ -114,9 +169,9 @@ def cmd_perplexity(args) -> int:
 
 def cmd_select(args) -> int:
     from fipgraph.query import pareto, select, select_sql
+    from fipgraph.query.catalog import open_catalog
 
-    store, _ = _open(args, write=False)
-    with store:
+    with open_catalog(args.store) as store:  # the catalog only: no weights, no torch
         if args.maximize or args.minimize:
             ids = pareto(store, maximize=args.maximize or [], minimize=args.minimize or [], where=args.where)
         else:
@@ -130,15 +185,14 @@ def cmd_select(args) -> int:
 def cmd_ensemble(args) -> int:
     from fipgraph.query import ensemble
 
-    store, can_write = _open(args)
-    with store:
-        query = _tasks(args)[0] if args.strategy == "diverse" and args.data else None
+    with _reading(args) as store:
+        query = _tasks(args, store, None)[0] if args.strategy == "diverse" and args.data else None
         ens = ensemble(store, args.k, where=args.where, strategy=args.strategy, metric=args.metric,
                        descending=not args.ascending, h_metric=args.h_metric, query=query,
-                       name=args.name, record=can_write)
+                       name=args.name, record=not args.no_record, device=args.device)
         print("members:", " ".join(map(str, ens.node_ids)))
         if getattr(ens, "name", None):
-            print(f"recorded as ensemble {ens.name!r}")
+            print(f"ensemble {ens.name!r}")
         if args.export:
             print("exported to", ens.export(args.export))
     return 0
@@ -147,11 +201,10 @@ def cmd_ensemble(args) -> int:
 def cmd_spectrum(args) -> int:
     from fipgraph.query import spectrum
 
-    store, can_write = _open(args)
-    with store:
-        task = _tasks(args)[0]
+    with _reading(args) as store:
+        task = _tasks(args, store, [args.node])[0]
         res = spectrum(store, args.node, task, k=args.k, n_examples=args.n_examples,
-                       threshold=args.threshold, record=can_write)
+                       threshold=args.threshold, record=not args.no_record, device=args.device)
         print(f"node {res['node_id']} on {res['dataset']}: top {len(res['eigenvalues'])} eigenvalues of g")
         print(" ".join(f"{v:.4g}" for v in res["eigenvalues"]))
         print(f"fraction of g's eigenvalues < {args.threshold:g}: between {res['g_frac_small_lo']:.6f} "
@@ -162,11 +215,9 @@ def cmd_spectrum(args) -> int:
 def cmd_plot(args) -> int:
     from fipgraph.query.plot import plot_graph, plot_run
 
-    store, can_write = _open(args)
-    with store:
+    with _reading(args, records=args.what == "graph") as store:  # graph: PCA coordinates if missing
         if args.what == "graph":
-            out = plot_graph(store, args.out or "graph.png", args.color, fit_if_missing=can_write,
-                             log_color=args.log)
+            out = plot_graph(store, args.out or "graph.png", args.color, log_color=args.log)
         else:
             if args.run is None:
                 raise ConfigError("fipgraph plot run needs --run NAME_OR_ID")
@@ -177,55 +228,97 @@ def cmd_plot(args) -> int:
 
 
 def cmd_robustness(args) -> int:
+    from fipgraph.query._common import node_or_run
     from fipgraph.query.robustness import ensemble_robustness
 
-    store, can_write = _open(args)
-    with store:
-        task = _tasks(args)[0]
+    with _reading(args) as store:
+        task = _tasks(args, store, None)[0]
         x, y = task.test["x"][: args.n], task.test["labels"][: args.n]
-        sur = args.surrogate
-        if sur is not None and not sur.isdigit():  # a run name: its last node
-            df = store.sql("select max(n.node_id) as n from nodes n join runs r using (run_id) where r.name = ?", [sur])
-            if df.empty or df["n"].isna().all():
-                raise ConfigError(f"--surrogate {sur!r} is neither a node id nor a run name in the store")
-            sur = str(int(df["n"][0]))
+        sur = node_or_run(store, args.surrogate, "--surrogate") if args.surrogate is not None else None
         res = ensemble_robustness(store, args.ensemble, x, y, n_classes=task.n_classes, eps=args.eps,
-                                  surrogate=int(sur) if sur is not None else None, max_iter=args.max_iter,
+                                  surrogate=sur, max_iter=args.max_iter,
                                   eps_step=args.eps_step, clip=tuple(args.clip) if args.clip else None,
                                   joint_n=args.joint_n, whitebox_members=args.whitebox_members,
-                                  probe_n=args.probe_n, record=can_write)
+                                  probe_n=args.probe_n, record=not args.no_record, device=args.device)
         for key, v in res.items():
             print(f"{key}\t{v:.6g}")
-        if can_write:
-            print(f"recorded as evals of node {store.ensemble_spec(args.ensemble)['members'][0]}, "
+        if not args.no_record:
+            print(f"as evals of node {store.ensemble_spec(args.ensemble)['members'][0]}, "
                   f"dataset 'ensemble:{args.ensemble}'")
     return 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("pca", help="weight-space PCA of stored networks (coords recorded as evals)")
+def cmd_interpolate(args) -> int:
+    from fipgraph.query._common import node_or_run
+    from fipgraph.query.interpolate import interpolate, plot_interpolation
+
+    with _reading(args) as store:
+        a, b = node_or_run(store, args.a, "A"), node_or_run(store, args.b, "B")
+        tasks = _tasks(args, store, [a, b])
+        df = interpolate(store, a, b, tasks, points=args.points, batch_size=args.batch_size,
+                         max_batches=args.max_batches, record=not args.no_record, device=args.device)
+        print(df.to_string(index=False))
+        barrier = df.attrs["barrier"]
+        print("loss barrier (max over t of loss(t) - linear interpolation of the ends): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in barrier.items()))
+        out = plot_interpolation(df, args.out or f"interpolate_{a}_{b}.png")
+        print("wrote", out)
+    return 0
+
+
+def _add_no_record(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--no-record", action="store_true",
+                   help=f"do not write {what} to the store (it is then never opened for writing)")
+
+
+def _add_recording_query(sub, name: str, func, hlp: str, what: str, data: str | None = "digits"):
+    """A sub-command with --store, --device and --no-record (and the data options unless data is False)."""
+    p = sub.add_parser(name, help=hlp)
     add_store_argument(p)
+    _add_device(p)
+    _add_no_record(p, what)
+    if data is not False:
+        _add_data(p, default=data)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(subparsers) -> None:
+    _register_weights_and_scores(subparsers)
+    _register_selection(subparsers)
+    _register_geometry(subparsers)
+
+
+def _register_weights_and_scores(subparsers) -> None:
+    p = _add_recording_query(subparsers, "pca", cmd_pca, "weight-space PCA of stored networks (coords recorded "
+                             "as evals)", "the coordinates", data=False)
     _add_nodes(p)
     p.add_argument("-n", "--n-components", type=int, default=2)
     p.add_argument("--params", help="comma-separated parameter names or prefixes (default: all)")
-    p.add_argument("--method", default="auto", choices=["auto", "gram", "randomized"])
-    p.add_argument("--no-record", action="store_true", help="do not write coordinates to the store")
-    p.set_defaults(func=cmd_pca)
+    p.add_argument("--method", default="auto", choices=["auto", "gram", "sketch", "randomized"],
+                   help="gram: exact (default up to max_gram_nodes); sketch: one pass, approximate; "
+                        "randomized: exact to its power iterations, several passes")
 
     for name, fn, hlp in (("evaluate", cmd_evaluate, "accuracy and loss per node (cached)"),
                           ("perplexity", cmd_perplexity, "exp(mean cross-entropy) per node (cached)")):
-        p = subparsers.add_parser(name, help=hlp)
-        add_store_argument(p)
+        p = _add_recording_query(subparsers, name, fn, hlp, "the scores")
         _add_nodes(p)
-        _add_data(p)
         p.add_argument("--batch-size", type=int, default=256 if name == "evaluate" else 32)
         p.add_argument("--max-batches", type=int)
         p.add_argument("--recompute", action="store_true", help="ignore cached values")
         if name == "perplexity":
             p.add_argument("--mask-token-id", type=int, help="[MASK] id for masked LMs")
-        p.set_defaults(func=fn)
+            p.add_argument("--text", metavar="FILE", help="score this UTF-8 file instead of --data: one document "
+                           "per non-empty line, tokenized with each node's tokenizer")
+            p.add_argument("--tokenizer", help="with --text: a tokenizer name ('smollm2', 'minilm') or folder, "
+                           "instead of the one the node records")
+            p.add_argument("--max-length", type=int, default=512, help="with --text: tokens kept per document")
 
-    p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front")
+
+
+def _register_selection(subparsers) -> None:
+    p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front (reads the "
+                              "catalog only)")
     add_store_argument(p)
     p.add_argument("--where", help="SQL condition over the wide view, e.g. \"task1_accuracy >= 0.9 AND sparsity >= 0.5\"")
     p.add_argument("--order-by", action="append", help="column; prefix '-' for descending, written --order-by=-col (repeatable)")
@@ -235,8 +328,8 @@ def register(subparsers) -> None:
     p.add_argument("--show-sql", action="store_true")
     p.set_defaults(func=cmd_select)
 
-    p = subparsers.add_parser("ensemble", help="choose k networks as an ensemble and record it")
-    add_store_argument(p)
+    p = _add_recording_query(subparsers, "ensemble", cmd_ensemble, "choose k networks as an ensemble and "
+                             "record it", "the ensemble", data=None)
     p.add_argument("-k", type=int, required=True)
     p.add_argument("--strategy", default="robust", choices=["robust", "diverse", "top"])
     p.add_argument("--where", help="SQL condition over the wide view restricting the candidates")
@@ -245,11 +338,9 @@ def register(subparsers) -> None:
     p.add_argument("--h-metric", default="H", help="column holding H for --strategy robust")
     p.add_argument("--name", help="name to record the ensemble under")
     p.add_argument("--export", help="directory to write ensemble.safetensors + ensemble.json")
-    _add_data(p, default=None)
-    p.set_defaults(func=cmd_ensemble)
 
-    p = subparsers.add_parser("robustness", help="PGD (transfer from a surrogate, white-box), diversity, coherence of a recorded ensemble")
-    add_store_argument(p)
+    p = _add_recording_query(subparsers, "robustness", cmd_robustness, "PGD (transfer from a surrogate, "
+                             "white-box), diversity, coherence of a recorded ensemble", "the results")
     p.add_argument("--ensemble", required=True, help="name in the store's ensembles table")
     p.add_argument("--surrogate", help="node id or run name (its last node) the transfer attack is made on")
     p.add_argument("--eps", type=float, required=True, help="l_inf PGD budget in input units")
@@ -260,17 +351,25 @@ def register(subparsers) -> None:
     p.add_argument("--joint-n", type=int, help="attack the ensemble as a whole on the first N of them (0 = skip; default all)")
     p.add_argument("--whitebox-members", action="store_true", help="also attack each member on its own")
     p.add_argument("--probe-n", type=int, default=200, help="inputs for diversity and coherence")
-    _add_data(p)
-    p.set_defaults(func=cmd_robustness)
 
-    p = subparsers.add_parser("spectrum", help="top eigenvalues of the metric tensor at a node")
-    add_store_argument(p)
+
+
+def _register_geometry(subparsers) -> None:
+    p = _add_recording_query(subparsers, "spectrum", cmd_spectrum, "top eigenvalues of the metric tensor at a "
+                             "node", "the eigenvalues")
     p.add_argument("--node", type=int, required=True)
     p.add_argument("-k", type=int, default=20)
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--threshold", type=float, default=1e-3)
-    _add_data(p)
-    p.set_defaults(func=cmd_spectrum)
+
+    p = _add_recording_query(subparsers, "interpolate", cmd_interpolate, "loss and accuracy along the straight "
+                             "segment between two networks (the linear mode-connectivity barrier)", "the curve")
+    p.add_argument("a", help="node id or run name (its last node): the segment's start, t = 0")
+    p.add_argument("b", help="node id or run name: the segment's end, t = 1")
+    p.add_argument("--points", type=int, default=11, help="evaluated points t = 0, 1/(points-1), ..., 1")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-batches", type=int)
+    p.add_argument("--out", help="output PNG (default interpolate_A_B.png)")
 
     p = subparsers.add_parser("plot", help="PNG: graph in PCA coloured by a metric, or a run's metrics")
     add_store_argument(p)

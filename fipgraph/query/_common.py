@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
+from fipgraph.query.catalog import query_rows
+
+if TYPE_CHECKING:  # torch and numpy load only where weights are read: `select` needs neither
+    import numpy as np
+    import torch
 
 
 def all_node_ids(store) -> list[int]:
-    return [int(n) for n in store.sql("select node_id from nodes order by node_id")["node_id"]]
+    return [int(n) for n in query_rows(store, "select node_id from nodes order by node_id").column("node_id")]
 
 
 def resolve_nodes(store, nodes: Iterable[int] | None) -> list[int]:
@@ -20,7 +23,7 @@ def resolve_nodes(store, nodes: Iterable[int] | None) -> list[int]:
     known = all_node_ids(store)
     if nodes is None:
         return known
-    if isinstance(nodes, (int, np.integer)):
+    if isinstance(nodes, numbers.Integral):
         nodes = [nodes]
     ids = [int(n) for n in nodes]
     missing = sorted(set(ids) - set(known))
@@ -65,8 +68,17 @@ def float_param_names(store, nid: int, params: Sequence[str] | None = None) -> l
 
 
 def flat_vector(state: dict[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
-    """Concatenate the named tensors into one float32 vector (the PCA row of a node)."""
-    return torch.cat([state[n].detach().reshape(-1).to(torch.float32) for n in names]).numpy()
+    """Concatenate the named tensors into one new float32 vector (the PCA row of a node)."""
+    import numpy as np
+    import torch
+
+    parts = [state[n].detach().reshape(-1) for n in names]
+    out = np.empty(sum(p.numel() for p in parts), np.float32)
+    start = 0
+    for p in parts:  # numpy copies: torch.cat costs ~10x more here (its intra-op threads wake per call)
+        out[start:start + p.numel()] = p.to(torch.float32).cpu().numpy()
+        start += p.numel()
+    return out
 
 
 def iter_vectors(store, ids: Sequence[int], names: Sequence[str], prefetch: bool = True) -> Iterator[np.ndarray]:
@@ -105,7 +117,7 @@ def cached_evals(store, ids: Sequence[int], dataset: str, metrics: Sequence[str]
 
 
 def wide_columns(store) -> list[str]:
-    return list(store.sql("select * from wide limit 0").columns)
+    return query_rows(store, "select * from wide limit 0").columns
 
 
 def check_metric(store, name: str, what: str = "metric") -> None:
@@ -125,3 +137,16 @@ def as_list(x: Any) -> list:
     if x is None:
         return []
     return [x] if isinstance(x, str) else list(x)
+
+
+def node_or_run(store, spec: int | str, what: str = "node") -> int:
+    """A node id from an id (int or digits) or a run name (that run's last node)."""
+    if isinstance(spec, numbers.Integral) or str(spec).strip().isdigit():
+        return resolve_nodes(store, [int(spec)])[0]
+    rows = query_rows(store, "select max(n.node_id) as n from nodes n join runs r using (run_id) "
+                             "where r.name = ?", [str(spec)])
+    if not rows.rows or rows.rows[0][0] is None:
+        runs = query_rows(store, "select name from runs order by run_id").column("name")
+        raise ConfigError(f"{what} {spec!r} is neither a node id nor the name of a run with nodes; "
+                          f"runs: {runs[:20]}")
+    return int(rows.rows[0][0])

@@ -50,7 +50,7 @@ class Ensemble(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, os.path.join(path, "ensemble.safetensors"))
         specs = [getattr(m, "fipgraph_spec", None) for m in self.members]
         with open(os.path.join(path, "ensemble.json"), "w") as f:
@@ -90,23 +90,26 @@ def resolve_h(store, h_metric: str) -> str:
                       "H, which `fipgraph build` records on undirected runs; use strategy='top' or 'diverse'")
 
 
-def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Module | None) -> list[int]:
+def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Module | None,
+                       device: torch.device | None = None) -> list[int]:
     """Greedy: start from the most accurate node on `query`, then repeatedly add the node whose
     predictions disagree most (mean over current members) with the members chosen so far."""
     from fipgraph.models import forward_logits, model_from_node
     from fipgraph.query.evaluate import query_batches
+    from fipgraph.query.scoring import to_device
 
     check_same_arch(store, ids)
     _, _, batches, _ = query_batches(query, name="query")
+    batches = [to_device(b, device) for b in batches]
     mdl = model if model is not None else model_from_node(store, ids[0])
-    mdl.eval()
+    mdl.to(device).eval()
     preds, labels = [], None
     with torch.inference_mode():
         for nid in ids:
             store.load_into(mdl, nid)
             out = [forward_logits(mdl, b) for b in batches]
-            preds.append(torch.cat([o[0].argmax(-1) for o in out]))
-            labels = torch.cat([o[1] for o in out])
+            preds.append(torch.cat([o[0].argmax(-1) for o in out]).cpu())
+            labels = torch.cat([o[1] for o in out]).cpu()
     p = torch.stack(preds)  # (N, examples)
     acc = (p == labels).float().mean(1)
     chosen = [int(acc.argmax())]
@@ -139,14 +142,18 @@ def _distance_pick(store, ids: list[int], k: int) -> list[int]:
 def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "robust", *,
              metric: str | None = None, descending: bool = True, h_metric: str = "H",
              query: Any = None, model: nn.Module | None = None, name: str | None = None,
-             record: bool = True) -> Ensemble:
+             record: bool = True, device: str | torch.device = "auto") -> Ensemble:
     """Choose k nodes meeting `where` by `strategy` and return their Ensemble.
 
     robust: the k lowest `h_metric` (H = output motion under input perturbation, recorded by the
     undirected path). diverse: greedy max disagreement on `query` (a Task or batches), or max weight
     distance if no query. top: the k best by `metric` (descending unless descending=False).
-    The ensemble is recorded in the store's `ensembles` table under `name`.
+    The ensemble is recorded in the store's `ensembles` table under `name`. The diverse pick's
+    forward passes and the returned members run on `device` ("auto": CUDA, then MPS, then CPU).
     """
+    from fipgraph.device import resolve_device
+
+    dev = resolve_device(device)
     if strategy == "robust":
         h_metric = resolve_h(store, h_metric)
         _, cond = _candidates(store, where, k, require=h_metric)
@@ -158,13 +165,13 @@ def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "ro
         members = select(store, where=cond, order_by=("-" if descending else "") + metric, limit=k)
     elif strategy == "diverse":
         ids, _ = _candidates(store, where, k)
-        members = (_disagreement_pick(store, ids, k, query, model) if query is not None
+        members = (_disagreement_pick(store, ids, k, query, model, dev) if query is not None
                    else _distance_pick(store, ids, k))
     else:
         raise ConfigError(f"unknown strategy {strategy!r}; use 'robust', 'diverse' or 'top'")
     rule = {"strategy": strategy, "k": k, "where": where, "metric": metric if strategy == "top" else
             (h_metric if strategy == "robust" else ("disagreement" if query is not None else "weight_distance"))}
-    ens = Ensemble(_load_members(store, members, model), members, rule)
+    ens = Ensemble(_load_members(store, members, model), members, rule).to(dev)
     if record:
         name = name or f"{strategy}-k{k}-{time.strftime('%Y%m%d-%H%M%S')}"
         record_ensemble(store, name, ens)

@@ -12,12 +12,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fipgraph.device import resolve_device
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import cached_evals, resolve_nodes
+from fipgraph.query.scoring import node_heads, score_batches, task_columns, to_device
+from fipgraph.query.text import is_texts, node_tokenizer, text_batches, texts_name
+
+__all__ = ["evaluate", "perplexity", "query_batches", "mask_tokens", "score_batches", "empty_model"]
 
 MLM_RATE = 0.15  # BERT's masking rate; the paper's masked-LM perplexity uses it too
 
@@ -25,7 +29,7 @@ MLM_RATE = 0.15  # BERT's masking rate; the paper's masked-LM perplexity uses it
 def query_batches(dataset: Any, *, name: str | None = None, batch_size: int = 256,
                   max_batches: int | None = None) -> tuple[str, str | None, list[dict], dict]:
     """(name, kind, batches, meta) of a query dataset: a fipgraph Task (its test split), or an
-    iterable of batch dicts together with `name`."""
+    iterable of batch dicts together with `name`. (Lists of strings are tokenized per node: _run.)"""
     if hasattr(dataset, "test_loader"):
         batches = list(dataset.test_loader(batch_size))
         name, kind, meta = name or dataset.name, getattr(dataset, "kind", None), dataset.meta
@@ -97,77 +101,94 @@ def empty_model(store, nid: int) -> nn.Module:
     return build_model(spec) if spec else model_from_node(store, nid)  # the latter raises the clear error
 
 
-@torch.inference_mode()
-def score_batches(model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-    """Token/example-weighted cross-entropy sum, count and correct predictions of `model`."""
-    from fipgraph.models import forward_logits
+def _group_batches(store, mdl: nn.Module, first: int, data: dict) -> list[dict]:
+    """The batches one architecture group is scored on: the query's, or the user's texts
+    tokenized with the group's tokenizer; masked LMs masked once so every node sees the same positions."""
+    from fipgraph.models import model_kind
 
-    loss, count, correct = 0.0, 0, 0
-    for batch in batches:
-        logits, labels = forward_logits(model, batch)
-        keep = labels != -100
-        logits, labels = logits[keep], labels[keep]
-        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        count += int(labels.numel())
-        correct += int((logits.argmax(-1) == labels).sum())
-    if count == 0:
-        raise ConfigError("the query batches contain no scored position (all labels are -100)")
-    return {"loss": loss / count, "accuracy": correct / count, "n": count}
+    mkind = model_kind(mdl)
+    kind = data["kind"]
+    if kind not in (None, "classification", mkind):
+        raise ConfigError(f"dataset {data['name']!r} is a {kind} task but node {first} is a "
+                          f"{mkind}; pick a dataset of the model's kind")
+    batches = data["batches"]
+    if data["texts"] is not None:
+        tok = node_tokenizer(store, first, data["tokenizer"])
+        batches = text_batches(data["texts"], tok, batch_size=data["batch_size"], max_length=data["max_length"],
+                               kind=mkind)
+        data = {**data, "meta": {"mask_token_id": tok.mask_token_id} if mkind == "masked_lm" else {}}
+    if mkind == "masked_lm":
+        mid = _mask_id(mdl, data["meta"], data["mask_token_id"])
+        batches = [mask_tokens(b, mid, seed=data["mask_seed"] + i) for i, b in enumerate(batches)]
+    return [to_device(b, data["device"]) for b in batches]  # moved once, scored by every node
 
 
-def _run(store, nodes, dataset, metrics: Sequence[str], *, model, name, batch_size, max_batches,
-         mask_token_id, mask_seed, recompute, record, progress, desc) -> pd.DataFrame:
+def _query_data(dataset, *, name, batch_size, max_batches, max_length, tokenizer, mask_token_id,
+                mask_seed, device) -> dict:
+    if is_texts(dataset):
+        return dict(name=name or texts_name(dataset), kind=None, batches=None, meta={}, texts=list(dataset),
+                    task=None, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                    mask_token_id=mask_token_id, mask_seed=mask_seed, device=device)
+    ds_name, kind, batches, meta = query_batches(dataset, name=name, batch_size=batch_size, max_batches=max_batches)
+    return dict(name=ds_name, kind=kind, batches=batches, meta=meta, texts=None,
+                task=dataset if hasattr(dataset, "test_loader") else None, tokenizer=None,
+                mask_token_id=mask_token_id, mask_seed=mask_seed, device=device)
+
+
+def _run(store, nodes, dataset, metrics: Sequence[str], *, model, recompute, record, progress, desc,
+         **query) -> pd.DataFrame:
     ids = resolve_nodes(store, nodes)
-    ds_name, kind, batches, meta = query_batches(dataset, name=name, batch_size=batch_size,
-                                                 max_batches=max_batches)
-    done = {} if recompute else cached_evals(store, ids, ds_name, metrics)
+    data = _query_data(dataset, device=resolve_device(query.pop("device")), **query)
+    done = {} if recompute else cached_evals(store, ids, data["name"], metrics)
     todo = [n for n in ids if n not in done]
-    if todo:
-        for mdl, group in _models_by_arch(store, todo, model).values():
-            from fipgraph.models import model_kind
-
-            mkind = model_kind(mdl)
-            if kind not in (None, "classification", mkind):
-                raise ConfigError(f"dataset {ds_name!r} is a {kind} task but node {group[0]} is a "
-                                  f"{mkind}; pick a dataset of the model's kind")
-            qb = batches
-            if mkind == "masked_lm":  # mask once so every node sees the very same positions
-                mid = _mask_id(mdl, meta, mask_token_id)
-                qb = [mask_tokens(b, mid, seed=mask_seed + i) for i, b in enumerate(batches)]
-            mdl.eval()
-            for nid in tqdm(group, desc=desc, disable=not progress, leave=False):
-                store.load_into(mdl, nid)
-                s = score_batches(mdl, qb)
-                s["perplexity"] = math.exp(min(s["loss"], 700.0))  # exp overflows float past ~709
-                done[nid] = {m: s[m] for m in metrics}
-                if record:
-                    try:
-                        store.add_evals(nid, {ds_name: done[nid]})
-                    except ReadOnlyStoreError:
-                        record = False  # scores are still returned; the cache just stays cold
+    heads = node_heads(store, todo) if data["task"] is not None else {}
+    for mdl, group in (_models_by_arch(store, todo, model).values() if todo else ()):
+        columns = {nid: task_columns(data["task"], heads.get(nid), nid) if data["task"] is not None
+                   else slice(None) for nid in group}  # refuses a head mismatch before any scoring
+        batches = _group_batches(store, mdl, group[0], data)
+        mdl.to(data["device"]).eval()
+        for nid in tqdm(group, desc=desc, disable=not progress, leave=False):
+            store.load_into(mdl, nid)
+            s = score_batches(mdl, batches, columns[nid])
+            s["perplexity"] = math.exp(min(s["loss"], 700.0))  # exp overflows float past ~709
+            done[nid] = {m: s[m] for m in metrics}
+            if record:
+                try:
+                    store.add_evals(nid, {data["name"]: done[nid]})
+                except ReadOnlyStoreError:
+                    record = False  # scores are still returned; the cache just stays cold
     df = pd.DataFrame([{"node_id": n, **done[n]} for n in ids]).set_index("node_id")
-    df.attrs["dataset"] = ds_name
+    df.attrs["dataset"] = data["name"]
     return df
 
 
 def evaluate(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
              name: str | None = None, batch_size: int = 256, max_batches: int | None = None,
-             recompute: bool = False, record: bool = True, progress: bool = True) -> pd.DataFrame:
+             recompute: bool = False, record: bool = True, progress: bool = True,
+             device: str | torch.device = "auto") -> pd.DataFrame:
     """Accuracy and mean cross-entropy of each node on `dataset`; a DataFrame indexed by node_id.
-    Cached in evals as (dataset name, "accuracy" / "loss"); cached values are reused."""
+    Cached in evals as (dataset name, "accuracy" / "loss"); cached values are reused. A node built
+    with data.head = "per_task" is scored on its task's block of outputs, as the build scored it.
+    `device`: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps"."""
     return _run(store, nodes, dataset, ("accuracy", "loss"), model=model, name=name,
-                batch_size=batch_size, max_batches=max_batches, mask_token_id=None, mask_seed=0,
-                recompute=recompute, record=record, progress=progress, desc="evaluate")
+                batch_size=batch_size, max_batches=max_batches, max_length=None, tokenizer=None,
+                mask_token_id=None, mask_seed=0, recompute=recompute, record=record, progress=progress,
+                desc="evaluate", device=device)
 
 
 def perplexity(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
                name: str | None = None, batch_size: int = 32, max_batches: int | None = None,
                mask_token_id: int | None = None, mask_seed: int = 0, recompute: bool = False,
-               record: bool = True, progress: bool = True) -> pd.DataFrame:
+               record: bool = True, progress: bool = True, device: str | torch.device = "auto",
+               tokenizer: Any = None, max_length: int = 512) -> pd.DataFrame:
     """exp(mean cross-entropy) per node: over examples for classifiers, over masked tokens
     (15 %, fixed seed) for masked LMs, over next tokens for causal LMs. Cached in evals as
-    (dataset name, "perplexity" / "loss")."""
+    (dataset name, "perplexity" / "loss").
+
+    `dataset` may be a list of strings: each is tokenized with the node's tokenizer (or
+    `tokenizer`: an object, a name such as "smollm2", or a folder), truncated to `max_length`
+    tokens, and scored on its own (cached as "text-<hash of the texts>" unless `name` is given)."""
     return _run(store, nodes, dataset, ("perplexity", "loss"), model=model, name=name,
-                batch_size=batch_size, max_batches=max_batches, mask_token_id=mask_token_id,
-                mask_seed=mask_seed, recompute=recompute, record=record, progress=progress,
-                desc="perplexity")
+                batch_size=batch_size, max_batches=max_batches, max_length=max_length, tokenizer=tokenizer,
+                mask_token_id=mask_token_id, mask_seed=mask_seed, recompute=recompute, record=record,
+                progress=progress, desc="perplexity", device=device)

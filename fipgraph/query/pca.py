@@ -1,12 +1,16 @@
 """Weight-space PCA of stored networks, streamed node by node (paper figs. 2d, 3d/e, 5c).
 
-Two routes, both exact up to float32 rounding of the weights:
-- "gram" (N up to a few thousand): one pass over the store writes each node's weights (minus the
-  first node's) into column chunks (in RAM up to `max_memory`, the rest in a temporary file), then
-  K = D Dᵀ (N x N, float64) is accumulated chunk by chunk (float32 syrk), double-centred and
-  diagonalised with `eigh`.
-- "randomized" (beyond): a randomized range finder (Halko et al. 2011) whose every product with
-  X is one streaming pass over the store; memory O((N + P) x (k + oversamples)).
+Every pass over the store decodes nodes on `n_readers` threads at once (query/reading.py).
+Routes, and how exact each is:
+- "gram" (N up to a few thousand; exact up to float32 rounding of the weights): one pass writes
+  each node's weights (minus the first node's) into column chunks (in RAM up to `max_memory`, the
+  rest in a temporary file), then K = D Dᵀ (N x N, float64) is accumulated chunk by chunk (float32
+  syrk), double-centred and diagonalised with `eigh`.
+- "sketch" (one pass, approximate; query/pca_sketch.py): range and co-range sketches multiplied
+  while the readers decode; exact only when n_components + n_oversamples reaches N - 1.
+- "randomized" (beyond gram's size; exact to the convergence of its power iterations): a randomized
+  range finder (Halko et al. 2011) whose every product with X is one streaming pass over the store;
+  memory O((N + P) x (k + oversamples)).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -29,6 +33,24 @@ from fipgraph.query._common import (
     iter_vectors,
     resolve_nodes,
 )
+from fipgraph.query.pca_sketch import SketchAccumulator, sketch_rows
+from fipgraph.query.reading import read_rows
+
+METHODS = ("auto", "gram", "sketch", "randomized")
+
+
+def _matmul_on(device) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """a @ b (float32 operands, float64 result) on `device`: numpy's BLAS on the CPU, torch elsewhere."""
+    if device.type == "cpu":
+        return lambda a, b: (a @ b).astype(np.float64, copy=False)
+    import torch
+
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ta = torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+        tb = torch.from_numpy(np.ascontiguousarray(b)).to(device, non_blocking=True)
+        return (ta @ tb).double().cpu().numpy()
+
+    return matmul
 
 
 class NotFittedError(FipgraphError, _SkNotFittedError):
@@ -96,17 +118,21 @@ class WeightPCA(BaseEstimator):
     n_components : number of principal components (at most the number of nodes).
     nodes : node ids to fit on (None = every node; they must share one architecture).
     params : parameter names or name prefixes to include (None = every floating-point tensor).
-    method : "auto" (gram up to `max_gram_nodes`, randomized beyond), "gram" or "randomized".
+    method : "auto" (gram up to `max_gram_nodes`, randomized beyond), "gram" (exact), "sketch"
+        (one pass, approximate) or "randomized" (several passes; see the module docstring).
     max_memory : bytes the gram route may use (beyond the process baseline) before weight
         columns spill to a temporary file.
     record : write each node's coordinates to the store as evals (dataset, "pc1", "pc2", ...).
+    device : where the products run: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda[:N]", "mps".
+    n_readers : threads decoding nodes at once (each with its own read-only store).
     """
 
     def __init__(self, n_components: int = 2, *, nodes: Iterable[int] | None = None,
                  params: Sequence[str] | None = None, method: str = "auto",
                  max_memory: int = 2 * 2**30, max_gram_nodes: int = 4000, n_oversamples: int = 10,
                  n_power_iter: int = 2, random_state: int = 0, record: bool = True,
-                 dataset: str = "pca", spill_dir: str | None = None, progress: bool = True):
+                 dataset: str = "pca", spill_dir: str | None = None, progress: bool = True,
+                 device: str = "auto", n_readers: int = 2):
         self.n_components = n_components
         self.nodes = nodes
         self.params = params
@@ -120,13 +146,21 @@ class WeightPCA(BaseEstimator):
         self.dataset = dataset
         self.spill_dir = spill_dir
         self.progress = progress
+        self.device = device
+        self.n_readers = n_readers
 
     # ---------------------------------------------------------------- fit
     def fit(self, store, y=None) -> "WeightPCA":
         """Fit on the store's nodes; sets components_, mean_, explained_variance_ratio_, coords_."""
         ids = resolve_nodes(store, self.nodes)
-        if self.method not in ("auto", "gram", "randomized"):
-            raise ConfigError(f"method={self.method!r}; use 'auto', 'gram' or 'randomized'")
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}; use one of {', '.join(map(repr, METHODS))}")
+        if not isinstance(self.n_readers, int) or self.n_readers < 1:
+            raise ConfigError(f"n_readers={self.n_readers!r}; use an integer >= 1")
+        from fipgraph.device import resolve_device
+
+        self._device = resolve_device(self.device)
+        self._matmul = _matmul_on(self._device)
         k = int(self.n_components)
         if not 1 <= k <= len(ids) or len(ids) < 2:
             raise ConfigError(
@@ -138,7 +172,7 @@ class WeightPCA(BaseEstimator):
         method = self.method
         if method == "auto":
             method = "gram" if len(ids) <= self.max_gram_nodes else "randomized"
-        fit = self._fit_gram if method == "gram" else self._fit_randomized
+        fit = {"gram": self._fit_gram, "sketch": self._fit_sketch, "randomized": self._fit_randomized}[method]
         coords = fit(store, ids, k)
         # sklearn's convention (svd_flip, v-based): the largest |entry| of each component is > 0
         signs = np.sign(self.components_[np.arange(k), np.abs(self.components_).argmax(1)])
@@ -169,8 +203,8 @@ class WeightPCA(BaseEstimator):
             # subtracting a reference before any product avoids catastrophic cancellation.
             ref = first.astype(np.float64)
             dsum = np.zeros(p, np.float64)
-            rows = iter_vectors(store, ids, self.param_names_)
-            for i, vec in enumerate(self._bar(rows, n, "pca: reading nodes")):
+            rows = read_rows(store, ids, self.param_names_, self.n_readers)
+            for i, vec in self._bar(rows, n, "pca: reading nodes"):
                 if vec.size != p:
                     raise ConfigError(f"node {ids[i]} has {vec.size} weights, node {ids[0]} {p}")
                 d = (vec - first).astype(np.float32)
@@ -181,7 +215,7 @@ class WeightPCA(BaseEstimator):
             gram = np.zeros((n, n), np.float64)
             for c, (a, b) in enumerate(self._bar(cols.bounds, len(cols.bounds), "pca: gram")):
                 block = cols.chunk(c)
-                gram += (block @ block.T).astype(np.float64)  # numpy uses syrk for A @ A.T
+                gram += self._matmul(block, block.T)  # numpy uses syrk for A @ A.T
             # double centring, H K H with H = I - 11ᵀ/n, instead of a centring pass over the data;
             # deltas to a node of the set are of the spread's size, so this loses no precision
             gram -= gram.mean(0)[None, :]
@@ -210,13 +244,13 @@ class WeightPCA(BaseEstimator):
 
         def times(right: np.ndarray, desc: str) -> np.ndarray:  # D @ right, one pass over the store
             out = np.empty((n, right.shape[1]), np.float64)
-            for i, vec in enumerate(self._bar(iter_vectors(store, ids, self.param_names_), n, desc)):
+            for i, vec in self._bar(read_rows(store, ids, self.param_names_, self.n_readers), n, desc):
                 out[i] = (vec - first) @ right
             return out
 
         def t_times(q: np.ndarray, desc: str) -> np.ndarray:  # Dᵀ @ q, one pass over the store
             out = np.zeros((p, q.shape[1]), np.float32)
-            for i, vec in enumerate(self._bar(iter_vectors(store, ids, self.param_names_), n, desc)):
+            for i, vec in self._bar(read_rows(store, ids, self.param_names_, self.n_readers), n, desc):
                 out += np.outer(vec - first, q[i].astype(np.float32))
             return out
 
@@ -224,7 +258,7 @@ class WeightPCA(BaseEstimator):
         # because it is linear: (D - 1mᵀ) Ω = D Ω - 1 (mᵀ Ω).
         dsum, ssq = np.zeros(p, np.float64), 0.0
         y = np.empty((n, ell), np.float64)
-        for i, vec in enumerate(self._bar(iter_vectors(store, ids, self.param_names_), n, "pca: sketch")):
+        for i, vec in self._bar(read_rows(store, ids, self.param_names_, self.n_readers), n, "pca: sketch"):
             d = vec - first
             _check_finite(d, ids[i])
             dsum += d
@@ -247,6 +281,24 @@ class WeightPCA(BaseEstimator):
         self.components_ = ((bt.astype(np.float64) @ w) / safe).T.astype(np.float32)
         self._set_variances(evals, ssq - n * float(m @ m), n)
         return (q @ w) * sing
+
+    def _fit_sketch(self, store, ids: list[int], k: int) -> np.ndarray:
+        first = flat_vector(store.state_dict(ids[0]), self.param_names_)
+        n, p = len(ids), first.size
+        acc = SketchAccumulator(n, p, min(k + self.n_oversamples, n), self.random_state, self._matmul,
+                                on_cpu=self._device.type == "cpu")
+
+        def check(pos: int, d: np.ndarray) -> None:
+            if d.size != p:
+                raise ConfigError(f"node {ids[pos]} has {d.size} weights, node {ids[0]} {p}")
+            _check_finite(d, ids[pos])
+
+        rows = read_rows(store, ids, self.param_names_, self.n_readers)
+        sketch_rows(self._bar(rows, n, "pca: one-pass sketch"), acc, first, check)
+        coords, self.components_, m, evals, total = acc.solve(k)
+        self.mean_ = first.astype(np.float64) + m
+        self._set_variances(evals, total, n)
+        return coords
 
     def _set_variances(self, evals: np.ndarray, total: float, n: int) -> None:
         self.singular_values_ = np.sqrt(evals)

@@ -23,17 +23,22 @@ def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = 
     missing), parent→child edges as lines, nodes coloured by the wide-view column `color`."""
     x_col, y_col = f"{pca_dataset}_pc1", f"{pca_dataset}_pc2"
     cols = list(store.sql("select * from wide limit 0").columns)
+    if color is not None:
+        check_metric(store, color)
+    sel = f", {sql_quote_ident(color)} as c" if color else ""
     if x_col not in cols or y_col not in cols:
         if not fit_if_missing:
             raise ConfigError(f"no PCA coordinates ({x_col}, {y_col}) in the store; run `fipgraph pca` first")
         from fipgraph.query.pca import WeightPCA
 
-        WeightPCA(2, dataset=pca_dataset).fit(store)
-    if color is not None:
-        check_metric(store, color)
-    sel = f", {sql_quote_ident(color)} as c" if color else ""
-    df = store.sql(f"select node_id, {sql_quote_ident(x_col)} as x, {sql_quote_ident(y_col)} as y{sel} "
-                   "from wide order by node_id").dropna(subset=["x", "y"])
+        # coordinates from the fit itself: a store that records later (a query command) has none yet
+        pca = WeightPCA(2, dataset=pca_dataset, progress=False).fit(store)
+        df = store.sql(f"select node_id{sel} from wide order by node_id")
+        coords = pd.DataFrame({"node_id": pca.nodes_, "x": pca.coords_[:, 0], "y": pca.coords_[:, 1]})
+        df = coords.merge(df, on="node_id", how="left")
+    else:
+        df = store.sql(f"select node_id, {sql_quote_ident(x_col)} as x, {sql_quote_ident(y_col)} as y{sel} "
+                       "from wide order by node_id").dropna(subset=["x", "y"])
     pos = {int(n): (x, y) for n, x, y in zip(df["node_id"], df["x"], df["y"])}
     edges = store.sql("select src, dst from edges")
     fig, ax = plt.subplots(figsize=(7, 6))

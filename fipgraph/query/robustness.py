@@ -14,27 +14,44 @@ from torch import nn
 from fipgraph.errors import ConfigError
 
 
+def _art_device_type(device: torch.device) -> str:
+    """ART's PyTorchClassifier knows "cpu" and "gpu" (the current CUDA device) only."""
+    if device.type == "cuda":
+        return "gpu"
+    if device.type != "cpu":
+        raise ConfigError(f"PGD attacks run through ART, which supports CPU and CUDA devices, not "
+                          f"{device.type!r}; use device='cpu' or a CUDA device")
+    return "cpu"
+
+
 def _art_classifier(model: nn.Module, x: torch.Tensor, n_classes: int, clip: tuple[float, float]):
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(model=model.eval(), loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                             nb_classes=n_classes, clip_values=clip, device_type="cpu")
+                             nb_classes=n_classes, clip_values=clip, device_type=_art_device_type(x.device))
 
 
 def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
                  eps_step: float | None = None, max_iter: int = 20, clip: tuple[float, float] | None = None,
                  seed: int = 0) -> torch.Tensor:
-    """L∞ PGD adversarial examples against `model` (ART's ProjectedGradientDescent)."""
+    """L∞ PGD adversarial examples against `model` (ART's ProjectedGradientDescent), computed on
+    the device `x` lives on (the model must be there too)."""
+    import contextlib
+
     from art.attacks.evasion import ProjectedGradientDescent
 
     if eps <= 0:
         raise ConfigError(f"eps={eps}; PGD needs a positive perturbation budget")
     clip = clip if clip is not None else (float(x.min()), float(x.max()))
     np.random.seed(seed)  # ART draws its random start from numpy's global generator
-    attack = ProjectedGradientDescent(_art_classifier(model, x, n_classes, clip), norm=np.inf, eps=eps,
-                                      eps_step=eps_step or eps / 4, max_iter=max_iter, num_random_init=1,
-                                      batch_size=256, verbose=False)
-    return torch.as_tensor(attack.generate(x=x.numpy(), y=y.numpy()))
+    # ART places its tensors on the *current* CUDA device: make that the one x is on
+    on_device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        attack = ProjectedGradientDescent(_art_classifier(model, x, n_classes, clip), norm=np.inf, eps=eps,
+                                          eps_step=eps_step or eps / 4, max_iter=max_iter, num_random_init=1,
+                                          batch_size=256, verbose=False)
+        adv = attack.generate(x=x.detach().cpu().numpy(), y=y.detach().cpu().numpy())
+    return torch.as_tensor(adv).to(x.device)
 
 
 @torch.no_grad()
@@ -128,7 +145,8 @@ def coherence(members: Sequence[nn.Module], surrogate: nn.Module, x: torch.Tenso
 def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, eps: float,
                         surrogate: int | None = None, max_iter: int = 20, eps_step: float | None = None,
                         clip: tuple[float, float] | None = None, joint_n: int | None = None,
-                        whitebox_members: bool = False, probe_n: int = 200, record: bool = True) -> dict:
+                        whitebox_members: bool = False, probe_n: int = 200, record: bool = True,
+                        device: str | torch.device = "auto") -> dict:
     """The adversarial report, representation diversity and (with a surrogate node) coherence of
     the store's recorded ensemble `name`, on inputs x (labels y).
 
@@ -137,17 +155,25 @@ def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n
     scalars as evals of the ensemble's FIRST member under dataset "ensemble:<name>" (the store keeps
     no metrics per ensemble), read back with
     ``select metric, value from evals where dataset = 'ensemble:<name>'``.
+    Everything runs on `device` ("auto": CUDA, then MPS, then CPU; ART attacks need CPU or CUDA).
     """
+    from fipgraph.device import resolve_device
     from fipgraph.models import model_from_node
     from fipgraph.query.ensemble import load_ensemble
 
+    dev = resolve_device(device)
+    if dev.type == "mps" and str(device) == "auto":
+        dev = torch.device("cpu")  # ART has no MPS support: "auto" means the best device ART can use
+    _art_device_type(dev)  # refuse a device ART cannot use before loading anything
+
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"x has {len(x)} inputs and y {len(y)} labels; give the same positive number")
-    ens = load_ensemble(store, name)
-    if surrogate is not None and int(surrogate) in ens.node_ids:  # refuse before loading any weights
+    ens = load_ensemble(store, name).to(dev)
+    if surrogate is not None and int(surrogate) in ens.node_ids:  # refuse before loading its weights
         raise ConfigError(f"surrogate node {surrogate} is a member of ensemble {name!r}; a transfer "
                           "attack needs a network outside the ensemble")
-    sur = model_from_node(store, int(surrogate)).eval() if surrogate is not None else None
+    sur = model_from_node(store, int(surrogate)).to(dev).eval() if surrogate is not None else None
+    x, y = x.to(dev), y.to(dev)
     rep = adversarial_report(ens, x, y, n_classes=n_classes, eps=eps, eps_step=eps_step, surrogate=sur,
                              max_iter=max_iter, clip=clip, whitebox_members=whitebox_members)
     out: dict[str, float] = {"n_inputs": len(x), "eps": eps, "max_iter": max_iter, "k": len(ens.node_ids)}

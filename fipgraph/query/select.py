@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.query._common import as_list, sql_quote_ident, wide_columns
+from fipgraph.query.catalog import query_rows
 
 OPS = {">=": ">=", ">": ">", "<=": "<=", "<": "<", "==": "=", "=": "=", "!=": "<>",
        "in": "in", "not in": "not in", "between": "between", "is null": "is null",
@@ -24,9 +24,9 @@ OPS = {">=": ">=", ">": ">", "<=": "<=", "<": "<", "==": "=", "=": "=", "!=": "<
 def _literal(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
+    if isinstance(v, numbers.Integral):  # numpy's integer and float types register here too
         return str(int(v))
-    if isinstance(v, (float, np.floating)):
+    if isinstance(v, numbers.Real):
         return repr(float(v))
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
@@ -97,20 +97,23 @@ def select_sql(store, where=None, order_by=None, limit: int | None = None, valid
 
 
 def select(store, where: dict | str | None = None, order_by: str | Sequence[str] | None = None,
-           limit: int | None = None, load: bool = False) -> list:
-    """Node ids meeting `where`, sorted by `order_by`; with load=True, the rebuilt models."""
+           limit: int | None = None, load: bool = False, device: Any = "cpu") -> list:
+    """Node ids meeting `where`, sorted by `order_by`; with load=True, the rebuilt models
+    (placed on `device`: "cpu", "cuda", "cuda:N", "mps" or "auto")."""
     # validating column names costs a catalog round trip; do it only when the query fails
     try:
-        df = store.sql(select_sql(store, where, order_by, limit, validate=False))
+        rows = query_rows(store, select_sql(store, where, order_by, limit, validate=False))
     except FipgraphError:
         select_sql(store, where, order_by, limit)  # raises ConfigError naming an unknown column
         raise
-    ids = [int(n) for n in df["node_id"]]
+    ids = [int(n) for n in rows.column("node_id")]
     if not load:
         return ids
+    from fipgraph.device import resolve_device
     from fipgraph.models import model_from_node
 
-    return [model_from_node(store, n) for n in ids]
+    dev = resolve_device(device)
+    return [model_from_node(store, n).to(dev) for n in ids]
 
 
 def pareto(store, maximize: Sequence[str] = (), minimize: Sequence[str] = (),
@@ -120,13 +123,16 @@ def pareto(store, maximize: Sequence[str] = (), minimize: Sequence[str] = (),
     maximize, minimize = as_list(maximize), as_list(minimize)
     if not maximize and not minimize:
         raise ConfigError("pareto needs at least one objective: maximize=[...] and/or minimize=[...]")
+    import numpy as np
+
     cols = wide_columns(store)
-    sel = ", ".join(_check_column(c, cols) for c in maximize + minimize)
-    df = store.sql(f"select node_id, {sel} from wide where {where_sql(where, cols)} order by node_id")
-    df = df.dropna()
+    objectives = ", ".join(_check_column(c, cols) for c in maximize + minimize)
+    res = query_rows(store, f"select node_id, {objectives} from wide where {where_sql(where, cols)} order by node_id")
+    kept = [r for r in res.rows if all(v is not None and v == v for v in r[1:])]  # NULL or NaN: left out
+    node_ids = [int(r[0]) for r in kept]
     # flip minimised objectives so that "bigger is better" everywhere
-    vals = np.column_stack([df[c].to_numpy(float) for c in maximize] +
-                           [-df[c].to_numpy(float) for c in minimize]) if len(df) else np.empty((0, 1))
+    signs = np.array([1.0] * len(maximize) + [-1.0] * len(minimize))
+    vals = np.array([r[1:] for r in kept], dtype=float) * signs if kept else np.empty((0, 1))
     order = np.lexsort(vals.T[::-1])[::-1]  # by first objective, best first: dominators come early
     front: list[int] = []
     for i in order:
@@ -135,4 +141,4 @@ def pareto(store, maximize: Sequence[str] = (), minimize: Sequence[str] = (),
             if ((f >= vals[i]).all(1) & (f > vals[i]).any(1)).any():
                 continue
         front.append(i)
-    return sorted(int(df["node_id"].iloc[i]) for i in front)
+    return sorted(node_ids[i] for i in front)

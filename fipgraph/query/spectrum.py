@@ -37,8 +37,9 @@ class _Outputs(nn.Module):
 def dual_operator(model: nn.Module, batch: dict, dtype: torch.dtype = torch.float32):
     """(matvec, size, n_weights) of u ↦ J Jᵀ u / N for `model` on `batch` (N examples)."""
     wrapper = _Outputs(model).eval()
+    device = next(model.parameters()).device  # the operator runs where the model lives
     params = {k: v.detach().to(dtype) for k, v in wrapper.named_parameters() if v.requires_grad}
-    batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.items()}
+    batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
     model.to(dtype)
 
     def f(p: dict) -> torch.Tensor:
@@ -49,10 +50,10 @@ def dual_operator(model: nn.Module, batch: dict, dtype: torch.dtype = torch.floa
     n_weights = sum(v.numel() for v in params.values())
 
     def matvec(u: np.ndarray) -> np.ndarray:
-        u_t = torch.as_tensor(np.asarray(u).reshape(shape), dtype=dtype)
+        u_t = torch.as_tensor(np.asarray(u).reshape(shape), dtype=dtype, device=device)
         (jt_u,) = pullback(u_t)  # Jᵀu: a weight-shaped dict
         _, j_jt_u = jvp(f, (params,), (jt_u,))
-        return (j_jt_u.reshape(-1) / n_ex).detach().double().numpy()
+        return (j_jt_u.reshape(-1) / n_ex).detach().double().cpu().numpy()
 
     return matvec, out.numel(), n_weights
 
@@ -74,8 +75,10 @@ def metric_eigenvalues(model: nn.Module, batch: dict, k: int = 20, dtype: torch.
 
 def spectrum(store, node: int, dataset: Any, k: int = 20, *, n_examples: int = 64,
              threshold: float = 1e-3, model: nn.Module | None = None, name: str | None = None,
-             dtype: torch.dtype = torch.float32, record: bool = True) -> dict:
-    """Top-k eigenvalues of g at `node` over the first `n_examples` query examples.
+             dtype: torch.dtype = torch.float32, record: bool = True,
+             device: str | torch.device = "auto") -> dict:
+    """Top-k eigenvalues of g at `node` over the first `n_examples` query examples, computed on
+    `device` ("auto": CUDA, then MPS, then CPU).
 
     The fraction of g's n eigenvalues below `threshold` is bounded honestly: g has at most
     r = min(n, N·m) nonzero eigenvalues, so n - r are exactly 0; of the r others only the top k are
@@ -83,15 +86,18 @@ def spectrum(store, node: int, dataset: Any, k: int = 20, *, n_examples: int = 6
     threshold or covers r); `frac_small_topk` is the fraction among the k computed.
     """
     from fipgraph.data import concat_batches
+    from fipgraph.device import resolve_device
     from fipgraph.models import model_from_node
     from fipgraph.query.evaluate import query_batches
 
     if k < 1:
         raise ConfigError(f"k={k}; ask for at least one eigenvalue")
+    dev = resolve_device(device)
     (nid,) = resolve_nodes(store, [node])
     ds_name, _, batches, _ = query_batches(dataset, name=name, batch_size=n_examples, max_batches=1)
     batch = concat_batches(batches)
     mdl = model_from_node(store, nid) if model is None else store.load_into(model, nid)
+    mdl.to(dev)
     vals, size, n = metric_eigenvalues(mdl, batch, k, dtype)
     rank = min(n, size)
     below = int((vals < threshold).sum())

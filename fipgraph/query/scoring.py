@@ -1,0 +1,86 @@
+"""One scorer for build-time and query-time evaluation: which logits a task is scored on, and the
+accuracy / cross-entropy of a model over batches.
+
+A network built with ``data.head = "per_task"`` has one block of output units per task and is
+scored on its task's block only; scoring it on all units (what `fipgraph evaluate` once did) gives
+other numbers than the build recorded. Both sides call `head_slice` and `score_batches` so that
+they cannot disagree again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fipgraph.errors import ConfigError
+
+HEADS = ("single", "per_task")
+
+
+def head_slice(task: Any, head: str) -> slice:
+    """Logit columns a task is scored on: all of them (single head) or its own block (per_task)."""
+    if head == "per_task":
+        return slice(task.label_offset, task.label_offset + task.n_classes)
+    return slice(None)
+
+
+def to_device(batch: dict, device: torch.device | None) -> dict:
+    """The batch's tensors on `device` (None: left where they are)."""
+    if device is None:
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def score_batches(model: nn.Module, batches: Iterable[dict], columns: slice = slice(None),
+                  device: torch.device | None = None) -> dict[str, float]:
+    """Example- (or token-) weighted mean cross-entropy and accuracy of `model` over `batches`,
+    on the logit `columns` only (see head_slice); positions labelled -100 are not scored."""
+    from fipgraph.models import forward_logits
+
+    loss, count, correct = 0.0, 0, 0
+    for batch in batches:
+        logits, labels = forward_logits(model, to_device(batch, device))
+        logits = logits[:, columns]
+        keep = labels != -100
+        logits, labels = logits[keep], labels[keep]
+        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        count += int(labels.numel())
+        correct += int((logits.argmax(-1) == labels).sum())
+    if count == 0:
+        raise ConfigError("the query batches contain no scored position (all labels are -100)")
+    return {"loss": loss / count, "accuracy": correct / count, "n": count}
+
+
+def node_heads(store: Any, ids: Sequence[int]) -> dict[int, str | None]:
+    """The `data.head` each node's build used (None for nodes without a run, e.g. imported)."""
+    if not ids:
+        return {}
+    id_list = ",".join(str(int(i)) for i in ids)
+    df = store.sql(f"select n.node_id, r.config from nodes n left join runs r using (run_id) "
+                   f"where n.node_id in ({id_list})")
+    out: dict[int, str | None] = {}
+    for nid, config in zip(df["node_id"], df["config"]):
+        data = (json.loads(config) if isinstance(config, str) and config else {}).get("data") or {}
+        out[int(nid)] = data.get("head") if isinstance(data, dict) else None
+    return out
+
+
+def task_columns(task: Any, node_head: str | None, node_id: int) -> slice:
+    """The columns node `node_id` (built with `node_head`) is scored on for `task`. A task made for
+    the other head layout labels its examples differently, which would score wrongly: refused."""
+    task_head = (getattr(task, "meta", None) or {}).get("head")
+    if task_head is None or getattr(task, "kind", "classification") != "classification":
+        return slice(None)  # LM tasks and plain batches: every output is scored
+    built = node_head or "single"
+    if built != task_head:
+        raise ConfigError(
+            f"node {node_id} was built with data.head={built!r} but task {task.name!r} was made with "
+            f"head={task_head!r}, so its labels would be scored against the wrong output units; make "
+            f"the task with head={built!r} (CLI: --head {built})")
+    return head_slice(task, built)
