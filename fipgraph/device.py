@@ -93,7 +93,7 @@ def move_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     """A batch on ``device``; pinned host tensors copy asynchronously (non_blocking) to CUDA."""
     if device.type == "cpu":
         return batch
-    return {k: v.to(device, non_blocking=v.is_pinned()) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=v.is_pinned()) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class HostWeights(dict):

@@ -6,16 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fipgraph.device import move_batch
 from fipgraph.models import forward_logits
 from fipgraph.path.memory import Batch
-
-
-def head_slice(task, head: str) -> slice:
-    """Logit columns a task is scored on: all of them (single head) or its own block (per_task)."""
-    if head == "per_task":
-        return slice(task.label_offset, task.label_offset + task.n_classes)
-    return slice(None)
+from fipgraph.query.scoring import head_slice, score_batches  # one scorer for build and query time
 
 
 def task_logits(model: nn.Module, batch: Batch, task, head: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,14 +24,9 @@ def evaluate_tasks(model: nn.Module, tasks: dict[str, object], head: str, batch_
     device = next(model.parameters()).device
     out = {}
     for name, task in tasks.items():
-        correct = total = 0
-        loss = 0.0
-        for batch in task.test_loader(batch_size, pin_memory=device.type == "cuda"):
-            logits, labels = task_logits(model, move_batch(batch, device), task, head)
-            loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
-            total += int(labels.numel())
-        out[name] = {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+        batches = task.test_loader(batch_size, pin_memory=device.type == "cuda")
+        scores = score_batches(model, batches, head_slice(task, head), device)
+        out[name] = {"accuracy": scores["accuracy"], "loss": scores["loss"]}
     model.train(was_training)
     return out
 

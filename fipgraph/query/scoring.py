@@ -33,7 +33,9 @@ def to_device(batch: dict, device: torch.device | None) -> dict:
     """The batch's tensors on `device` (None: left where they are)."""
     if device is None:
         return batch
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    from fipgraph.device import move_batch
+
+    return move_batch(batch, device)
 
 
 @torch.inference_mode()
