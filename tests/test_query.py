@@ -323,7 +323,7 @@ def test_ensemble_robustness_transfer_joint_recorded(tmp_path, tasks):
     div = representation_diversity([nets[m] for m in members], x)
     assert res["diversity_mean"] == pytest.approx(np.mean(list(div.values())))
     assert res["coherence"] == pytest.approx(coherence([nets[m] for m in members], nets[sur], x, y)["coherence"])
-    back = st.sql("select metric, value from evals where dataset = 'ensemble:three' and node_id = ?", [members[0]])
+    back = st.sql("select metric, value from ensemble_evals where name = 'three'")
     assert dict(zip(back["metric"], back["value"]))["pgd_transfer_ensemble"] == pytest.approx(res["pgd_transfer_ensemble"])
     with pytest.raises(ConfigError, match="member"):
         fipgraph.query.robustness.ensemble_robustness(st, "three", x, y, surrogate=members[1], device="cpu", **kw)
@@ -333,5 +333,5 @@ def test_ensemble_robustness_transfer_joint_recorded(tmp_path, tasks):
                  "--eps", "0.3", "--max-iter", "5", "--clip", "0", "1", "-n", "80", "--joint-n", "0",
                  "--data", "digits", "--split", "[[0,1,2,3,4],[5,6,7,8,9]]", "--task", "0", "--device", "cpu"]) == 0
     with fipgraph.open_store(tmp_path / "rob", mode="r") as st:
-        back = st.sql("select metric, value from evals where dataset = 'ensemble:three' order by created_at")
+        back = st.sql("select metric, value from ensemble_evals where name = 'three' order by created_at")
     assert back[back.metric == "pgd_transfer_ensemble"]["value"].iloc[-1] == pytest.approx(res["pgd_transfer_ensemble"])

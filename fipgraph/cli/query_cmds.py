@@ -243,8 +243,7 @@ def cmd_robustness(args) -> int:
         for key, v in res.items():
             print(f"{key}\t{v:.6g}")
         if not args.no_record:
-            print(f"as evals of node {store.ensemble_spec(args.ensemble)['members'][0]}, "
-                  f"dataset 'ensemble:{args.ensemble}'")
+            print(f"in table ensemble_evals, name '{args.ensemble}'")
     return 0
 
 

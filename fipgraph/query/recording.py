@@ -12,14 +12,14 @@ from typing import Any
 
 from fipgraph.errors import WriterLockedError
 
-WRITE_METHODS = ("add_evals", "add_evals_many", "add_ensemble")  # what queries record
+WRITE_METHODS = ("add_evals", "add_evals_many", "add_ensemble", "add_ensemble_evals")  # what queries record
 
 
 class DeferredWrites:
     """A read-only store whose recorded results are held until `commit()`.
 
-    Reads go to `store` (opened with mode="r"); add_evals, add_evals_many and add_ensemble are
-    kept in order; flush() is a no-op, since nothing is written before commit().
+    Reads go to `store` (opened with mode="r"); add_evals, add_evals_many, add_ensemble and
+    add_ensemble_evals are kept in order; flush() is a no-op, since nothing is written before commit().
     """
 
     def __init__(self, store: Any) -> None:

@@ -152,9 +152,8 @@ def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n
 
     joint_n: attack the ensemble as a whole (its log mean probability) on the first joint_n inputs
     (0 = skip; None = all). probe_n: inputs for diversity and coherence. record=True writes the
-    scalars as evals of the ensemble's FIRST member under dataset "ensemble:<name>" (the store keeps
-    no metrics per ensemble), read back with
-    ``select metric, value from evals where dataset = 'ensemble:<name>'``.
+    scalars to the store's ensemble_evals table, read back with
+    ``select metric, value from ensemble_evals where name = '<name>'``.
     Everything runs on `device` ("auto": CUDA, then MPS, then CPU; ART attacks need CPU or CUDA).
     """
     from fipgraph.device import resolve_device
@@ -197,6 +196,6 @@ def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n
         out.update(coherence=coh["coherence"], cosine_member_mean=float(np.mean(coh["cosine_member"])))
         out["surrogate_node"] = int(surrogate)
     if record:
-        store.add_evals(ens.node_ids[0], {f"ensemble:{name}": out})
+        store.add_ensemble_evals(name, out)
         store.flush()
     return out
