@@ -74,7 +74,7 @@ def create_app(view: StoreView, allowed_hosts: list[str] | None = None) -> FastA
 
     @app.get("/api/graph")
     def graph(layout: str = "pca", color: str | None = None) -> Response:
-        return _json(view.graph(layout, color or None))
+        return Response(view.graph_json(layout, color or None), media_type="application/json")
 
     @app.get("/api/node/{node_id}")
     def node(node_id: int) -> Response:

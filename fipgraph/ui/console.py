@@ -121,7 +121,7 @@ class SqlConsole:
                 finally:
                     timer.cancel()
             except duckdb.InterruptException:
-                raise QueryError(f"the query ran longer than {self.timeout_s:.0f} s and was stopped; "
+                raise QueryError(f"the query ran longer than {self.timeout_s:g} s and was stopped; "
                                  "add a LIMIT or a WHERE clause") from None
             except duckdb.Error as exc:
                 raise QueryError(str(exc)) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.storage import open_store
@@ -43,6 +44,8 @@ def rounded(values: np.ndarray, digits: int = 6) -> list:
     scale = float(np.abs(finite).max()) if finite.size else 0.0
     decimals = digits - int(math.floor(math.log10(scale))) - 1 if scale > 0 else digits
     out = np.round(values, max(0, min(decimals, 15))).tolist()
+    if finite.size == values.size:
+        return out
     return [v if v == v and v not in (math.inf, -math.inf) else None for v in out]
 
 
@@ -54,14 +57,30 @@ class StoreView:
         self.store = open_store(self.path, mode="r")  # raises StoreNotFoundError: creates nothing
         self.console = SqlConsole(self.store, self.version)
         self.pca = PcaPlacer(lambda: open_store(self.path, mode="r"))
+        self._graph_cache: dict[tuple, bytes] = {}
+        self._cache_lock = threading.Lock()
         # warm up before the first page asks: the catalog copy, and the PCA fit when none is recorded
         threading.Thread(target=self._warm, daemon=True, name="ui-warm").start()
 
     def _warm(self) -> None:
         try:
-            self.graph("pca")
+            self.graph_json("pca", self.meta()["default_color"])  # what the page asks for first
         except Exception:  # noqa: BLE001 - a failure here shows again, with its message, on the first request
             pass
+
+    def graph_json(self, layout: str = "pca", color: str | None = None) -> bytes:
+        """graph() as JSON bytes, kept until the store changes (100k nodes: ~0.4 s to make, 4 MB)."""
+        key = (self.version(), layout, color)
+        with self._cache_lock:
+            if key in self._graph_cache:
+                return self._graph_cache[key]
+        payload = self.graph(layout, color)
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        with self._cache_lock:
+            # the version read before the query: a commit during it only makes the entry stale sooner
+            self._graph_cache = {k: v for k, v in self._graph_cache.items() if k[0] == key[0]}
+            self._graph_cache[key] = data
+        return data
 
     def close(self) -> None:
         self.store.close()
@@ -119,8 +138,10 @@ class StoreView:
         if color:
             extra.append(f"{quote_ident(self.check_metric(color))} AS _color")
         version = self.version()
-        df = self.store.sql("SELECT node_id, parent_id, run_id, op, step, arch_id"
-                            + "".join(", " + e for e in extra) + " FROM wide ORDER BY node_id")
+        # a node appended without an op takes its run's (shapes are drawn by op)
+        df = self.store.sql("SELECT w.node_id, w.parent_id, w.run_id, coalesce(w.op, r.op) AS op, w.step, w.arch_id"
+                            + "".join(", " + e for e in extra)
+                            + " FROM wide w LEFT JOIN runs r USING (run_id) ORDER BY w.node_id")
         ids = df["node_id"].to_numpy(np.int64)
         parent = _parent_index(ids, df["parent_id"].to_numpy(np.float64))
         x, y, used, note, axes = self._positions(layout, df, ids, parent, has_pca)
@@ -277,8 +298,9 @@ def _even_sample(parent: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _codes(values: np.ndarray) -> tuple[list[int], list]:
-    uniques, codes = np.unique(values, return_inverse=True)
-    return codes.astype(np.int64).tolist(), uniques.tolist()
+    """Category codes and the sorted categories (pandas hashes: 10x faster than np.unique on strings)."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64).tolist(), list(uniques)
 
 
 def _ints_or_none(values: np.ndarray) -> list:

@@ -6,7 +6,6 @@ import ipaddress
 import socket
 import sys
 from pathlib import Path
-from typing import Callable
 
 from fipgraph.errors import ConfigError
 
@@ -52,29 +51,43 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
-def serve(store: str | Path = "store", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          on_ready: Callable[[str], None] | None = None) -> None:
+class UiServer:
+    """A bound, not yet running server: ``run()`` blocks until ``stop()`` (or Ctrl-C)."""
+
+    def __init__(self, store: str | Path = "store", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        import uvicorn
+
+        from fipgraph.ui.app import LOOPBACK_HOSTS, create_app
+        from fipgraph.ui.reader import StoreView
+
+        self.view = StoreView(store)  # fails with "not a fipgraph store" before anything listens
+        self.loopback = is_loopback(host)
+        try:
+            self.sock = bind(host, port)
+        except BaseException:
+            self.view.close()
+            raise
+        self.host, self.url = host, url_of(self.sock)
+        app = create_app(self.view, allowed_hosts=LOOPBACK_HOSTS if self.loopback else ["*"])
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    def run(self) -> None:
+        try:
+            self._server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+            self.view.close()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+
+def serve(store: str | Path = "store", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve the store's web app until Ctrl-C. Opens the store read-only: a build may write meanwhile."""
-    import uvicorn
-
-    from fipgraph.ui.app import LOOPBACK_HOSTS, create_app
-    from fipgraph.ui.reader import StoreView
-
-    view = StoreView(store)  # fails with "not a fipgraph store" before anything listens
-    loopback = is_loopback(host)
-    sock = bind(host, port)
-    try:
-        url = url_of(sock)
-        if not loopback:
-            print(f"fipgraph ui: warning: listening on {host}, not loopback: anyone who can reach this machine "
-                  "can read this store's metrics and run SQL on it. Use --host 127.0.0.1 unless you mean it.",
-                  file=sys.stderr)
-        print(f"fipgraph ui: {view.path.resolve()} at {url}  (read-only; Ctrl-C to stop)", flush=True)
-        app = create_app(view, allowed_hosts=LOOPBACK_HOSTS if loopback else ["*"])
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        if on_ready is not None:
-            on_ready(url)
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        view.close()
+    server = UiServer(store, host, port)
+    if not server.loopback:
+        print(f"fipgraph ui: warning: listening on {host}, not loopback: anyone who can reach this machine "
+              "can read this store's metrics and run SQL on it. Use --host 127.0.0.1 unless you mean it.",
+              file=sys.stderr)
+    print(f"fipgraph ui: {server.view.path.resolve()} at {server.url}  (read-only; Ctrl-C to stop)", flush=True)
+    server.run()

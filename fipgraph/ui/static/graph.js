@@ -20,6 +20,9 @@ function viridis(t) {
   return `rgb(${a.map((v, k) => Math.round(v + (b[k] - v) * u)).join(",")})`;
 }
 const PALETTE = Array.from({length: N_BINS}, (_, i) => viridis(i / (N_BINS - 1)));
+const PALETTE_RGB = PALETTE.map(c => c.slice(4, -1).split(",").map(Number));
+const NULL_RGB = hexToRgb(NULL_COLOR), FADED_RGB = [150, 158, 172], RING_RGB = [232, 89, 12], EDGE_RGB = [110, 120, 140];
+const VECTOR_EDGES_MAX = 5000;  // beyond, paths are drawn pixel by pixel (raster.js): stroke() slows with overlap
 
 function niceTicks(lo, hi, count) {
   const span = hi - lo;
@@ -83,6 +86,11 @@ class GraphView {
       bins[i] = (v === null || !Number.isFinite(v)) ? N_BINS : Math.round(((v - lo) / span) * (N_BINS - 1));
     }
     this.colorValues = values; this.colorRange = values && lo <= hi ? [lo, hi] : null; this.bins = bins;
+    const counts = new Int32Array(N_BINS + 2);  // counting sort: no value first, then low to high
+    for (let i = 0; i < n; i++) counts[(bins[i] + 1) % (N_BINS + 1) + 1]++;
+    for (let k = 0; k <= N_BINS; k++) counts[k + 1] += counts[k];
+    this.order = new Int32Array(n);
+    for (let i = 0; i < n; i++) this.order[counts[(bins[i] + 1) % (N_BINS + 1)]++] = i;
     this.request();
   }
 
@@ -139,10 +147,11 @@ class GraphView {
   }
 
   draw() {
-    const ctx = this.ctx, n = this.n, r = this.radius;
-    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
-    ctx.clearRect(0, 0, this.w, this.h);
+    const ctx = this.ctx, n = this.n, W = this.canvas.width, H = this.canvas.height, dpr = this.dpr;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);  // opaque: the pixel blending below assumes it
     if (!this.d) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     this._axes(ctx);
     const sx = this.sx, sy = this.sy;
     let placed = 0;
@@ -150,42 +159,55 @@ class GraphView {
       const [a, b] = this.toScreen(this.xs[i], this.ys[i]);
       sx[i] = a; sy[i] = b; if (!Number.isNaN(a) && !Number.isNaN(b)) placed++;
     }
-    if (this.showEdges) this._edges(ctx);
-    const hl = this.highlight, shapeOf = this.d.op, nShapes = SHAPES.length;
-    const groups = new Map();  // (shape, bin) -> node indices
-    const faded = [];
-    for (let i = 0; i < n; i++) {
-      if (Number.isNaN(sx[i]) || sx[i] < -r || sy[i] < -r || sx[i] > this.w + r || sy[i] > this.h + r) continue;
-      if (hl && !hl.has(this.d.id[i])) { faded.push(i); continue; }
-      const k = (shapeOf[i] % nShapes) * (N_BINS + 1) + this.bins[i];
-      let g = groups.get(k); if (!g) groups.set(k, g = []); g.push(i);
-    }
-    if (faded.length) {
-      ctx.fillStyle = "rgba(150,158,172,0.28)"; ctx.beginPath();
-      for (const i of faded) shapePath(ctx, SHAPES[shapeOf[i] % nShapes], sx[i], sy[i], r * 0.8);
-      ctx.fill();
-    }
-    const rr = hl ? r * 1.35 : r;
-    for (const [k, idx] of [...groups.entries()].sort((a, b) => (a[0] % (N_BINS + 1)) - (b[0] % (N_BINS + 1)))) {
-      const shape = SHAPES[Math.floor(k / (N_BINS + 1))], bin = k % (N_BINS + 1);
-      ctx.fillStyle = bin === N_BINS ? NULL_COLOR : PALETTE[bin]; ctx.beginPath();
-      for (const i of idx) shapePath(ctx, shape, sx[i], sy[i], rr);
-      ctx.fill();
-      if (hl) { ctx.strokeStyle = "#e8590c"; ctx.lineWidth = 1.4; ctx.stroke(); }
-    }
+    const vectorEdges = this.showEdges && n <= VECTOR_EDGES_MAX;
+    if (vectorEdges) this._vectorEdges(ctx);
+    const img = ctx.getImageData(0, 0, W, H);
+    if (this.showEdges && !vectorEdges) this._rasterEdges(img.data, W, H);
+    this._rasterPoints(img.data, W, H);
+    ctx.putImageData(img, 0, 0);
     if (this.selected >= 0) {
       ctx.strokeStyle = "#e03131"; ctx.lineWidth = 2.5; ctx.beginPath();
-      ctx.arc(sx[this.selected], sy[this.selected], r + 5, 0, 2 * Math.PI); ctx.stroke();
+      ctx.arc(sx[this.selected], sy[this.selected], this.radius + 5, 0, 2 * Math.PI); ctx.stroke();
     }
     this.drawnCount = placed;  // nodes with a position (tests compare it with the store's count)
     this._buildGrid();
-    if (this.afterDraw) this.afterDraw();
   }
 
-  _edges(ctx) {
+  _rasterPoints(data, W, H) {
+    const {shapeMask, stamp} = window.raster, dpr = this.dpr, r = this.radius * dpr, hl = this.highlight;
+    const ids = this.d.id, shapeOf = this.d.op, sx = this.sx, sy = this.sy, pad = 2 * r + 2;
+    const visible = i => !Number.isNaN(sx[i]) && sx[i] * dpr > -pad && sy[i] * dpr > -pad &&
+      sx[i] * dpr < W + pad && sy[i] * dpr < H + pad;
+    const shapeIdx = i => shapeOf[i] % SHAPES.length;
+    if (hl) {  // the rest first, small and pale, so the highlighted nodes stand out on top
+      const faded = SHAPES.map(s => shapeMask(s, r * 0.8));
+      for (let i = 0; i < this.n; i++) {
+        if (!hl.has(ids[i]) && visible(i)) stamp(data, W, H, Math.floor(sx[i] * dpr), Math.floor(sy[i] * dpr), faded[shapeIdx(i)], FADED_RGB, 0.35);
+      }
+    }
+    const rr = hl ? r * 1.35 : r, masks = SHAPES.map(s => shapeMask(s, rr));
+    const rings = hl ? SHAPES.map(s => shapeMask(s, rr + 1.6 * dpr)) : null;
+    for (const i of this.order) {  // by colour value, highest on top
+      if (!visible(i) || (hl && !hl.has(ids[i]))) continue;
+      const x = Math.floor(sx[i] * dpr), y = Math.floor(sy[i] * dpr), k = shapeIdx(i);
+      if (rings) stamp(data, W, H, x, y, rings[k], RING_RGB, 1);
+      stamp(data, W, H, x, y, masks[k], this.bins[i] === N_BINS ? NULL_RGB : PALETTE_RGB[this.bins[i]], 1);
+    }
+  }
+
+  _rasterEdges(data, W, H) {
+    const {sx, sy, parent, n, dpr} = this, line = window.raster.line, a = this.highlight ? 0.18 : 0.35;
+    for (let i = 0; i < n; i++) {
+      const p = parent[i];
+      if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
+      line(data, W, H, sx[p] * dpr, sy[p] * dpr, sx[i] * dpr, sy[i] * dpr, EDGE_RGB, a);
+    }
+  }
+
+  _vectorEdges(ctx) {  // antialiased lines while there are few
     const {sx, sy, parent, n} = this;
-    ctx.strokeStyle = this.highlight ? "rgba(140,150,165,0.25)" : "rgba(120,130,150,0.45)";
-    ctx.lineWidth = n > 20000 ? 0.6 : 1; ctx.beginPath();
+    ctx.strokeStyle = this.highlight ? "rgba(140,150,165,0.25)" : "rgba(120,130,150,0.5)";
+    ctx.lineWidth = 1; ctx.beginPath();
     for (let i = 0; i < n; i++) {
       const p = parent[i];
       if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
@@ -294,5 +316,5 @@ class GraphView {
 }
 
 window.GraphView = GraphView;
-window.graphUtil = {viridis, fmt, GLYPHS, SHAPES, NULL_COLOR};
+window.graphUtil = {viridis, fmt, shapePath, GLYPHS, SHAPES, NULL_COLOR};
 })();
