@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ui.py                 # 100k nodes (about 1 minute on 2 cores)
     python benchmarks/bench_ui.py --nodes 20000 --screenshot /tmp/big.png
+    python benchmarks/bench_ui.py --store store --click 180 --screenshot benchmarks/figures/ui_graph.png
 
 Builds a catalog-only store (nodes, edges, runs and evals rows written straight into DuckDB, as
 tests/test_store_scale.py does; the page reads no weights) with recorded PCA coordinates, starts
@@ -100,13 +101,52 @@ def load_page(browser, url: str, screenshot: str | None = None) -> dict:
     return out
 
 
+def screenshot_store(store: Path, out: str | None, node: int | None, hover: int | None) -> None:
+    from playwright.sync_api import sync_playwright
+
+    proc, url = start_server(store)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 820})
+            page.goto(url)
+            page.wait_for_function("window.fipgraph && window.fipgraph.ready", timeout=120_000)
+            print(f"{store}: ready in {page.evaluate('window.fipgraph.timings.total_ms') / 1000:.2f} s, "
+                  f"{page.evaluate('window.fipgraph.graph.drawnCount')} nodes drawn")
+            # a store without recorded PCA: the page polls until the server's own fit is done
+            page.wait_for_function("window.fipgraph.state.graph.layout === window.fipgraph.state.graph.layout_requested"
+                                   " || /PCA (failed|needs)|fits PCA itself/.test(window.fipgraph.state.graph.layout_note)",
+                                   timeout=120_000)
+            if node is not None:
+                pos = page.evaluate(f"window.fipgraph.graph.screenPos({node})")
+                page.mouse.click(pos["x"], pos["y"])
+                page.wait_for_selector(f"#node-panel[data-node='{node}']")
+            if hover is not None:
+                pos = page.evaluate(f"window.fipgraph.graph.screenPos({hover})")
+                page.mouse.move(pos["x"], pos["y"])
+            time.sleep(0.5)
+            if out:
+                page.screenshot(path=out)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--store", default=None, help="an existing store: load it once and take the screenshot")
+    ap.add_argument("--click", type=int, default=None, help="with --store: open this node's panel first")
+    ap.add_argument("--hover", type=int, default=None, help="with --store: then point at this node")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
+
+    if args.store:
+        screenshot_store(Path(args.store), args.screenshot, args.click, args.hover)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "big"

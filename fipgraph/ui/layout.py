@@ -97,7 +97,7 @@ class PcaPlacer:
         """Begin a fit over `node_ids` unless one ran (or is running) already, or it cannot be done."""
         with self._lock:
             if self._thread is not None or self.error:
-                return
+                return  # fitted, fitting, or impossible: start() runs one fit per server
             if len(node_ids) < 2:
                 self.error = "weight-space PCA needs at least 2 nodes; lineage shown"
                 return
@@ -111,7 +111,12 @@ class PcaPlacer:
                 return
             self._thread = threading.Thread(target=self._fit, args=(list(node_ids),), daemon=True, name="ui-pca")
             self._thread.start()
-        self._thread.join(PCA_WAIT_S)
+
+    def wait(self, seconds: float = PCA_WAIT_S) -> None:
+        """Give a running fit up to `seconds` to finish (a small store then opens in PCA at once)."""
+        thread = self._thread
+        if thread is not None and self.estimator is None:
+            thread.join(seconds)
 
     def _fit(self, node_ids: list[int]) -> None:
         from fipgraph.query.pca import WeightPCA

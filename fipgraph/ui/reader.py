@@ -174,12 +174,14 @@ class StoreView:
                              f"run `fipgraph pca --store {shlex.quote(str(self.path))}` to place them")
                 return x, y, "pca", note, ["PC1", "PC2"]
             self.pca.start(ids.tolist(), df["arch_id"].tolist())
+            self.pca.wait()
             if self.pca.estimator is not None:
                 self.pca.extend(self.store, ids.tolist())
                 xy = np.array([self.pca.coords.get(int(n), (np.nan, np.nan)) for n in ids], np.float64).reshape(-1, 2)
                 x, y = xy[:, 0].copy(), xy[:, 1].copy()
                 place_at_ancestors(x, y, parent)
-                return x, y, "pca", self.pca.status(), ["PC1", "PC2"]
+                ratio = self.pca.estimator.explained_variance_ratio_
+                return x, y, "pca", self.pca.status(), [f"PC1 ({ratio[0]:.0%} of variance)", f"PC2 ({ratio[1]:.0%})"]
             x, y = lineage_layout(parent)
             return x, y, "lineage", self.pca.status(), ["hops from the root", "branch"]
         x, y = lineage_layout(parent)

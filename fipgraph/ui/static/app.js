@@ -156,7 +156,10 @@ async function showNode(id, switchTab = true) {
   panel.hidden = false; $("node-empty").hidden = true;
   panel.dataset.node = d.node.node_id;
   if (d.curves) {
-    const names = Object.keys(d.curves.series).slice(0, 8);
+    // accuracies first, then losses, then the rest; a metric that never changes along the run gets no chart
+    const rank = m => (m.endsWith("accuracy") ? 0 : m.endsWith("loss") ? 1 : 2);
+    const varies = m => new Set(d.curves.series[m].filter(v => v !== null)).size > 1;
+    const names = Object.keys(d.curves.series).filter(varies).sort((a, b) => rank(a) - rank(b)).slice(0, 8);
     for (const m of names) {
       const c = el("canvas"); charts.append(c);
       lineChart(c, d.curves.x, d.curves.series[m], {title: m, markX: d.curves.node_x, xName: d.curves.x_name});
