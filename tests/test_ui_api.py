@@ -18,7 +18,7 @@ from fipgraph.models import build_model
 from fipgraph.query import WeightPCA, pareto, select
 from fipgraph.ui import reader as reader_mod
 from fipgraph.ui.app import create_app
-from fipgraph.ui.layout import branch_lanes, depths
+from fipgraph.ui.layout import PcaPlacer, branch_lanes, depths
 from fipgraph.ui.reader import StoreView, _even_sample
 
 torch.set_num_threads(1)
@@ -216,3 +216,28 @@ def test_layout_helpers():
     parent = np.array([-1, 0, 1, 1, 3, -1, 5])
     assert depths(parent).tolist() == [0, 1, 2, 2, 3, 0, 1]
     assert branch_lanes(parent).tolist() == [0, 0, 1, 2, 2, 3, 3]
+
+
+def test_pca_placer_refits_as_a_build_grows_and_places_newcomers(store_path):
+    placer = PcaPlacer(lambda: fipgraph.open_store(store_path, mode="r"))
+    arch = ["a"] * 12
+    placer.start([0], arch[:1])
+    assert placer._thread is None and "at least 2 nodes" in placer.status()  # not sticky: the store may grow
+    placer.start([0, 1, 2], arch[:3])
+    placer.wait(60)
+    assert placer.estimator.nodes_ == [0, 1, 2] and placer.generation == 1
+    placer.start(list(range(5)), arch[:5])  # fewer than twice the fitted nodes: no refit
+    assert placer._thread.is_alive() is False and placer.estimator.nodes_ == [0, 1, 2]
+    placer.start(list(range(6)), arch[:6])  # doubled: refit on all six
+    placer.wait(0)
+    placer._thread.join(60)
+    assert placer.estimator.nodes_ == list(range(6)) and sorted(placer.coords) == list(range(6))
+    with fipgraph.open_store(store_path, mode="r") as st:
+        placer.extend(st, list(range(12)))
+        np.testing.assert_allclose(placer.coords[11], placer.estimator.transform(st, nodes=[11])[0], rtol=1e-6)
+    assert sorted(placer.coords) == list(range(12))
+    placer.start(list(range(12)), ["a"] * 11 + ["b"])  # two architectures: no refit, the fitted basis stays
+    assert placer.error is None and placer.estimator.nodes_ == list(range(6))
+    fresh = PcaPlacer(lambda: fipgraph.open_store(store_path, mode="r"))
+    fresh.start(list(range(12)), ["a"] * 11 + ["b"])
+    assert fresh._thread is None and "several architectures" in fresh.status()

@@ -73,7 +73,12 @@ def place_at_ancestors(x: np.ndarray, y: np.ndarray, parent_index: np.ndarray) -
 
 
 class PcaPlacer:
-    """The UI's own weight-space PCA, fitted once in the background and extended by transform."""
+    """The UI's own weight-space PCA, fitted in the background and extended by transform.
+
+    While a build grows the store, the fit is redone (in the background) each time the node count
+    doubles, so the basis is not the one of the first few nodes; in between, new nodes are placed
+    with the current estimator. Amortised, that reads each node's weights a constant number of times.
+    """
 
     def __init__(self, open_reader, max_nodes: int = PCA_FIT_MAX_NODES) -> None:
         self._open_reader = open_reader  # a fresh read-only Store for the fit thread
@@ -82,7 +87,8 @@ class PcaPlacer:
         self._thread: threading.Thread | None = None
         self.estimator = None
         self.coords: dict[int, tuple[float, float]] = {}
-        self.error: str | None = None
+        self.error: str | None = None  # why the UI cannot fit PCA for this store (it then shows lineage)
+        self._too_few = False
         self.generation = 0  # bumps when coordinates appear, so polling pages redraw
 
     def status(self) -> str:
@@ -91,16 +97,20 @@ class PcaPlacer:
         if self.estimator is not None:
             ratio = self.estimator.explained_variance_ratio_
             return f"the UI's own PCA of {len(self.estimator.nodes_)} nodes (explained variance {ratio[0]:.0%}, {ratio[1]:.0%})"
+        if self._too_few:
+            return "weight-space PCA needs at least 2 nodes; lineage shown"
         return "computing weight-space PCA in the background; lineage shown until it is done"
 
     def start(self, node_ids: list[int], arch_ids: list[str]) -> None:
-        """Begin a fit over `node_ids` unless one ran (or is running) already, or it cannot be done."""
+        """Begin a fit over `node_ids` unless one is running, the current one still fits, or none can be done."""
         with self._lock:
-            if self._thread is not None or self.error:
-                return  # fitted, fitting, or impossible: start() runs one fit per server
-            if len(node_ids) < 2:
-                self.error = "weight-space PCA needs at least 2 nodes; lineage shown"
-                return
+            fitted = len(self.estimator.nodes_) if self.estimator is not None else 0
+            busy = self._thread is not None and self._thread.is_alive()
+            if self.error or busy or (fitted and len(node_ids) < 2 * fitted):
+                return  # extend() places the newcomers
+            self._too_few = len(node_ids) < 2
+            if self._too_few or (fitted and (len(node_ids) > self.max_nodes or len(set(arch_ids)) > 1)):
+                return  # a basis that still serves beats none: keep extending it
             if len(node_ids) > self.max_nodes:
                 self.error = (f"{len(node_ids):,} nodes and no recorded PCA coordinates: the UI fits PCA itself up to "
                               f"{self.max_nodes:,} nodes. Record them once with `fipgraph pca --store …`; lineage shown")
@@ -113,7 +123,7 @@ class PcaPlacer:
             self._thread.start()
 
     def wait(self, seconds: float = PCA_WAIT_S) -> None:
-        """Give a running fit up to `seconds` to finish (a small store then opens in PCA at once)."""
+        """Give a first fit up to `seconds` to finish (a small store then opens in PCA at once)."""
         thread = self._thread
         if thread is not None and self.estimator is None:
             thread.join(seconds)
@@ -125,8 +135,8 @@ class PcaPlacer:
             with self._open_reader() as store:
                 pca = WeightPCA(2, nodes=node_ids, record=False, progress=False,
                                 max_memory=PCA_MAX_MEMORY).fit(store)
-            with self._lock:
-                self.coords.update({n: (float(a), float(b)) for n, (a, b) in zip(pca.nodes_, pca.coords_)})
+            with self._lock:  # a new basis: every old coordinate goes
+                self.coords = {n: (float(a), float(b)) for n, (a, b) in zip(pca.nodes_, pca.coords_)}
                 self.estimator = pca
                 self.generation += 1
         except (FipgraphError, MemoryError, OSError) as exc:
@@ -135,19 +145,21 @@ class PcaPlacer:
 
     def extend(self, store, node_ids: list[int]) -> None:
         """Place up to TRANSFORM_PER_REQUEST nodes appended since the fit (same basis)."""
-        if self.estimator is None:
+        estimator = self.estimator
+        if estimator is None:
             return
         new = [n for n in node_ids if n not in self.coords][:TRANSFORM_PER_REQUEST]
         if not new:
             return
         try:
-            placed = dict(zip(new, self.estimator.transform(store, nodes=new).tolist()))
+            placed = dict(zip(new, estimator.transform(store, nodes=new).tolist()))
         except FipgraphError:  # e.g. a node of another architecture: place one by one, NaN where it fails
             placed = {}
             for n in new:
                 try:
-                    placed[n] = self.estimator.transform(store, nodes=[n])[0].tolist()
+                    placed[n] = estimator.transform(store, nodes=[n])[0].tolist()
                 except FipgraphError:
                     placed[n] = [float("nan"), float("nan")]  # drawn at its nearest placed ancestor
         with self._lock:
-            self.coords.update({n: (float(a), float(b)) for n, (a, b) in placed.items()})
+            if self.estimator is estimator:  # a refit that finished meanwhile has its own coordinates
+                self.coords.update({n: (float(a), float(b)) for n, (a, b) in placed.items()})
