@@ -116,6 +116,7 @@ def test_recorded_pca_is_used_and_new_nodes_sit_at_their_ancestor(store_path, tm
     with fipgraph.open_store(path, mode="a") as st:
         coords = WeightPCA(2, progress=False).fit(st).coords_  # records pca_pc1 / pca_pc2
         st.append(st.state_dict(11), parent=11, step=99)  # node 12: no coordinates yet
+        st.append(torch.nn.Linear(2, 2), step=0)  # node 13: another network, no coordinates, no ancestor
     v = StoreView(path)
     try:
         g = TestClient(create_app(v), base_url="http://127.0.0.1").get("/api/graph").json()
@@ -125,6 +126,7 @@ def test_recorded_pca_is_used_and_new_nodes_sit_at_their_ancestor(store_path, tm
     assert "1 newer node(s)" in g["layout_note"] and "fipgraph pca --store" in g["layout_note"]
     np.testing.assert_allclose(np.c_[g["x"][:12], g["y"][:12]], coords, rtol=1e-5, atol=1e-6)
     assert (g["x"][12], g["y"][12]) == (g["x"][11], g["y"][11])
+    assert g["x"][13] is None and "1 node(s) have no PCA coordinates and no placed ancestor" in g["layout_note"]
 
 
 def test_node_panel(client, store_path, tmp_path, monkeypatch):

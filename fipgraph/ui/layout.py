@@ -63,13 +63,13 @@ def lineage_layout(parent_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def place_at_ancestors(x: np.ndarray, y: np.ndarray, parent_index: np.ndarray) -> np.ndarray:
-    """Fill NaN coordinates with the nearest placed ancestor's (in place); returns the filled mask."""
+    """Fill NaN coordinates with the nearest placed ancestor's (in place); returns the mask of filled ones."""
     missing = np.isnan(x) | np.isnan(y)
     for i in np.flatnonzero(missing).tolist():
         p = parent_index[i]
         if p >= 0 and not np.isnan(x[p]):  # parents come first, so p is already filled if it can be
             x[i], y[i] = x[p], y[p]
-    return missing
+    return missing & ~np.isnan(x)
 
 
 class PcaPlacer:

@@ -57,6 +57,7 @@ class StoreView:
         self.store = open_store(self.path, mode="r")  # raises StoreNotFoundError: creates nothing
         self.console = SqlConsole(self.store, self.version)
         self.pca = PcaPlacer(lambda: open_store(self.path, mode="r"))
+        self._runs: dict[int, str] = {}
         self._graph_cache: dict[tuple, bytes] = {}
         self._cache_lock = threading.Lock()
         # warm up before the first page asks: the catalog copy, and the PCA fit when none is recorded
@@ -104,18 +105,20 @@ class StoreView:
                             "WHERE table_name = 'wide' ORDER BY ordinal_position")
         return dict(zip(df["column_name"], df["data_type"]))
 
-    def metric_columns(self) -> list[str]:
-        return [c for c, t in self.columns().items()
-                if c not in NOT_A_METRIC and str(t).upper().startswith(NUMERIC_TYPES)]
+    def metric_columns(self, columns: dict[str, str] | None = None) -> list[str]:
+        """Numeric columns of the wide view that can colour the graph or constrain a selection."""
+        columns = self.columns() if columns is None else columns
+        return [c for c, t in columns.items() if c not in NOT_A_METRIC and str(t).upper().startswith(NUMERIC_TYPES)]
 
     def meta(self) -> dict:
         """Store path, counts, colourable columns, runs and ops, and the default colour."""
-        metrics = self.metric_columns()
+        columns = self.columns()
+        metrics = self.metric_columns(columns)
         preferred = [c for c in metrics if c.endswith("_accuracy")] or [c for c in metrics if c == "l2_norm"]
         counts = self.store.sql("SELECT (SELECT count(*) FROM nodes) AS n, (SELECT count(*) FROM ensembles) AS e")
         runs = self.store.sql("SELECT run_id, name, op, status FROM runs ORDER BY run_id")
         return {"store": str(self.path.resolve()), "version": self.version(), "n_nodes": int(counts["n"][0]),
-                "n_ensembles": int(counts["e"][0]), "metrics": metrics, "columns": list(self.columns()),
+                "n_ensembles": int(counts["e"][0]), "metrics": metrics, "columns": list(columns),
                 "default_color": preferred[0] if preferred else None,
                 "runs": [jsonable(r) for r in runs.to_dict("records")]}
 
@@ -172,7 +175,7 @@ class StoreView:
                 if moved:
                     note += (f"; {moved} newer node(s) have none yet and sit at their nearest placed ancestor — "
                              f"run `fipgraph pca --store {shlex.quote(str(self.path))}` to place them")
-                return x, y, "pca", note, ["PC1", "PC2"]
+                return x, y, "pca", note + _unplaced(x), ["PC1", "PC2"]
             self.pca.start(ids.tolist(), df["arch_id"].tolist())
             self.pca.wait()
             if self.pca.estimator is not None:
@@ -181,7 +184,8 @@ class StoreView:
                 x, y = xy[:, 0].copy(), xy[:, 1].copy()
                 place_at_ancestors(x, y, parent)
                 ratio = self.pca.estimator.explained_variance_ratio_
-                return x, y, "pca", self.pca.status(), [f"PC1 ({ratio[0]:.0%} of variance)", f"PC2 ({ratio[1]:.0%})"]
+                return x, y, "pca", self.pca.status() + _unplaced(x), [f"PC1 ({ratio[0]:.0%} of variance)",
+                                                                    f"PC2 ({ratio[1]:.0%})"]
             x, y = lineage_layout(parent)
             return x, y, "lineage", self.pca.status(), ["hops from the root", "branch"]
         x, y = lineage_layout(parent)
@@ -191,7 +195,7 @@ class StoreView:
     def _run_name(self, run_id: int) -> str:
         if run_id < 0:
             return "(no run)"
-        if not hasattr(self, "_runs") or run_id not in self._runs:
+        if run_id not in self._runs:  # a run started since the last look
             df = self.store.sql("SELECT run_id, name FROM runs")
             self._runs = dict(zip(df["run_id"].astype(int), df["name"]))
         return str(self._runs.get(run_id, f"run {run_id}"))
@@ -272,6 +276,12 @@ class StoreView:
         df = self.store.sql("SELECT name, members, rule, created_at FROM ensembles ORDER BY created_at, name")
         return [{"name": r["name"], "members": json.loads(r["members"]), "rule": json.loads(r["rule"] or "{}"),
                  "created_at": jsonable(r["created_at"])} for r in df.to_dict("records")]
+
+
+def _unplaced(x: np.ndarray) -> str:
+    n = int(np.isnan(x).sum())
+    return (f"; {n} node(s) have no PCA coordinates and no placed ancestor (another architecture?) and are not "
+            "drawn: the lineage layout shows every node") if n else ""
 
 
 def _parent_index(ids: np.ndarray, parents: np.ndarray) -> np.ndarray:
