@@ -38,6 +38,7 @@ function escapeHtml(s) { return String(s).replace(/[&<>"']/g, ch => `&#${ch.char
 
 // ---------------------------------------------------------------- graph
 async function loadMeta() {
+  const first = state.meta === null;
   state.meta = await api("/api/meta");
   $("store-path").textContent = state.meta.store;
   const color = $("color"), previous = color.value || state.meta.default_color;
@@ -48,7 +49,7 @@ async function loadMeta() {
     s.replaceChildren(...state.meta.metrics.map(m => el("option", {value: m}, m)));
     for (const o of s.options) o.selected = keep.has(o.value);
   }
-  if (!$("order-by").value && state.meta.default_color) $("order-by").value = state.meta.default_color;
+  if (first && state.meta.default_color) $("order-by").value = state.meta.default_color;
   if (!$("sql-input").value) {
     const m = state.meta.default_color ? `, ${state.meta.default_color}` : "";
     $("sql-input").value = `SELECT node_id, run_id, op, step${m}\nFROM wide\nORDER BY node_id\nLIMIT 20`;
