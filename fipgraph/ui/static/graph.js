@@ -1,12 +1,12 @@
 // The graph view: every node on one 2-D canvas (no WebGL, so it also works in headless and
-// remote browsers), paths as lines, colour by a metric, shape by op. 100k nodes draw in ~0.2 s:
-// points are batched into one path per (shape, colour bin), and hover uses a screen-space grid.
+// remote browsers), paths as lines, colour by a metric, shape by op. 100k nodes draw in ~0.1 s:
+// nodes are stamped into the pixels (raster.js) in colour order, and hover uses a screen-space grid.
 (() => {
 "use strict";
 
 const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
   "#7ad151", "#bddf26", "#fde725"];
-const N_BINS = 64;            // colour levels: enough for the eye, few fill() calls
+const N_BINS = 64;            // colour levels: enough for the eye; the draw order sorts by them
 const NULL_COLOR = "#b8bec9"; // nodes without a value for the colour metric
 const SHAPES = ["circle", "square", "triangle", "diamond", "cross"];
 const GLYPHS = {circle: "●", square: "■", triangle: "▲", diamond: "◆", cross: "✚"};
@@ -56,7 +56,7 @@ class GraphView {
   constructor(canvas, tooltip) {
     this.canvas = canvas; this.tooltip = tooltip; this.ctx = canvas.getContext("2d");
     this.n = 0; this.radius = 4; this.showEdges = true; this.highlight = null; this.selected = -1;
-    this.view = {x0: 0, y0: 0, scale: 1}; this.userMoved = false; this.layoutKey = null;
+    this.view = {x0: 0, y0: 0, scaleX: 1, scaleY: 1, l: 0, t: 0}; this.userMoved = false; this.layoutKey = null;
     this.onSelect = () => {}; this.describe = () => ""; this.drawnCount = 0; this.pending = false;
     this._bindEvents();
     new ResizeObserver(() => this.fit(!this.userMoved)).observe(canvas);
