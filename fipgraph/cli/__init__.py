@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "fipgraph.cli.store_cmds",  # info, sql, check, export, import
     "fipgraph.cli.build_cmd",  # build
     "fipgraph.cli.query_cmds",  # pca, perplexity, evaluate, select, ensemble, spectrum, plot
+    "fipgraph.cli.ui_cmd",  # ui
 ]
 
 
