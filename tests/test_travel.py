@@ -128,3 +128,24 @@ def test_travel_is_registered_and_reads_run_settings():
     assert travel_settings(run) == TravelConfig()
     run.direction_seed = 7
     assert travel_settings(run).direction_seed == 7
+
+
+def test_stopped_and_resumed_walk_equals_the_uninterrupted_one(tmp_path):
+    """The direction is (w_start, seed) only, so a walk stopped mid-way and resumed ends on the same weights."""
+    def config():
+        cfg = build_config(_config([{"name": "travel", "op": "travel", "from": "start", "lam": 0.3,
+                                     **{**WALK, "steps": 200, "save_every": 50}}]))
+        cfg.runs[0].steps = 100
+        return cfg
+
+    whole = build(config(), tmp_path / "whole", progress=False)
+    first = build(config(), tmp_path / "split", max_steps=100 + 77, progress=False)  # stops at travel step 77
+    assert first.status != "finished"
+    again = build(config(), tmp_path / "split", progress=False)
+    assert again.status == "finished"
+    with fipgraph.open_store(tmp_path / "whole", "r") as a, fipgraph.open_store(tmp_path / "split", "r") as b:
+        wa, wb = a.state_dict(whole.runs[-1].last_node), b.state_dict(again.runs[-1].last_node)
+        steps = b.sql("SELECT n.step FROM nodes n JOIN runs r ON n.run_id = r.run_id WHERE r.name = 't/travel' "
+                      "ORDER BY n.step")["step"].tolist()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert steps == [50, 77, 100, 150, 200]  # the stop saved step 77; no step stored twice
