@@ -189,7 +189,8 @@ def cmd_ensemble(args) -> int:
         query = _tasks(args, store, None)[0] if args.strategy == "diverse" and args.data else None
         ens = ensemble(store, args.k, where=args.where, strategy=args.strategy, metric=args.metric,
                        descending=not args.ascending, h_metric=args.h_metric, query=query,
-                       name=args.name, record=not args.no_record, device=args.device)
+                       name=args.name, record=not args.no_record, device=args.device,
+                       max_drop=None if args.max_drop < 0 else args.max_drop)
         print("members:", " ".join(map(str, ens.node_ids)))
         if getattr(ens, "name", None):
             print(f"ensemble {ens.name!r}")
@@ -330,9 +331,13 @@ def _register_selection(subparsers) -> None:
     p = _add_recording_query(subparsers, "ensemble", cmd_ensemble, "choose k networks as an ensemble and "
                              "record it", "the ensemble", data=None)
     p.add_argument("-k", type=int, required=True)
-    p.add_argument("--strategy", default="robust", choices=["robust", "diverse", "top"])
+    p.add_argument("--strategy", default="robust", choices=["robust", "spread", "diverse", "top"],
+                   help="robust: the k lowest H (the paper's H <= delta); spread: farthest points in weight space "
+                        "among candidates within --max-drop of the best accuracy; diverse; top")
     p.add_argument("--where", help="SQL condition over the wide view restricting the candidates")
-    p.add_argument("--metric", help="ranking column for --strategy top")
+    p.add_argument("--metric", help="ranking column for --strategy top; accuracy column for spread (default *_accuracy)")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="spread: accuracy a member may lose against the best candidate (0.01 = 1 point; -1 = no bound)")
     p.add_argument("--ascending", action="store_true", help="for top: smaller metric is better")
     p.add_argument("--h-metric", default="H", help="column holding H for --strategy robust")
     p.add_argument("--name", help="name to record the ensemble under")

@@ -304,4 +304,4 @@ class Sparsify(Objective):
 
 # The baselines register themselves on import; importing them here makes OBJECTIVES complete
 # wherever it is read (config validation, the walk, the CLI).
-from fipgraph.path import baselines, lora, pruning  # noqa: E402,F401
+from fipgraph.path import baselines, lora, pruning, travel  # noqa: E402,F401

@@ -1,7 +1,9 @@
 """Ensembles of stored networks: choose k members by a rule, predict with the sum of softmaxes.
 
-Rules: "robust" (lowest H recorded along undirected paths, the paper's rule), "diverse" (greedy
-maximal disagreement on a query set, or maximal weight distance without one), "top" (by a metric).
+Rules: "robust" (lowest H recorded along undirected paths, the paper's rule H ≤ δ as "the k lowest H"),
+"spread" (farthest-point sampling in weight space among the candidates whose accuracy is within `max_drop` of the
+best one: members far apart along a travelling walk), "diverse" (greedy maximal disagreement on a query set, or
+maximal weight distance without one), "top" (by a metric).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError, FipgraphError
-from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names, wide_columns
+from fipgraph.query._common import (check_metric, check_same_arch, flat_vector, float_param_names, sql_quote_ident,
+                                    wide_columns)
 from fipgraph.query.select import select
 
 
@@ -75,19 +78,25 @@ def _candidates(store, where, k: int, require: str | None = None) -> tuple[list[
     return ids, cond
 
 
-def resolve_h(store, h_metric: str) -> str:
-    """The wide column holding H. The undirected path records H per task ("{task}_H"), so a bare
-    "H" resolves to the single such column; several make the choice explicit."""
+def _resolve_column(store, name: str, what: str, missing: str) -> str | None:
+    """`name` itself, or the single wide column "{dataset}_{name}" (metrics are recorded per dataset);
+    several make the caller choose, none raises with `missing` as the fix."""
     cols = wide_columns(store)
-    if h_metric in cols:
-        return h_metric
-    found = [c for c in cols if c.endswith("_" + h_metric)]
+    if name in cols:
+        return name
+    found = [c for c in cols if c.endswith("_" + name)]
     if len(found) == 1:
         return found[0]
     if found:
-        raise ConfigError(f"H is recorded for several datasets {found}; pass h_metric= one of them")
-    raise ConfigError(f"no column {h_metric!r} (or '*_{h_metric}') in the wide view: robust ensembles need "
-                      "H, which `fipgraph build` records on undirected runs; use strategy='top' or 'diverse'")
+        raise ConfigError(f"{name} is recorded for several datasets {found}; pass {what}= one of them")
+    raise ConfigError(f"no column {name!r} (or '*_{name}') in the wide view: {missing}")
+
+
+def resolve_h(store, h_metric: str) -> str:
+    """The wide column holding H. The undirected path records H per task ("{task}_H"), so a bare
+    "H" resolves to the single such column; several make the choice explicit."""
+    return _resolve_column(store, h_metric, "h_metric", "robust ensembles need H, which `fipgraph build` "
+                           "records on undirected runs; use strategy='top', 'spread' or 'diverse'")
 
 
 def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Module | None,
@@ -122,12 +131,12 @@ def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Modu
     return [ids[i] for i in chosen]
 
 
-def _distance_pick(store, ids: list[int], k: int) -> list[int]:
-    """Greedy farthest point in weight space, starting from the first candidate; one streaming
+def _distance_pick(store, ids: list[int], k: int, first: int = 0) -> list[int]:
+    """Greedy farthest point in weight space, starting from candidate `first`; one streaming
     pass over the candidates per pick, holding only one vector and N distances."""
     check_same_arch(store, ids)
     names = float_param_names(store, ids[0])
-    chosen = [0]
+    chosen = [first]
     mind = np.full(len(ids), np.inf)
     while len(chosen) < k:
         ref = flat_vector(store.state_dict(ids[chosen[-1]]), names).astype(np.float64)
@@ -139,15 +148,38 @@ def _distance_pick(store, ids: list[int], k: int) -> list[int]:
     return [ids[i] for i in chosen]
 
 
+def _spread_pick(store, where, k: int, metric: str | None, max_drop: float | None) -> tuple[list[int], str]:
+    """(members, accuracy column): farthest-point sampling in weight space, seeded with the most
+    accurate candidate, among the candidates within `max_drop` of that best accuracy."""
+    if max_drop is not None and not max_drop >= 0:
+        raise ConfigError(f"max_drop={max_drop}; give the accuracy a member may lose against the best candidate "
+                          "as a fraction >= 0 (e.g. 0.01 = one point), or None for no bound")
+    col = _resolve_column(store, metric or "accuracy", "metric", "spread ensembles bound the candidates' "
+                          "accuracy; evaluate them first (`fipgraph evaluate`) or pass metric= a column")
+    ids, _ = _candidates(store, where, 1, require=col)
+    q = f"select node_id, {sql_quote_ident(col)} as m from wide where node_id in ({', '.join(map(str, ids))})"
+    acc = store.sql(q).set_index("node_id")["m"]
+    best = float(acc.max())
+    kept = [i for i in ids if max_drop is None or float(acc[i]) >= best - max_drop]
+    if k > len(kept):
+        raise ConfigError(f"k={k} but only {len(kept)} of {len(ids)} candidate node(s) meeting where={where!r} have "
+                          f"{col} >= {best:.4f} - max_drop={max_drop}; use k <= {len(kept)} or raise max_drop")
+    first = max(range(len(kept)), key=lambda i: (float(acc[kept[i]]), -i))  # the most accurate, earliest on ties
+    return _distance_pick(store, kept, k, first), col
+
+
 def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "robust", *,
              metric: str | None = None, descending: bool = True, h_metric: str = "H",
              query: Any = None, model: nn.Module | None = None, name: str | None = None,
-             record: bool = True, device: str | torch.device = "auto") -> Ensemble:
+             record: bool = True, max_drop: float | None = 0.01, device: str | torch.device = "auto") -> Ensemble:
     """Choose k nodes meeting `where` by `strategy` and return their Ensemble.
 
     robust: the k lowest `h_metric` (H = output motion under input perturbation, recorded by the
-    undirected path). diverse: greedy max disagreement on `query` (a Task or batches), or max weight
-    distance if no query. top: the k best by `metric` (descending unless descending=False).
+    undirected path; the paper's H ≤ δ rule, δ = the k-th lowest H). spread: farthest-point
+    sampling in weight space, starting at the most accurate candidate, among candidates whose
+    `metric` (default: the single '*_accuracy' column) is within `max_drop` of it (None = no bound).
+    diverse: greedy max disagreement on `query` (a Task or batches), or max weight distance if no
+    query. top: the k best by `metric` (descending unless descending=False).
     The ensemble is recorded in the store's `ensembles` table under `name`. The diverse pick's
     forward passes and the returned members run on `device` ("auto": CUDA, then MPS, then CPU).
     """
@@ -163,14 +195,18 @@ def ensemble(store, k: int, where: dict | str | None = None, strategy: str = "ro
             raise ConfigError("strategy='top' needs metric=..., e.g. metric='task1_accuracy'")
         _, cond = _candidates(store, where, k, require=metric)
         members = select(store, where=cond, order_by=("-" if descending else "") + metric, limit=k)
+    elif strategy == "spread":
+        members, metric = _spread_pick(store, where, k, metric, max_drop)
     elif strategy == "diverse":
         ids, _ = _candidates(store, where, k)
         members = (_disagreement_pick(store, ids, k, query, model, dev) if query is not None
                    else _distance_pick(store, ids, k))
     else:
-        raise ConfigError(f"unknown strategy {strategy!r}; use 'robust', 'diverse' or 'top'")
-    rule = {"strategy": strategy, "k": k, "where": where, "metric": metric if strategy == "top" else
+        raise ConfigError(f"unknown strategy {strategy!r}; use 'robust', 'spread', 'diverse' or 'top'")
+    rule = {"strategy": strategy, "k": k, "where": where, "metric": metric if strategy in ("top", "spread") else
             (h_metric if strategy == "robust" else ("disagreement" if query is not None else "weight_distance"))}
+    if strategy == "spread":
+        rule["max_drop"] = max_drop
     ens = Ensemble(_load_members(store, members, model), members, rule).to(dev)
     if record:
         name = name or f"{strategy}-k{k}-{time.strftime('%Y%m%d-%H%M%S')}"
