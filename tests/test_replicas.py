@@ -166,3 +166,13 @@ def test_an_op_that_cannot_batch_walks_one_at_a_time_and_says_why(tmp_path, capl
     assert result.status == "finished" and [r.name for r in result.runs][2:] == ["r/c/s0", "r/c/s1"]
     assert "2 replicas walk one at a time: op 'sparsify' acts on each network between steps" in caplog.text
     assert "t1: 2 replicas walk batched" in caplog.text
+
+
+def test_batched_cpu_step_takes_every_core_only_while_the_machine_is_idle(monkeypatch):
+    cores = len(replicas_mod.os.sched_getaffinity(0))
+    monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert replicas_mod.cpu_threads(8, 1) == min(8, cores) and replicas_mod.cpu_threads(1, 1) == 1
+    monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
+    assert replicas_mod.cpu_threads(8, 1) == 1  # time-sliced threads wait for each other: keep the build's one
+    monkeypatch.setattr(replicas_mod, "THREADS", 2)
+    assert replicas_mod.cpu_threads(8, 1) == 2 and replicas_mod.cpu_threads(1, 1) == 1
