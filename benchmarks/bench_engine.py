@@ -202,11 +202,24 @@ def gpu_section(args) -> dict:
         out[f"batched_k{k}"] = {**b, "speedup": b["nodes_per_s"] / seq["nodes_per_s"], "target": 0.6 * k}
         print(f"K={k}: {b['nodes_per_s']:.1f} nodes/s, {out[f'batched_k{k}']['speedup']:.1f}x sequential "
               f"(target >= {0.6 * k:.1f}x)", flush=True)
-    # a FIP walk's step (finetune: the same loss as the plain loop) vs the plain loop, saving only at the
-    # end; walks of 2N and N steps, so their difference is N steps without the final save and evaluation
-    short, long = (timed_build(config(case, 1, n, "finetune", args.device, args.precision, 10**9), "sequential")
-                   for n in (steps, 2 * steps))
-    fip_step = (long["loop_s"] - short["loop_s"]) / steps
+    # a FIP walk's step (finetune: the same loss as the plain loop) vs the plain loop: the time inside
+    # RunRecipe.train_step (batches, seeds, forward, backward, optimizer; its float(loss) syncs the GPU),
+    # first 10 steps left out as warm-up, so saves and evaluations are not in it
+    fip_steps: list[float] = []
+    real = walk_mod.RunRecipe.train_step
+
+    def timed_step(recipe, stream):
+        t0 = time.perf_counter()
+        out = real(recipe, stream)
+        fip_steps.append(time.perf_counter() - t0)
+        return out
+
+    walk_mod.RunRecipe.train_step = timed_step
+    try:
+        timed_build(config(case, 1, steps + 10, "finetune", args.device, args.precision, 10**9), "sequential")
+    finally:
+        walk_mod.RunRecipe.train_step = real
+    fip_step = statistics.mean(fip_steps[10:])
     plain = plain_loop_step_s(case, device, args.precision, steps)
     out["fip_vs_plain"] = {"fip_step_s": fip_step, "plain_step_s": plain, "ratio": fip_step / plain, "target": 1.2}
     print(f"FIP step {out['fip_vs_plain']['fip_step_s'] * 1e3:.2f} ms vs plain {plain * 1e3:.2f} ms: "
