@@ -22,6 +22,7 @@ from fipgraph.models import build_model, forward_logits, normalize_spec
 from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.objectives import OBJECTIVES
+from fipgraph.path.replicas import group_plans, replica_runs, walk_replicas
 from fipgraph.path.walk import Limits, RunResult, walk
 from fipgraph.storage.sidecar import StoreFiles
 
@@ -34,6 +35,7 @@ class Plan:
     name: str  # run name in the store
     spec: dict  # model spec of every node of this run
     start: int | str | None  # node id, earlier run name, or None (new network)
+    group: str | None = None  # the config run this plan is a replica of (replicas = K): walked as one batch
 
 
 @dataclass
@@ -61,7 +63,9 @@ def _same_arch(wanted: dict, found: dict) -> bool:
 
 
 def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Plan]:
-    plans: dict[str, Plan] = {}
+    plans: list[Plan] = []
+    specs: dict[str, dict] = {}  # config run name -> model spec
+    groups: dict[str, list[int] | None] = {}  # config run name -> its replica seeds
     for run in config.runs:
         start = run.start if run.start is not None else start_override
         explicit = run.model or config.model
@@ -71,14 +75,16 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
                                   "[model] name = \"mlp\", or start from a stored node with --from NODE")
             spec = normalize_spec(explicit)
         elif isinstance(start, str):
-            spec = plans[start].spec
+            spec = specs[start]
         else:
             spec = _node_spec(store, int(start))
             if explicit is not None and not _same_arch(explicit, spec):
                 raise ConfigError(f"run {run.name!r}: node {start} is a {spec} but the config's model is {explicit}; "
                                   f"start from a node of that architecture, or drop [model] from the config")
-        plans[run.name] = Plan(run, config.run_name(run), spec, start)
-    return list(plans.values())
+        specs[run.name] = spec
+        group = run.name if run.replica_seeds() else None
+        plans += [Plan(one, config.run_name(one), spec, one_start, group) for one, one_start in replica_runs(run, start, groups)]
+    return plans
 
 
 def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -> None:
@@ -175,13 +181,15 @@ def _walk_all(config: BuildConfig, plans: list[Plan], store, store_dir: Path, ta
               stop: StopSignal) -> BuildResult:
     log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
     results, last = [], {}
-    for plan in plans:
-        start_node = last[plan.start] if isinstance(plan.start, str) else plan.start
-        result = walk(plan, store, store_dir, tasks, config.data.head, limits,
-                      resolved_config(config, plan, start_node), config.eval_all_tasks, stop)
-        results.append(result)
-        last[plan.run.name] = result.last_node
-        if result.status != "finished":
+    for batch in group_plans(plans):  # one plan, or the K replicas of one config run
+        resolved = [resolved_config(config, p, last[p.start] if isinstance(p.start, str) else p.start) for p in batch]
+        if len(batch) == 1:
+            done = [walk(batch[0], store, store_dir, tasks, config.data.head, limits, resolved[0], config.eval_all_tasks, stop)]
+        else:
+            done = walk_replicas(batch, store, store_dir, tasks, config.data.head, limits, resolved, config.eval_all_tasks, stop)
+        results += done
+        last.update({p.run.name: r.last_node for p, r in zip(batch, done)})
+        if any(r.status != "finished" for r in done) or len(done) < len(batch):
             break
     store.flush()
     accuracy = {r.name: last_accuracies(store, r.last_node) for r in results}

@@ -86,6 +86,8 @@ class RunConfig:
     probe_size: int = 32  # fixed examples for each edge's output_distance (odist to the parent, per example); 0 = skip
     device: str | None = None  # auto | cpu | cuda | cuda:N | mps; None = the build's device
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast over fp32 master weights); None = the build's
+    replicas: int = 1  # K walks of this run, seeds seed, seed+1, ...: stored as runs "<name>/s<seed>", batched when they can be
+    seeds: list[int] | None = None  # explicit replica seeds instead (replicas = their number)
     options: Any = None  # this op's own settings: its registered config dataclass, or a dict of them
 
     DEFAULT_STEPS: ClassVar[int] = 300
@@ -120,6 +122,7 @@ class RunConfig:
         _need(self.steps is None or self.steps >= 1, f"{where}: steps={self.steps} must be >= 1")
         _need(self.epochs is None or self.epochs > 0, f"{where}: epochs={self.epochs} must be > 0")
         _check_device_words(self.device, self.precision, where)
+        self._check_replicas(where)
         objective = OBJECTIVES[self.op]
         if objective.uses_memory:
             _need(self.memory_size >= 1, f"{where}: memory_size={self.memory_size}: {self.op} needs a memory buffer; set memory_size >= 1 (paper: 500)")
@@ -133,6 +136,22 @@ class RunConfig:
               f"{where}: lr_cycle={self.lr_cycle} with lr_schedule={self.lr_schedule!r}; give lr_cycle (steps per cycle) exactly when the schedule is 'cyclic'")
         _need(self.lr_cycle is None or self.lr_cycle >= 1, f"{where}: lr_cycle={self.lr_cycle} must be >= 1")
 
+    def _check_replicas(self, where: str) -> None:
+        _need(self.replicas >= 1, f"{where}: replicas={self.replicas} must be >= 1 (the number of walks, each with its own seed)")
+        if self.seeds is None:
+            return
+        _need(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+              f"{where}: seeds={self.seeds} must be a non-empty list of distinct seeds, e.g. [0, 1, 2]")
+        _need(self.replicas in (1, len(self.seeds)),
+              f"{where}: replicas={self.replicas} but seeds={self.seeds} has {len(self.seeds)}; give one of them, or make them agree")
+        self.replicas = len(self.seeds)
+
+    def replica_seeds(self) -> list[int] | None:
+        """The seeds of this run's replica walks; None for a plain run (one walk, stored under its own name)."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [self.seed + i for i in range(self.replicas)] if self.replicas > 1 else None
+
     def identity_keys(self) -> tuple[str, ...]:
         """The stored-config keys that must agree for a rerun to resume this run."""
         return self.IDENTITY + tuple(f.name for f in dataclasses.fields(self.options))
@@ -141,6 +160,8 @@ class RunConfig:
         """The run as stored with it: shared settings and this op's own, flat (the TOML layout)."""
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "options"}
         out.update(dataclasses.asdict(self.options))
+        if self.seeds is None and self.replicas == 1:  # a plain run stores what it stored before replicas existed
+            out.pop("seeds"), out.pop("replicas")
         if self.lr_schedule == "constant":  # the default: kept out so runs stored before schedules existed still resume
             for key in ("lr_schedule", "lr_min", "lr_cycle"):
                 out.pop(key)

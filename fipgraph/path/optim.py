@@ -37,14 +37,16 @@ class FixedStep(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(run, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(run, model: nn.Module, **impl) -> torch.optim.Optimizer:
+    """The run's optimizer over the model's trainable parameters; ``impl`` picks torch's implementation
+    of sgd/adam/adamw (e.g. ``fused=True`` for stacked replica weights), never the update rule."""
     params = [p for p in model.parameters() if p.requires_grad]
     if run.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+        return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay, **impl)
     if run.optimizer == "fixed_step":
         return FixedStep(params, lr=run.lr)
     cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=run.lr, weight_decay=run.weight_decay)
+    return cls(params, lr=run.lr, weight_decay=run.weight_decay, **impl)
 
 
 def lr_at(run, step: int, total: int) -> float:

@@ -54,8 +54,20 @@ class StepOutput:
 def fip_loss(model: nn.Module, objective, odist, lam: float, task_batch: Batch | None,
              memory_batch: Batch | None, ref_logits: torch.Tensor | None, cols: slice = slice(None)) -> StepOutput:
     """S(w) for one step. ``cols`` selects the task's logit columns for its cross-entropy."""
+    logits, labels = forward_logits(model, joined_batch(task_batch, memory_batch))
+    return fip_terms(model, objective, odist, lam, logits, labels, task_batch, memory_batch, ref_logits, cols)
+
+
+def joined_batch(task_batch: Batch | None, memory_batch: Batch | None) -> Batch:
+    """New-task and memory examples as one batch: one forward pass serves both terms."""
     batches = [b for b in (task_batch, memory_batch) if b is not None]
-    logits, labels = forward_logits(model, batches[0] if len(batches) == 1 else cat_batches(batches))
+    return batches[0] if len(batches) == 1 else cat_batches(batches)
+
+
+def fip_terms(model: nn.Module, objective, odist, lam: float, logits: torch.Tensor, labels: torch.Tensor,
+              task_batch: Batch | None, memory_batch: Batch | None, ref_logits: torch.Tensor | None,
+              cols: slice = slice(None)) -> StepOutput:
+    """S(w) from the logits of ``joined_batch`` (also the replica step's, whose forward is batched)."""
     logits = logits.float()  # losses in fp32 also under bf16/fp16 autocast (a no-op at fp32)
     n_task = n_scored(task_batch, causal=model_kind(model) == "causal_lm") if task_batch is not None else 0
     terms: dict[str, float] = {}

@@ -106,6 +106,10 @@ class RunRecipe:
 
     # -- the recipe ---------------------------------------------------------------------------
     def run(self) -> RunResult:
+        return self.begin() or self.complete()
+
+    def begin(self) -> RunResult | None:
+        """Set-up and resume; a RunResult when the run ends here (already finished, or stopped while setting up)."""
         existing = self._existing()
         if existing is not None and existing["status"] == "finished" and self.found is not None:
             log.info("run %s already finished at node %d", self.name, self.found[0])
@@ -122,7 +126,13 @@ class RunRecipe:
         self._enter_run(existing)
         if self.resume():
             return RunResult(self.name, self.run_id, "finished", self.found[0])
-        stop = self.loop()
+        return None
+
+    def complete(self, stop: str | None = "loop") -> RunResult:
+        """Walk the steps (unless a caller such as a replica group walked them and says why it stopped),
+        then finish or record the stop."""
+        if stop == "loop":
+            stop = self.loop()
         if stop is None and self.stop.requested:  # e.g. the last node's evaluation was abandoned: finish on the rerun
             stop = "interrupt"
         return self.stopped(stop) if stop is not None else self.finish()

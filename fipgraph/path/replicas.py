@@ -1,0 +1,321 @@
+"""Many small walks at once: a run with ``replicas = K`` (or ``seeds = [...]``) walks K seeds as one batch.
+
+Each replica is a run of its own in the store, named ``<run>/s<seed>``, with the config a single run
+of that seed would have (so it resumes like one, and a later run with the same seeds starts replica i
+from replica i). The K walks keep their own recipes (``RunRecipe``: model, memory, batches, nodes,
+evaluations, optimizer checkpoint); only the step is shared: their parameters are stacked into one
+(K, ...) tensor per weight, the forward runs once under ``torch.func.vmap`` + ``functional_call``,
+each walk's S(w) comes from the same ``fip_terms`` a single walk uses, and one optimizer steps the
+stacked weights (Adam, AdamW and SGD are elementwise, so this equals K separate optimizers). Each
+recipe's parameters are views into the stacked tensors, so saving, evaluating and checkpointing
+work on each walk's own network unchanged.
+
+A batched walk gives the nodes of K separate walks up to float rounding (a batched matmul sums in
+another order): tests/test_replicas.py checks ≤ 1e-5 relative after 12 steps. Where batching cannot
+give that (per-step hooks on one network, a sparse mask, dropout or buffers, fixed_step's global
+norm, fp16's shared overflow check, text models, walks at different steps) the K walks run one at a
+time, and the log says why. ``--max-steps`` counts a batched step once: the K walks step together.
+On a CPU the batched step takes every core (at most K) while the machine is otherwise idle
+(``cpu_threads``); benchmarks/bench_engine.py measures it against K walks one after another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fipgraph.data.seeds import derive_seed
+from fipgraph.device import move_batch
+from fipgraph.errors import ConfigError
+from fipgraph.models import build_model, forward_logits, model_kind
+from fipgraph.path.memory import batch_stream
+from fipgraph.path.optim import lr_at, make_optimizer, set_lr
+from fipgraph.path.step import fip_terms, joined_batch
+from fipgraph.path.walk import RunRecipe, RunResult
+
+log = logging.getLogger("fipgraph.build")
+
+# Ops whose step is S(w) from the logits alone, with no hook that acts on one network between steps
+# (EWC's penalty reads the weights; sparsify, lottery, oneshot_prune and LoRA change them or wrap them).
+BATCHABLE_OPS = ("finetune", "continual", "undirected", "replay")
+ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")  # one optimizer over stacked weights = K optimizers
+THREADS: int | None = None  # intra-op threads of a batched CPU step; None: see cpu_threads; benchmarks set 1 or 2
+
+
+def replica_runs(run, start, groups: dict) -> list[tuple[object, int | str | None]]:
+    """The runs (and their starts) one config run stands for: itself, or one per replica seed.
+
+    ``groups`` maps earlier config runs to their replica seeds (None = plain) and gets this run's."""
+    seeds, parent = run.replica_seeds(), groups.get(start) if isinstance(start, str) else None
+    groups[run.name] = seeds
+    if parent is not None and seeds != parent:
+        raise ConfigError(
+            f"run {run.name!r}: from={start!r} has replicas with seeds {parent}, so this run must have the same "
+            f"(replica i starts from replica i): set seeds = {parent}, or start from one replica's node id")
+    if seeds is None:
+        return [(run, start)]
+    return [(dataclasses.replace(run, name=f"{run.name}/s{s}", seed=s, replicas=1, seeds=None),
+             f"{start}/s{s}" if parent is not None else start) for s in seeds]
+
+
+def group_plans(plans: list) -> list[list]:
+    """Consecutive plans of one replicated config run together; every other plan alone."""
+    out: list[list] = []
+    for plan in plans:
+        if plan.group is not None and out and out[-1][0].group == plan.group:
+            out[-1].append(plan)
+        else:
+            out.append([plan])
+    return out
+
+
+def static_reason(plan) -> str | None:
+    """Why this config's walks cannot be batched, as far as the config and the model tell (None = they can)."""
+    cfg = plan.run
+    if cfg.op not in BATCHABLE_OPS:
+        return f"op {cfg.op!r} acts on each network between steps (batched ops: {', '.join(BATCHABLE_OPS)})"
+    if cfg.optimizer not in ELEMENTWISE_OPTIMIZERS:
+        return f"optimizer {cfg.optimizer!r} normalises by each walk's own gradient norm"
+    if cfg.precision == "fp16":
+        return "fp16's gradient scaler would skip a step for all walks when one overflows"
+    model = build_model(plan.spec)
+    if model_kind(model) != "classifier":
+        return f"a {model_kind(model)} takes padded text batches"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers (e.g. batch-norm statistics) that each walk updates"
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return "dropout draws each walk's masks from its own generator"
+    return None
+
+
+class ReplicaRun(RunRecipe):
+    """A RunRecipe whose optimizer state lives in the group's stacked optimizer while it walks batched."""
+
+    group: "StackedWalks | None" = None
+
+    def write_checkpoint(self, node: int) -> None:
+        if self.group is not None:
+            self.group.export_state(self)
+        super().write_checkpoint(node)
+
+
+def walk_replicas(plans: list, store, store_dir, tasks: list, head: str, limits, resolved: list[dict],
+                  eval_all: bool = False, stop=None) -> list[RunResult]:
+    """Walk (or resume) the K replica runs of one config run: batched when they can be, else one by one."""
+    recipes = [ReplicaRun(p, store, store_dir, tasks, head, limits, r, eval_all, stop) for p, r in zip(plans, resolved)]
+    reason = static_reason(plans[0])
+    if reason is not None:
+        log.info("%s: %d replicas walk one at a time: %s", plans[0].group, len(plans), reason)
+        return _one_by_one(recipes)
+    results: dict[int, RunResult] = {}
+    for i, recipe in enumerate(recipes):
+        begun = recipe.begin()
+        if begun is not None:
+            results[i] = begun
+            if begun.status != "finished":  # stopped while setting up: the replicas begun so far stop too
+                return _stop_rest(recipes, results, i + 1, [j for j in range(i) if j not in results])
+    active = [i for i in range(len(recipes)) if i not in results]
+    if active:
+        live = [recipes[i] for i in active]
+        reason = StackedWalks.reason(live)
+        if reason is not None:
+            log.info("%s: %d replicas walk one at a time: %s", plans[0].group, len(live), reason)
+            for i in active:  # after one stops (a limit, Ctrl-C), the rest record that stop, not walked
+                stops = [r.stop_reason or "interrupt" for r in results.values() if r.status != "finished"]
+                results[i] = recipes[i].complete(stops[0] if stops else "loop")
+        else:
+            for i, res in zip(active, StackedWalks(live, plans[0].group).run()):
+                results[i] = res
+    return [results[i] for i in range(len(recipes))]
+
+
+def _one_by_one(recipes: list[ReplicaRun]) -> list[RunResult]:
+    out = []
+    for recipe in recipes:
+        out.append(recipe.run())
+        if out[-1].status != "finished":
+            break
+    return out
+
+
+def _stop_rest(recipes, results: dict, end: int, begun: list[int]) -> list[RunResult]:
+    """Mark the replicas already set up as interrupted (nothing walked); the rest stay as they are."""
+    for j in begun:
+        results[j] = recipes[j].complete("interrupt")
+    return [results[j] for j in range(end)]
+
+
+class _Logits(nn.Module):
+    """``forward_logits`` as a module call, so ``functional_call`` can swap in one replica's weights."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward_logits(self.net, batch)
+
+
+class StackedWalks:
+    """K recipes at the same step, stepped as one: stacked weights, one vmapped forward, one optimizer."""
+
+    def __init__(self, recipes: list[ReplicaRun], name: str) -> None:
+        self.recipes, self.name, self.k = recipes, name, len(recipes)
+        first = recipes[0]
+        self.cfg, self.limits, self.stop = first.cfg, first.limits, first.stop
+        self.names = [n for n, p in first.model.named_parameters() if p.requires_grad]
+        own = [dict(r.model.named_parameters()) for r in recipes]
+        self.holder = nn.ParameterList(
+            nn.Parameter(torch.stack([o[n].detach() for o in own]).contiguous()) for n in self.names)  # (K, ...)
+        for k, o in enumerate(own):  # each walk's weights become views of its slice: saves see the stacked steps
+            for n, stacked in zip(self.names, self.holder):
+                o[n].data = stacked.data[k]
+        # fused: one kernel over every stacked weight (3x faster than the per-tensor loop at K = 8 on a
+        # CPU); same update rule, summed in another order, so within the float tolerance above
+        fused = first.device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in self.holder)
+        self.optimizer = make_optimizer(self.cfg, self.holder, **({"fused": True} if fused else {}))
+        self.import_state()
+        self.logits = _Logits(first.model)
+        self.batched = torch.func.vmap(self._one, in_dims=(0, 0))
+        for r in recipes:
+            r.group = self
+
+    @staticmethod
+    def reason(recipes: list[ReplicaRun]) -> str | None:
+        """Why these set-up recipes cannot step together (None = they can)."""
+        if len({(r.step, r.total) for r in recipes}) > 1:
+            return f"the walks are at different steps {[r.step for r in recipes]} (an earlier stop hit them apart)"
+        if any(r.keep is not None or r.objective.keep is not None for r in recipes):
+            return "the start node is sparse: each walk re-zeros its own mask"
+        if len({bool(r.optimizer.state) for r in recipes}) > 1:
+            return "some walks resume with their optimizer state and some without"
+        steps = {float(s["step"]) for r in recipes for s in r.optimizer.state.values() if "step" in s}
+        if len(steps) > 1:
+            return f"the walks' optimizer states are at different steps {sorted(steps)}"
+        return None
+
+    def _params(self, k: int) -> list[torch.Tensor]:
+        """Walk k's own parameters in stacking order (the recipe's optimizer keys)."""
+        own = dict(self.recipes[k].model.named_parameters())
+        return [own[n] for n in self.names]
+
+    def import_state(self) -> None:
+        """Stack the walks' resumed optimizer states (same step everywhere: checked in ``reason``)."""
+        states = [[r.optimizer.state.get(p) for p in self._params(k)] for k, r in enumerate(self.recipes)]
+        for i, stacked in enumerate(self.holder):
+            per_walk = [s[i] for s in states]
+            if any(s is None or not s for s in per_walk):
+                continue
+            self.optimizer.state[stacked] = {
+                key: torch.stack([s[key] for s in per_walk]) if _per_weight(v, stacked.shape[1:]) else _copy(v)
+                for key, v in per_walk[0].items()}
+        for r in self.recipes:  # the stacked optimizer owns the state now; the recipes' copies are stale
+            r.optimizer.state.clear()
+
+    def export_state(self, recipe: ReplicaRun) -> None:
+        """Walk ``recipe``'s slice of the stacked optimizer state into its own optimizer (for its checkpoint)."""
+        k = self.recipes.index(recipe)
+        for stacked, own in zip(self.holder, self._params(k)):
+            state = self.optimizer.state.get(stacked)
+            if state:
+                recipe.optimizer.state[own] = {key: v[k].clone() if _per_weight(v, stacked.shape) else _copy(v)
+                                               for key, v in state.items()}
+        set_lr(recipe.optimizer, self.optimizer.param_groups[0]["lr"])
+
+    def _one(self, weights: list[torch.Tensor], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One walk's logits and labels (under vmap: weights and batch carry the walk dimension)."""
+        params = {f"net.{n}": w for n, w in zip(self.names, weights)}
+        return torch.func.functional_call(self.logits, params, (batch,), strict=False)
+
+    def run(self) -> list[RunResult]:
+        """Step the K walks to their budget (or a stop), then let each recipe finish or record its stop."""
+        threads = torch.get_num_threads()
+        if self.recipes[0].device.type == "cpu":
+            torch.set_num_threads(cpu_threads(self.k, threads))
+        log.info("%s: %d replicas walk batched (vmap over stacked weights, %d threads)", self.name, self.k,
+                 torch.get_num_threads())
+        try:
+            stop = self.loop()
+        finally:
+            torch.set_num_threads(threads)
+        return [r.complete(stop) for r in self.recipes]
+
+    def loop(self) -> str | None:
+        first = self.recipes[0]
+        pin = first.device.type == "cuda"
+        streams = [batch_stream(r.task, r.cfg.batch_size, r.cfg.seed, r.step, pin) if r.objective.uses_task_batch
+                   else None for r in self.recipes]
+        bar = tqdm(total=first.total, initial=first.step, desc=f"{self.name} x{self.k}", unit="step",
+                   disable=not self.limits.progress, dynamic_ncols=True)
+        guarded = False
+        try:
+            while first.step < first.total:
+                if self.stop.requested or self.limits.exhausted():
+                    return "interrupt" if self.stop.requested else "limit"
+                outs = self.step(streams)
+                for r, out in zip(self.recipes, outs):
+                    if r.reference is not None and not guarded and r.step >= 2:
+                        r._check_reference_is_frozen(out)
+                    r.after_step(False)
+                guarded = guarded or first.step >= 2
+                bar.update(1)
+        except KeyboardInterrupt:  # a second Ctrl-C: the weights may be mid-step, nothing more is saved
+            for r in self.recipes:
+                r.saved_step = r.step
+            return "hard-interrupt"
+        finally:
+            bar.close()
+        return None
+
+    def step(self, streams: list) -> list:
+        """One optimizer step of every walk: its own batches and memory sample, one batched forward/backward."""
+        tasks, mems, refs = [], [], []
+        for r, stream in zip(self.recipes, streams):
+            r.step += 1
+            gen = torch.Generator().manual_seed(derive_seed(r.cfg.seed, "step", r.step))
+            tasks.append(move_batch(next(stream), r.device) if stream is not None else None)
+            mem, ref = r.reference.sample(r.cfg.memory_batch_size, gen) if r.reference else (None, None)
+            mems.append(mem)
+            refs.append(ref)
+        step = self.recipes[0].step
+        if self.cfg.lr_schedule != "constant":
+            set_lr(self.optimizer, lr_at(self.cfg, step, self.recipes[0].total))
+        joined = [joined_batch(t, m) for t, m in zip(tasks, mems)]
+        stacked = {key: torch.stack([j[key] for j in joined]) for key in joined[0]}  # (K, N, ...)
+        with self.recipes[0].amp.autocast():
+            logits, labels = self.batched(list(self.holder), stacked)  # (K, P, C), (K, P)
+            outs = [fip_terms(r.model, r.objective, r.odist, r.cfg.lam, logits[k], labels[k], tasks[k], mems[k],
+                              refs[k], r.cols) for k, r in enumerate(self.recipes)]
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.stack([o.loss for o in outs]).sum().backward()  # walks share no weights: each gets its own gradient
+        self.optimizer.step()
+        for r, ref in zip(self.recipes, refs):
+            r.steps_done += 1
+            r.last_ref_logits = ref
+        self.limits.count()
+        return outs
+
+
+def cpu_threads(k: int, current: int) -> int:
+    """Threads for a batched CPU step: every core (at most K) while the machine is otherwise idle, else
+    the build's own. The batched step has work for every core, but on a busy machine threads that are
+    time-sliced wait for each other: with load 17 on 2 cores, 2 threads ran 0.3-0.8x as fast as 1."""
+    if THREADS is not None:
+        return max(1, min(k, THREADS))
+    cores = len(os.sched_getaffinity(0))
+    return max(current, min(k, cores)) if os.getloadavg()[0] < cores else current
+
+
+def _per_weight(value, shape: torch.Size) -> bool:
+    """An optimizer state entry with one value per weight (exp_avg, momentum), not a shared scalar (step)."""
+    return torch.is_tensor(value) and value.dim() > 0 and value.shape == shape
+
+
+def _copy(value):
+    return value.clone() if torch.is_tensor(value) else value
+

@@ -1,0 +1,178 @@
+"""Replica walks (issue 9 §3): K seeds of one run as one batched computation, each its own stored run.
+
+Oracles: the same walks run one at a time (the plain RunRecipe), a plain run of one seed, and an
+uninterrupted batched build for resume. Small real builds on sklearn digits."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+import fipgraph  # noqa: E402
+from fipgraph.errors import ConfigError  # noqa: E402
+from fipgraph.path import build  # noqa: E402
+from fipgraph.path.config import build_config  # noqa: E402
+
+replicas_mod = importlib.import_module("fipgraph.path.replicas")
+build_mod = importlib.import_module("fipgraph.path.build")  # the module (the package re-exports the function)
+REL_TOL = 1e-5  # batched (vmap) matmuls sum in another order than K separate ones: float rounding only
+
+
+def _raw(replicas=3, op2="continual", steps=12, **extra) -> dict:
+    return {
+        "name": "r",
+        "data": {"source": "digits", "split": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]},
+        "model": {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [32], "n_classes": 10}},
+        "defaults": {"save_every": 4, "eval_every": 100, "probe_size": 8, "memory_size": 60, "device": "cpu", **extra},
+        "runs": [{"name": "t1", "op": "finetune", "task": 1, "steps": steps, "replicas": replicas},
+                 {"name": "c", "op": op2, "from": "t1", "task": 2, "steps": steps, "replicas": replicas}],
+    }
+
+
+def _nodes(store_dir) -> dict[tuple[str, int], dict]:
+    """{(run name, step): weights} of every stored node."""
+    with fipgraph.open_store(store_dir, "r") as s:
+        df = s.sql("SELECT n.node_id, n.step, r.name FROM nodes n JOIN runs r USING (run_id)")
+        return {(name, int(step)): s.state_dict(int(nid)) for nid, step, name in zip(df["node_id"], df["step"], df["name"])}
+
+
+def _close(a: dict, b: dict, tol: float = REL_TOL) -> float:
+    """Largest relative difference over all tensors (asserts both have the same keys)."""
+    assert set(a) == set(b)
+    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in a)
+
+
+def _sequential(monkeypatch) -> None:
+    monkeypatch.setattr(replicas_mod, "static_reason", lambda plan: "forced by the test")
+
+
+# -- config -----------------------------------------------------------------------------------------
+def test_replicas_expand_to_runs_named_by_seed_and_chain_replica_to_replica():
+    cfg = build_config(_raw() | {"runs": [
+        {"name": "t1", "op": "finetune", "task": 1, "seeds": [5, 9]},
+        {"name": "c", "op": "continual", "from": "t1", "task": 2, "seeds": [5, 9]}]})
+    plans = build_mod.plan_runs(cfg, None, None)
+    assert [(p.name, p.run.seed, p.start, p.group) for p in plans] == [
+        ("r/t1/s5", 5, None, "t1"), ("r/t1/s9", 9, None, "t1"), ("r/c/s5", 5, "t1/s5", "c"), ("r/c/s9", 9, "t1/s9", "c")]
+    # each replica stores the config a plain run of its seed would: no replicas/seeds keys
+    assert all("replicas" not in p.run.to_dict() and "seeds" not in p.run.to_dict() for p in plans)
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"name": "t1", "op": "finetune", "replicas": 0}], "replicas=0 must be >= 1"),
+    ([{"name": "t1", "op": "finetune", "replicas": 3, "seeds": [1, 2]}], "replicas=3 but seeds=[1, 2]"),
+    ([{"name": "t1", "op": "finetune", "seeds": [1, 1]}], "distinct seeds"),
+    ([{"name": "t1", "op": "finetune", "replicas": "two"}], "replicas='two'"),
+])
+def test_bad_replica_settings_name_the_value_and_the_fix(runs, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_config(_raw() | {"runs": runs})
+
+
+def test_a_run_from_a_replicated_run_needs_the_same_seeds(tmp_path):
+    raw = _raw()
+    raw["runs"][1]["replicas"] = 2
+    with pytest.raises(ConfigError, match=r"from='t1' has replicas with seeds \[0, 1, 2\].*set seeds = \[0, 1, 2\]"):
+        build(build_config(raw), tmp_path / "s", progress=False)
+
+
+# -- batched = separate ----------------------------------------------------------------------------
+def test_batched_replicas_equal_separate_walks_and_a_plain_run_of_that_seed(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fipgraph.build")
+    batched = build(build_config(_raw()), tmp_path / "b", progress=False)
+    assert batched.status == "finished" and "3 replicas walk batched" in caplog.text
+    with monkeypatch.context() as m:
+        _sequential(m)
+        separate = build(build_config(_raw()), tmp_path / "s", progress=False)
+    assert [r.name for r in batched.runs] == [r.name for r in separate.runs] == [
+        f"r/{run}/s{s}" for run in ("t1", "c") for s in range(3)]
+    b, s = _nodes(tmp_path / "b"), _nodes(tmp_path / "s")
+    assert set(b) == set(s) and len(b) == 3 * 4 + 3 * 3  # t1: steps 0 (a new network), 4, 8, 12; c: 4, 8, 12
+    worst = max(_close(b[key], s[key]) for key in b)
+    assert worst <= REL_TOL, worst
+    # and the walks did move, differently per seed (a broken stacking would copy one walk K times)
+    assert _close(b[("r/t1/s0", 12)], b[("r/t1/s0", 0)]) > 1e-2
+    assert _close(b[("r/c/s1", 12)], b[("r/c/s2", 12)]) > 1e-2
+    plain = _raw()
+    plain["runs"] = [{"name": "t1/s1", "op": "finetune", "task": 1, "steps": 12, "seed": 1}]
+    build(build_config(plain), tmp_path / "p", progress=False)
+    p = _nodes(tmp_path / "p")
+    assert max(_close(b[("r/t1/s1", step)], p[("r/t1/s1", step)]) for step in (0, 4, 8, 12)) <= REL_TOL
+    with fipgraph.open_store(tmp_path / "b", "r") as store:  # every replica's last node evaluated, edges per run
+        evals = store.sql("SELECT r.name, count(*) AS n FROM evals e JOIN nodes n USING (node_id) "
+                          "JOIN runs r USING (run_id) WHERE n.step = 12 AND e.metric = 'accuracy' GROUP BY r.name")
+        assert len(evals) == 6 and (evals["n"] >= 1).all()
+        parents = store.sql("SELECT n.parent_id, p.run_id AS prun, n.run_id FROM nodes n JOIN nodes p "
+                            "ON n.parent_id = p.node_id")
+        c_first = store.sql("SELECT r.name, p.name AS pname FROM nodes n JOIN runs r USING (run_id) "
+                            "JOIN nodes pn ON n.parent_id = pn.node_id JOIN runs p ON pn.run_id = p.run_id "
+                            "WHERE n.step = 4 AND r.name LIKE 'r/c/%'")
+    assert (parents["prun"] == parents["run_id"]).sum() == len(parents) - 3  # only c's first nodes cross runs
+    assert sorted(zip(c_first["name"], c_first["pname"])) == [(f"r/c/s{s}", f"r/t1/s{s}") for s in range(3)]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_other_elementwise_optimizers_batch_too(tmp_path, monkeypatch, optimizer):
+    raw = _raw(replicas=2, steps=8, optimizer=optimizer, weight_decay=0.01, lr_schedule="cosine")
+    build(build_config(raw), tmp_path / "b", progress=False)
+    with monkeypatch.context() as m:
+        _sequential(m)
+        build(build_config(raw), tmp_path / "s", progress=False)
+    b, s = _nodes(tmp_path / "b"), _nodes(tmp_path / "s")
+    assert set(b) == set(s) and max(_close(b[k], s[k]) for k in b) <= REL_TOL
+
+
+# -- resume ----------------------------------------------------------------------------------------
+def test_batched_replicas_resume_bit_for_bit(tmp_path):
+    whole = build(build_config(_raw()), tmp_path / "w", progress=False)
+    first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=7)  # t1 at step 7 of 12
+    assert first.status == "interrupted" and {r.status for r in first.runs} == {"interrupted"}
+    assert [r.steps_done for r in first.runs] == [7, 7, 7]
+    second = build(build_config(_raw()), tmp_path / "r", progress=False)
+    assert second.status == "finished" == whole.status
+    w, r = _nodes(tmp_path / "w"), _nodes(tmp_path / "r")
+    assert set(r) - set(w) == {(f"r/t1/s{s}", 7) for s in range(3)}  # the stop's own nodes
+    for key in w:
+        assert all(torch.equal(w[key][k], r[key][k]) for k in w[key]), key
+
+
+def test_replicas_at_different_steps_resume_one_at_a_time_then_batch_again(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fipgraph.build")
+    build(build_config(_raw()), tmp_path / "w", progress=False)
+    whole = _nodes(tmp_path / "w")
+    with monkeypatch.context() as m:
+        _sequential(m)  # the first invocation walks s0 to its end, then stops in s1 (max_steps counts every walk)
+        first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=17)
+    assert [r.status for r in first.runs] == ["finished", "interrupted"]
+    caplog.clear()
+    build(build_config(_raw()), tmp_path / "r", progress=False)  # s1 at step 5, s2 new: different steps
+    assert "t1: 2 replicas walk one at a time: the walks are at different steps [5, 0]" in caplog.text
+    assert "c: 3 replicas walk batched" in caplog.text
+    r = _nodes(tmp_path / "r")
+    assert max(_close(r[key], whole[key]) for key in whole) <= REL_TOL
+
+
+# -- fallback --------------------------------------------------------------------------------------
+def test_an_op_that_cannot_batch_walks_one_at_a_time_and_says_why(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fipgraph.build")
+    raw = _raw(replicas=2, steps=6)
+    raw["runs"][1].update(op="sparsify", sparsity=0.5)
+    result = build(build_config(raw), tmp_path / "s", progress=False)
+    assert result.status == "finished" and [r.name for r in result.runs][2:] == ["r/c/s0", "r/c/s1"]
+    assert "2 replicas walk one at a time: op 'sparsify' acts on each network between steps" in caplog.text
+    assert "t1: 2 replicas walk batched" in caplog.text
+
+
+def test_batched_cpu_step_takes_every_core_only_while_the_machine_is_idle(monkeypatch):
+    cores = len(replicas_mod.os.sched_getaffinity(0))
+    monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert replicas_mod.cpu_threads(8, 1) == min(8, cores) and replicas_mod.cpu_threads(1, 1) == 1
+    monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
+    assert replicas_mod.cpu_threads(8, 1) == 1  # time-sliced threads wait for each other: keep the build's one
+    monkeypatch.setattr(replicas_mod, "THREADS", 2)
+    assert replicas_mod.cpu_threads(8, 1) == 2 and replicas_mod.cpu_threads(1, 1) == 1
