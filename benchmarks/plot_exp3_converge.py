@@ -69,19 +69,24 @@ def figure(runs: list[dict], out: str) -> None:
     for r in runs:
         if not r["path"]:
             continue
-        label = f"{100 * r['run']['sparsity']:g} %"
-        steps = [p["step"] for p in r["path"]]
-        line, = axes[0].plot(steps, [100 * p["dist"] for p in r["path"]], label=label)
-        axes[1].plot(steps, [100 * p["acc"] for p in r["path"]], color=line.get_color(), label=f"{label}: node")
-        axes[1].plot(steps, [100 * p["proj"] for p in r["path"]], color=line.get_color(), ls="--", lw=1)
-        if r["proj"] is not None:
-            axes[0].axvline(r["proj"]["tags"]["projection_step"], color=line.get_color(), lw=0.6, ls=":")
+        label = f"{100 * r['run']['sparsity']:g} % ({r['name']})"
+        path = [(p["step"], p["dist"], p["acc"], p["proj"]) for p in r["path"]]
+        if r["proj"] is not None:  # the walk's last point: the node just before the projection, and the projection
+            t = r["proj"]["tags"]
+            path.append((t["projection_step"], t["distance_before_projection"],
+                         t.get("accuracy_before_projection", {}).get("task1", float("nan")), r["proj"]["acc"]))
+        steps, dist, acc, proj = zip(*path)
+        line, = axes[0].plot(steps, [100 * d for d in dist], label=label)
+        axes[1].plot(steps, [100 * a for a in acc], color=line.get_color(), label=label)
+        axes[1].plot(steps, [100 * p for p in proj], color=line.get_color(), ls="--", lw=1)
+        if r["final"] is not None and r["final"]["tags"].get("recovered"):
+            axes[1].plot([r["final"]["step"]], [100 * r["final"]["acc"]], "o", color=line.get_color(), ms=4)
     axes[0].set(yscale="log", xlabel="FIP step", ylabel="‖w − P_p(w)‖ / ‖w‖  (%)", title="distance to the p-sparse set")
     axes[0].axhline(0.1, color="k", lw=0.8, ls="--")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=6)
     axes[1].set(xlabel="FIP step", ylabel="accuracy (%)", ylim=(0, 100),
-                title="solid: the walk's node; dashed: its hard projection")
-    axes[1].legend(fontsize=7, loc="lower left")
+                title="solid: walk node; dashed: its projection; dot: after recovery")
+    axes[1].legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"figure: {out}")
