@@ -38,7 +38,6 @@ from torch import nn
 
 from fipgraph.errors import ConfigError
 from fipgraph.path.fields import check_types
-from fipgraph.path.sparsity import magnitude_masks, prunable_names, sparsity_of
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -69,11 +68,6 @@ class SparseTargetConfig(OpConfig):
         super().__post_init__()
         _need(self.prune_scope in ("global", "layer"), f"prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
         _need(0.0 <= self.sparsity < 1.0, f"sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
-
-
-@dataclass
-class SparsifyConfig(SparseTargetConfig):
-    tolerance: float = 1e-3  # stop when ||w - project(w)|| / ||w|| falls below this
 
 
 @dataclass
@@ -121,6 +115,7 @@ class Context:
     device: torch.device = torch.device("cpu")  # where the model and its batches live
     seen: dict | None = None  # {dataset: task} evaluated at each node
     odist: Any = None  # the run's output distance
+    run_id: int = -1  # this run's id in the store (find its own stored nodes when resuming)
 
 
 class Objective:
@@ -253,55 +248,7 @@ class Undirected(Objective):
         return out
 
 
-@register_objective("sparsify", config=SparsifyConfig)
-class Sparsify(Objective):
-    """Algorithm 2: L = ||w - project_p(w)||^2 over the prunable weights; ends with a hard projection."""
-
-    uses_memory = True
-
-    def __init__(self, run: Any, model: nn.Module) -> None:
-        super().__init__(run, model)
-        self.names = prunable_names(model, run.prunable)
-        if not self.names:
-            raise ConfigError(
-                f"run {run.name!r}: no prunable parameters (prunable={run.prunable!r}); give fnmatch "
-                f"patterns of parameter names, e.g. ['*.weight']"
-            )
-        self.relative_distance = float("inf")
-
-    def _params(self, model: nn.Module) -> list[torch.Tensor]:
-        params = dict(model.named_parameters())
-        return [params[n] for n in self.names]
-
-    def penalty(self, model, logits, labels):
-        params = self._params(model)
-        masks = magnitude_masks(params, self.options.sparsity, self.options.prune_scope)
-        # (w - w_p) is w on the pruned entries: L is the squared norm of what projection removes
-        sq = sum((p * ~m).pow(2).sum() for p, m in zip(params, masks))
-        norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in params))
-        self.relative_distance = float(torch.sqrt(sq.detach()) / norm.clamp_min(1e-12))
-        return sq
-
-    def converged(self) -> bool:
-        return self.relative_distance < self.options.tolerance
-
-    def report(self) -> dict[str, float]:
-        return {"dist": self.relative_distance}
-
-    def finish(self, model: nn.Module) -> dict[str, Any]:
-        params = self._params(model)
-        with torch.no_grad():
-            for p, m in zip(params, magnitude_masks(params, self.options.sparsity, self.options.prune_scope)):
-                p.mul_(m)
-        return {
-            "final_projection": True,
-            "distance_before_projection": self.relative_distance,  # ||w - project(w)|| / ||w|| at the last step
-            # the mask is the zero pattern of these parameters in this node's (bit-exact) weights
-            "sparse_mask": {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of(params),
-                            "target": self.options.sparsity, "scope": self.options.prune_scope},
-        }
-
-
 # The baselines register themselves on import; importing them here makes OBJECTIVES complete
 # wherever it is read (config validation, the walk, the CLI).
-from fipgraph.path import baselines, lora, pruning, travel  # noqa: E402,F401
+from fipgraph.path import baselines, lora, pruning, sparsify, travel  # noqa: E402,F401
+from fipgraph.path.sparsify import Sparsify, SparsifyConfig  # noqa: E402,F401  (re-exported)

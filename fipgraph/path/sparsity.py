@@ -69,3 +69,29 @@ def magnitude_masks(
 def sparsity_of(tensors: list[torch.Tensor]) -> float:
     n = sum(t.numel() for t in tensors)
     return sum(int((t == 0).sum()) for t in tensors) / max(n, 1)
+
+
+def distance_to_sparse(tensors: list[torch.Tensor], p: float, scope: str = "global") -> float:
+    """‖w − P_p(w)‖ / ‖w‖: the share of the weights' norm that the projection onto p zeros removes."""
+    with torch.no_grad():
+        masks = magnitude_masks(tensors, p, scope)
+        removed = sum(float((t * ~m).pow(2).sum()) for t, m in zip(tensors, masks))
+        norm = sum(float(t.pow(2).sum()) for t in tensors)
+    return (removed / max(norm, 1e-24)) ** 0.5
+
+
+def cubic_sparsity(step: int, start: float, target: float, ramp: int) -> float:
+    """Zhu & Gupta (2017): s_t = p + (s_0 − p)(1 − t/n)³ for t ≤ n, then p; fast early, gentle near p."""
+    if ramp <= 0 or step >= ramp:
+        return target
+    return target + (start - target) * (1.0 - step / ramp) ** 3
+
+
+def lambda_factor(step: int, ramp: int, growth: float, period: int, cap: float) -> float:
+    """Multiplier of λ: 1 until the sparsity ramp ends, then ×``growth`` every ``period`` steps, at most ``cap``.
+
+    A constant λ settles where ∇odist balances 2λ(w − P_p(w)), off the sparse set; a growing λ
+    moves that balance point onto it, so the walk converges."""
+    if step <= ramp or growth == 1.0:
+        return 1.0
+    return min(growth ** ((step - ramp) / period), cap)

@@ -167,7 +167,8 @@ class RunRecipe:
         self.prunable = prunable_names(model, cfg.prunable)
         self.reference = self._reference(model) if self.objective.uses_memory else None
         self.objective.prepare(Context(store=self.store, start=self.start, model=model, tasks=self.tasks,
-                                       head=self.head, device=self.device, seen=self.seen, odist=self.odist))
+                                       head=self.head, device=self.device, seen=self.seen, odist=self.odist,
+                                       run_id=self.run_id))
         self.probe = self._probe()
         self.keep = self._keep_zeros(model)
         self.checkpoint = self._read_checkpoint()
