@@ -125,6 +125,21 @@ def test_resume_identity_compares_explicit_keys_with_defaults_for_missing_ones()
     assert identity_diff(changed, resolved, run) == ["run.lr", "run.precision"]
 
 
+def test_sparsify_runs_stored_before_the_schedules_resume_under_the_old_behaviour():
+    cfg = load_config(None, ['runs.continual.op="sparsify"', "runs.continual.steps=20"])
+    run = cfg.runs[1]
+    resolved = build_mod.resolved_config(cfg, build_mod.Plan(run, "default/continual", {"name": "mlp"}, "task1"), 4)
+    stored = {**resolved, "run": {k: v for k, v in resolved["run"].items()
+                                  if k not in ("sparsity_schedule", "lambda_schedule", "recovery_steps")}}
+    assert identity_diff(stored, resolved, run) == ["run.sparsity_schedule", "run.lambda_schedule",
+                                                    "run.recovery_steps"]  # new defaults: not the stored walk
+    pinned = load_config(None, ['runs.continual.op="sparsify"', "runs.continual.steps=20",
+                                'sparsity_schedule="constant"', 'lambda_schedule="constant"', "recovery_steps=0"])
+    again = build_mod.resolved_config(pinned, build_mod.Plan(pinned.runs[1], "default/continual", {"name": "mlp"},
+                                                              "task1"), 4)
+    assert identity_diff(stored, again, pinned.runs[1]) == []
+
+
 def test_derive_seed_keeps_the_formulas_stored_runs_were_built_with():
     assert derive_seed(3, "init") == 3 and derive_seed(3, "probe") == 3
     assert derive_seed(3, "memory", 2) == 3002 and derive_seed(3, "fisher", 1) == 3001

@@ -197,14 +197,17 @@ def identity_diff(stored: dict[str, Any], resolved: dict[str, Any], run: RunConf
     """Keys in which a stored run's config and this build's resolved config differ (empty = same run).
 
     Only the explicit identity keys are compared, so a setting added later (to any op) never blocks
-    resuming a run stored before it existed: a key a stored config lacks counts as its default."""
+    resuming a run stored before it existed: a key a stored config lacks counts as its default, or,
+    for a setting whose default changed the op's behaviour, as the value the op's config class lists
+    in ``LEGACY`` (what runs stored before the setting existed did)."""
     from fipgraph.path.fields import field_defaults
 
     diff = [k for k in BUILD_IDENTITY if stored.get(k) != resolved.get(k)]
     defaults = {**field_defaults(RunConfig), **field_defaults(type(run.options)), "from": None,
                 "steps": RunConfig.DEFAULT_STEPS, "precision": "fp32"}
+    legacy = {**defaults, **getattr(type(run.options), "LEGACY", {})}
     old, new = stored.get("run") or {}, resolved["run"]
-    diff += [f"run.{k}" for k in run.identity_keys() if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
+    diff += [f"run.{k}" for k in run.identity_keys() if old.get(k, legacy.get(k)) != new.get(k, defaults.get(k))]
     return diff
 
 

@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ class SparsifyConfig(SparseTargetConfig):
     lambda_period: int | None = None  # steps per ×lambda_growth (None = a fifth of the ramp)
     lambda_max: float = 1e6  # λ never exceeds this (λ of the run × growth is capped here)
     recovery_steps: int = 1000  # FIP steps after the projection with the mask fixed, odist to the dense start
+    # runs stored before these settings existed walked toward p from step 1 with a constant λ and no recovery
+    LEGACY: ClassVar[dict[str, Any]] = {"sparsity_schedule": "constant", "lambda_schedule": "constant",
+                                        "recovery_steps": 0}
 
     def __post_init__(self) -> None:
         super().__post_init__()
