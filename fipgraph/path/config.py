@@ -86,6 +86,8 @@ class RunConfig:
     probe_size: int = 32  # fixed examples for each edge's output_distance (odist to the parent, per example); 0 = skip
     device: str | None = None  # auto | cpu | cuda | cuda:N | mps; None = the build's device
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast over fp32 master weights); None = the build's
+    num_cpus: float = 1  # --executor ray: CPUs this run's Ray task reserves (no effect on its nodes)
+    num_gpus: float = 0  # --executor ray: GPUs this run's Ray task reserves (fractions share a GPU)
     options: Any = None  # this op's own settings: its registered config dataclass, or a dict of them
 
     DEFAULT_STEPS: ClassVar[int] = 300
@@ -114,6 +116,8 @@ class RunConfig:
         _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
         for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
             _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
+        _need(self.num_cpus >= 0 and self.num_gpus >= 0,
+              f"{where}: num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; Ray resources must be >= 0")
         _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
         _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
         _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
