@@ -351,8 +351,12 @@ def build_config(raw: dict[str, Any]) -> BuildConfig:
         raise ConfigError(f"bad config: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BuildConfig:
-    """Read a TOML config (None = the embedded default) and apply key=value overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                sweeps: list[str] | None = None) -> BuildConfig:
+    """Read a TOML config (None = the embedded default), apply key=value overrides, then expand its
+    [sweep] table and the ``sweeps`` ("key=v1,v2") into one run per combination (``fipgraph.path.sweep``)."""
+    from fipgraph.path import sweep
+
     if path is None:
         text = resources.files("fipgraph.path").joinpath("default.toml").read_text()
     else:
@@ -363,7 +367,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path or 'default.toml'}: {exc}") from None
-    return build_config(apply_overrides(raw, parse_overrides(overrides or [])))
+    swept = sweep.sweep_keys(raw, sweeps)
+    return build_config(sweep.expand(apply_overrides(raw, parse_overrides(overrides or [])), swept))
 
 
 def config_to_dict(config: BuildConfig) -> dict[str, Any]:

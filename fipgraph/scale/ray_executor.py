@@ -112,6 +112,9 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
               threads: int = 1, num_cpus: int | None = None) -> BuildResult:
     """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
     store_dir = Path(store_dir)
+    if address is not None:
+        _check_reachable(address)  # before anything is created or loaded
+    _import_ray()
     with fipgraph.open_store(store_dir, mode="a", durable=durable) as store:  # checks, then handed to the writer
         tasks, plans = _prepare(config, store, start)
     ray = connect(address, num_cpus)
@@ -124,9 +127,11 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
         ray.get(writer.call.remote("flush"))
         merged, seconds = ray.get(writer.merge_cost.remote())
         log.info("build %s: %d nodes merged, %.2f ms each on the writer", config.name, merged, 1e3 * seconds / max(merged, 1))
-        ray.get(writer.close.remote())
-    finally:
-        ray.kill(writer)
+    finally:  # also on Ctrl-C: commit what the writer holds before it goes
+        try:
+            ray.get(writer.close.remote(), timeout=120)
+        finally:
+            ray.kill(writer)
         log.removeHandler(handler)
         handler.close()
     with fipgraph.open_store(store_dir, mode="r") as store:
@@ -136,13 +141,19 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     return BuildResult(status, results, accuracy, StoreFiles(store_dir).build_log, failed)
 
 
+def writer_name(store_dir: str | Path) -> str:
+    """The writer actor's name (``ray.get_actor(name).who.remote()``: which worker walks which run)."""
+    return f"fipgraph-writer:{Path(store_dir).resolve()}"
+
+
 def _start_writer(ray: Any, store_dir: Path, durable: bool) -> Any:
     """The writer actor, pinned to this (the driver's) machine: the store lives on its disk."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(StoreWriter).options(
-        num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
+        name=writer_name(store_dir), num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
     writer = actor.remote(str(store_dir.resolve()), durable)
     ray.get(writer.who.remote())  # the store is open (or its error surfaces here)
     return writer

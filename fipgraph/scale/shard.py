@@ -55,8 +55,10 @@ class StoreWriter:
 
     def __init__(self, store_dir: str, durable: bool) -> None:
         import fipgraph
+        from fipgraph.path.build import _setup_log
 
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
+        _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
         self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host)
         self.merge_seconds = 0.0
         self.merged = 0
