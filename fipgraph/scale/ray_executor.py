@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fipgraph
-from fipgraph.errors import ConfigError, FipgraphError
+from fipgraph.errors import ConfigError
 from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_accuracies, resolved_config
 from fipgraph.path.config import BuildConfig
 from fipgraph.path.interrupt import StopSignal
@@ -27,10 +27,6 @@ from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
 MAX_RETRIES = 3  # a worker that dies (preempted VM, OOM kill) is retried this often
-
-
-class RunFailedError(FipgraphError, RuntimeError):
-    """A run raised inside its Ray task; the build marks it failed and goes on."""
 
 
 def _import_ray() -> Any:

@@ -8,9 +8,10 @@ network per node is its weights as numpy arrays (Ray's object store), its metric
 run's optimizer state. The writer assigns node ids, so they are unique and stable, and a node's
 parent may be any committed node (e.g. another run's last one).
 
-A node and the optimizer state that belongs to it arrive in one actor call and are kept together,
-so a Ray retry of a killed worker resumes from the last committed node with its optimizer state:
-no committed node is lost and no (run, step) is stored twice.
+A node and the optimizer state that belongs to it arrive in one actor call and are kept together
+(in the writer's memory; on disk at most once a minute and at close), so a Ray retry of a killed
+worker resumes from the last committed node with its optimizer state: no committed node is lost and
+no (run, step) is stored twice.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class StoreWriter:
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
         _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
         self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host)
-        self.merge_seconds = 0.0
-        self.merged = 0
+        self.latest: dict[int, tuple[int, dict]] = {}  # run id -> (node, optimizer state of that node)
+        self.written: dict[int, float] = {}  # run id -> when its state was last written to disk
+        self.merge_seconds, self.merged, self.closed = 0.0, 0, False
 
     def register(self, name: str, pid: int, host: str) -> None:
         """A run's task says where it runs (logged; the tests kill that worker)."""
@@ -78,16 +80,40 @@ class StoreWriter:
         return getattr(self.store, method)(*args, **kwargs)
 
     def files_call(self, method: str, *args: Any) -> Any:
-        if method not in ("load_optimizer_state", "save_optimizer_state", "drop_optimizer_state"):
-            raise AttributeError(f"StoreWriter does not forward files.{method!r}")
-        return getattr(self.store.files, method)(*args)
+        """Optimizer state: the latest per run is kept in memory (a retried task resumes from it) and
+        written beside the store at most once a minute and at close (as a local build does)."""
+        if method == "load_optimizer_state":
+            return self._latest_state(int(args[0]))
+        if method == "save_optimizer_state":
+            return self._keep_state(*args)
+        if method == "drop_optimizer_state":
+            self.latest.pop(int(args[0]), None)
+            return self.store.files.drop_optimizer_state(*args)
+        raise AttributeError(f"StoreWriter does not forward files.{method!r}")
+
+    def _keep_state(self, run_id: int, node: int, state: Mapping) -> None:
+        self.latest[int(run_id)] = (int(node), dict(state))
+        if time.time() - self.written.get(int(run_id), 0.0) > 60:
+            self._write_state(int(run_id))
+
+    def _write_state(self, run_id: int) -> None:
+        node, state = self.latest[run_id]
+        self.store.flush()  # the file names a committed node
+        self.store.files.save_optimizer_state(run_id, node, state)
+        self.written[run_id] = time.time()
+
+    def _latest_state(self, run_id: int) -> dict | None:
+        if run_id in self.latest:
+            node, state = self.latest[run_id]
+            return {"node": node, "state": state}
+        return self.store.files.load_optimizer_state(run_id)
 
     def append(self, arrays: Mapping[str, Any], spec: dict | None, meta: dict, checkpoint: dict | None) -> int:
         """Append a worker's node; keep the optimizer state that belongs to it in the same call."""
         t0 = time.perf_counter()
         node = self.store.append(from_wire(arrays, spec), **meta)
         if checkpoint is not None and meta.get("run") is not None:
-            self.store.files.save_optimizer_state(meta["run"], node, checkpoint)
+            self._keep_state(meta["run"], node, checkpoint)
         self.merge_seconds += time.perf_counter() - t0
         self.merged += 1
         return node
@@ -100,6 +126,11 @@ class StoreWriter:
         return self.merged, self.merge_seconds
 
     def close(self) -> None:
+        """Write every run's latest optimizer state (a rerun of the build resumes with it), then close."""
+        if not self.closed:
+            for run_id in list(self.latest):
+                self._write_state(run_id)
+            self.closed = True
         self.store.close()
 
 
