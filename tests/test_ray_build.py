@@ -214,3 +214,30 @@ def test_bad_input_fails_before_any_run(tmp_path):
     assert "ray://127.0.0.1:9" in out.stderr and "ray start --head" in out.stderr
     assert not (tmp_path / "addr").exists()
     assert "Traceback" not in out.stderr
+
+
+def test_killed_driver_rerun_resumes_the_whole_build(tmp_path):
+    """A driver on this module's cluster (--address HOST:PORT), SIGKILLed mid-build; the same build again finishes it."""
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(FOUR_RUNS.replace("steps = 20", "steps = 150"))
+    store_dir = tmp_path / "ray"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "fipgraph", "build", str(config_path), *SMALL, "--executor", "ray",
+           "--address", address, "--store", str(store_dir), "--no-progress"]
+    driver = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 240
+    while _count(store_dir, "four/task1") < 8 and time.time() < end and driver.poll() is None:
+        time.sleep(0.1)
+    driver.kill()  # SIGKILL: no clean-up runs; its writer actor and tasks die with its job
+    driver.wait()
+    before = sum(_count(store_dir, f"four/{r}") for r in ("task1", "other_seed", "continual", "finetune"))
+    assert 8 <= before < 4 * 31, before  # killed mid-build
+    result = build_ray(load_config(config_path, SMALL), store_dir)
+    assert result.status == "finished"
+    with fipgraph.open_store(store_dir, mode="r") as store:
+        counts = dict(store.sql("SELECT r.name, count(DISTINCT n.step) AS s FROM nodes n JOIN runs r USING (run_id) "
+                                "GROUP BY r.name").values.tolist())
+        dup = store.sql("SELECT run_id, step FROM nodes GROUP BY run_id, step HAVING count(*) > 1")
+    assert dup.empty and len(_nodes(store_dir)) == 4 * 31 - 2  # task-2 runs start at task1's node: no step 0
+    assert counts == {"four/task1": 31, "four/other_seed": 31, "four/continual": 30, "four/finetune": 30}
