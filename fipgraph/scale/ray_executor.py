@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fipgraph
-from fipgraph.errors import ConfigError
+from fipgraph.errors import ConfigError, WriterLockedError
 from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_accuracies, resolved_config
 from fipgraph.path.config import BuildConfig
 from fipgraph.path.interrupt import StopSignal
@@ -111,7 +111,7 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     if address is not None:
         _check_reachable(address)  # before anything is created or loaded
     _import_ray()
-    with fipgraph.open_store(store_dir, mode="a", durable=durable) as store:  # checks, then handed to the writer
+    with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
         tasks, plans = _prepare(config, store, start)
     ray = connect(address, num_cpus)
     check_resources(ray, plans)
@@ -135,6 +135,19 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     ok = len(results) == len(plans) and all(r.status == "finished" for r in results)
     status = "finished" if ok else ("failed" if failed else "interrupted")
     return BuildResult(status, results, accuracy, StoreFiles(store_dir).build_log, failed)
+
+
+def _open_when_free(store_dir: Path, durable: bool, wait: float = 60.0):
+    """Open the store for writing; a killed driver's writer actor may hold it for some seconds more
+    while Ray tears its job down, so a lock is waited for (up to ``wait`` s) before it is an error."""
+    end = time.time() + wait
+    while True:
+        try:
+            return fipgraph.open_store(store_dir, mode="a", durable=durable)
+        except WriterLockedError:
+            if time.time() > end:
+                raise
+            time.sleep(0.5)
 
 
 def writer_name(store_dir: str | Path) -> str:
@@ -163,8 +176,11 @@ def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, sto
     while waiting or running:
         for plan in list(waiting):
             dep = plan.start if isinstance(plan.start, str) else None
-            if dep in failed or (dep in done and done[dep].status != "finished"):
+            if dep in failed:
                 failed[plan.run.name] = f"not started: its from run {dep!r} did not finish"
+                waiting.remove(plan)
+            elif dep in done and done[dep].status != "finished":  # stopped at --max-hours: a rerun goes on
+                log.info("run %s: not started, %s stopped before its end", plan.name, dep)
                 waiting.remove(plan)
             elif dep is None or dep in done:
                 start_node = done[dep].last_node if dep else plan.start
