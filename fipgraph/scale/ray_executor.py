@@ -108,9 +108,9 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
               threads: int = 1, num_cpus: int | None = None) -> BuildResult:
     """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
     store_dir = Path(store_dir)
-    if address is not None:
-        _check_reachable(address)  # before anything is created or loaded
-    _import_ray()
+    # a cluster to join is joined first, so a bad --address creates nothing; a local Ray starts after
+    # the config's checks (it takes seconds)
+    ray = connect(address, num_cpus) if address is not None else _import_ray()
     with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
         tasks, plans = _prepare(config, store, start)
     ray = connect(address, num_cpus)
