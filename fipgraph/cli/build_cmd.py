@@ -35,6 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--durable", action="store_true",
                    help="fsync each node's files and the catalog before its commit, so a power loss (not only a "
                         "killed process) loses no committed node; costs about 1.1x append time")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="one run per combination of values, named after them (repeatable; also a [sweep] table): "
+                        "--sweep seed=0,1,2 --sweep runs.sparsify.lam=0.1,1")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: runs one after another in this process; ray: independent runs in parallel as Ray "
+                        "tasks (each run's num_cpus/num_gpus), one store as the result")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+                   help="--executor ray: join this Ray cluster (default: start Ray on this machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # one positional list: the config file and the overrides are told apart by "=" (argparse needs
     # them side by side: `build CONFIG k=v --store S` or `build --store S CONFIG k=v`)
@@ -60,14 +68,24 @@ def run_build(args: argparse.Namespace) -> int:
     for key in ("device", "precision"):  # a bare run key: the flag wins over the config for every run
         if getattr(args, key) is not None:
             overrides.append(f"{key}={json.dumps(getattr(args, key))}")
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides, args.sweep)
     if args.threads < 1:
         from fipgraph.errors import ConfigError
         raise ConfigError(f"--threads {args.threads}: give at least 1")
     torch.set_num_threads(args.threads)
-    result = build(config, args.store, start=args.start, max_hours=args.max_hours, max_steps=args.max_steps,
-                   progress=not args.no_progress, durable=args.durable)
+    if args.executor == "ray":
+        result = _build_on_ray(config, args)
+    else:
+        if args.address is not None:
+            from fipgraph.errors import ConfigError
+            raise ConfigError(f"--address {args.address} needs --executor ray")
+        result = build(config, args.store, start=args.start, max_hours=args.max_hours, max_steps=args.max_steps,
+                       progress=not args.no_progress, durable=args.durable)
     print(format_table(result))
+    for name, error in result.failed.items():
+        print(f"run {name!r} failed: {error}", file=sys.stderr)
+    if result.failed:
+        return 1
     print(f"store: {args.store}   log: {result.log_path}")
     if result.status != "finished" and not result.runs:
         print("interrupted before the first step; rerun the same command to start", file=sys.stderr)
@@ -79,3 +97,14 @@ def run_build(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130 if last.stop_reason == "interrupt" else 0
     return 0
+
+
+def _build_on_ray(config, args: argparse.Namespace):
+    from fipgraph.errors import ConfigError
+    from fipgraph.scale.ray_executor import build_ray
+
+    if args.max_steps is not None:
+        raise ConfigError("--max-steps counts steps across runs taken in order; with --executor ray runs go in "
+                          "parallel, so stop them with --max-hours instead")
+    return build_ray(config, args.store, start=args.start, max_hours=args.max_hours, durable=args.durable,
+                     address=args.address, threads=args.threads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ class BuildResult:
     runs: list[RunResult]
     accuracy: dict[str, dict[str, float]]  # run name -> {task: test accuracy at its last node}
     log_path: Path
+    failed: dict[str, str] = field(default_factory=dict)  # run name -> error (--executor ray: the others went on)
 
 
 def _node_spec(store, node_id: int) -> dict:

@@ -88,6 +88,8 @@ class RunConfig:
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast over fp32 master weights); None = the build's
     replicas: int = 1  # K walks of this run, seeds seed, seed+1, ...: stored as runs "<name>/s<seed>", batched when they can be
     seeds: list[int] | None = None  # explicit replica seeds instead (replicas = their number)
+    num_cpus: float = 1  # --executor ray: CPUs this run's Ray task reserves (no effect on its nodes)
+    num_gpus: float = 0  # --executor ray: GPUs this run's Ray task reserves (fractions share a GPU)
     options: Any = None  # this op's own settings: its registered config dataclass, or a dict of them
 
     DEFAULT_STEPS: ClassVar[int] = 300
@@ -116,6 +118,8 @@ class RunConfig:
         _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
         for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
             _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
+        _need(self.num_cpus >= 0 and self.num_gpus >= 0,
+              f"{where}: num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; Ray resources must be >= 0")
         _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
         _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
         _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
@@ -371,8 +375,12 @@ def build_config(raw: dict[str, Any]) -> BuildConfig:
         raise ConfigError(f"bad config: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BuildConfig:
-    """Read a TOML config (None = the embedded default) and apply key=value overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                sweeps: list[str] | None = None) -> BuildConfig:
+    """Read a TOML config (None = the embedded default), apply key=value overrides, then expand its
+    [sweep] table and the ``sweeps`` ("key=v1,v2") into one run per combination (``fipgraph.path.sweep``)."""
+    from fipgraph.path import sweep
+
     if path is None:
         text = resources.files("fipgraph.path").joinpath("default.toml").read_text()
     else:
@@ -383,7 +391,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path or 'default.toml'}: {exc}") from None
-    return build_config(apply_overrides(raw, parse_overrides(overrides or [])))
+    swept = sweep.sweep_keys(raw, sweeps)
+    return build_config(sweep.expand(apply_overrides(raw, parse_overrides(overrides or [])), swept))
 
 
 def config_to_dict(config: BuildConfig) -> dict[str, Any]:

@@ -377,11 +377,14 @@ class RunRecipe:
             self.write_checkpoint(nid)
         return nid
 
+    def checkpoint_state(self) -> dict:
+        """Optimizer, objective and grad-scaler state as they are now (what a resume restores)."""
+        return {"optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(self.model),
+                "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None}
+
     def write_checkpoint(self, node: int) -> None:
         """Optimizer (and objective) state that belongs to ``node``; call only while the model equals that node."""
-        state = {"optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(self.model),
-                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None}
-        self.store.files.save_optimizer_state(self.run_id, node, state)  # atomic; fsynced when the store is durable
+        self.store.files.save_optimizer_state(self.run_id, node, self.checkpoint_state())  # atomic; fsynced when the store is durable
         self.last_write = time.time()
 
     # -- the end ------------------------------------------------------------------------------

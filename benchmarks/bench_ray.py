@@ -1,0 +1,141 @@
+"""--executor ray vs the sequential build: 4 independent runs of a small CNN (cnn5 on digits).
+
+Prints, measured side by side in one process run (the machine is shared: the load average is
+printed with the numbers):
+  - wall-clock seconds of the sequential build and of the Ray build (Ray start-up counted apart),
+    and their ratio;
+  - merge cost per node: the writer actor's time in append per node during the Ray build, and the
+    round trip a worker sees (RemoteStore.append: weights to numpy, the object store, the actor
+    call, the append) against a plain local store.append of the same network.
+
+    python benchmarks/bench_ray.py [--steps 150] [--runs 4] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import fipgraph
+from fipgraph.models import build_model
+from fipgraph.path import build, load_config
+from fipgraph.scale.ray_executor import build_ray
+
+CONFIG = """
+name = "bench"
+[data]
+source = "digits"
+split = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
+[model]
+name = "cnn5"
+[defaults]
+op = "finetune"
+save_every = 10
+memory_size = 50
+probe_size = 16
+"""
+
+
+def _config(tmp: Path, runs: int, steps: int):
+    text = CONFIG + "".join(f'[[runs]]\nname = "r{i}"\nseed = {i}\nsteps = {steps}\n' for i in range(runs))
+    (tmp / "bench.toml").write_text(text)
+    return load_config(tmp / "bench.toml")
+
+
+def _final_weights_equal(a: Path, b: Path) -> bool:
+    with fipgraph.open_store(a, mode="r") as sa, fipgraph.open_store(b, mode="r") as sb:
+        q = "SELECT r.name, n.node_id FROM nodes n JOIN runs r USING (run_id) ORDER BY r.name, n.step"
+        left, right = sa.sql(q).values.tolist(), sb.sql(q).values.tolist()
+        if [n for n, _ in left] != [n for n, _ in right]:
+            return False
+        for (_, x), (_, y) in zip(left, right):
+            wx, wy = sa.state_dict(int(x)), sb.state_dict(int(y))
+            if any(not torch.equal(wx[k], wy[k]) for k in wx):
+                return False
+    return True
+
+
+def _round_trip(ray, tmp: Path, n: int) -> tuple[float, float]:
+    """ms per node: RemoteStore.append from a Ray task, and store.append in one process (flushed)."""
+    from fipgraph.scale.shard import RemoteStore, StoreWriter
+
+    model = build_model({"name": "cnn5"})
+    with fipgraph.open_store(tmp / "local_rt", mode="a") as store:
+        t0 = time.perf_counter()
+        parent = None
+        for _ in range(n):
+            with torch.no_grad():
+                next(model.parameters()).add_(1e-3)
+            parent = store.append(model, parent=parent)
+        store.flush()
+        local = (time.perf_counter() - t0) / n
+    writer = ray.remote(StoreWriter).options(num_cpus=0).remote(str(tmp / "ray_rt"), False)
+
+    @ray.remote(num_cpus=1)
+    def remote_appends(writer, n):
+        torch.set_num_threads(1)
+        remote, model, parent = RemoteStore(writer, "."), build_model({"name": "cnn5"}), None
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with torch.no_grad():
+                next(model.parameters()).add_(1e-3)
+            parent = remote.append(model, parent=parent)
+        remote.flush()
+        return (time.perf_counter() - t0) / n
+
+    remote = ray.get(remote_appends.remote(writer, n))
+    ray.get(writer.close.remote())
+    ray.kill(writer)
+    return 1e3 * local, 1e3 * remote
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    import ray
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    try:
+        config = _config(tmp, args.runs, args.steps)
+        print(f"load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
+        t0 = time.perf_counter()
+        build(config, tmp / "seq", progress=False)
+        seq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = build_ray(config, tmp / "ray")
+        par = time.perf_counter() - t0
+        assert result.status == "finished", result.failed
+        line = [ln for ln in result.log_path.read_text().splitlines() if "nodes merged" in ln][-1]
+        merged, writer_ms = re.search(r"(\d+) nodes merged, ([\d.]+) ms", line).groups()
+        local_ms, remote_ms = _round_trip(ray, tmp, 40)
+        n_params = sum(p.numel() for p in build_model({"name": "cnn5"}).parameters())
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, Ray with {args.cpus} CPUs")
+        print(f"sequential build          {seq:7.1f} s")
+        print(f"ray build                 {par:7.1f} s   (+ {startup:.1f} s ray.init, not counted)")
+        print(f"ratio sequential / ray    {seq / par:7.2f}x   (with ray.init: {seq / (par + startup):.2f}x)")
+        print(f"merge on the writer       {float(writer_ms):7.2f} ms/node over {merged} nodes")
+        print(f"append round trip         {remote_ms:7.2f} ms/node from a Ray task vs {local_ms:.2f} ms/node "
+              f"local store.append ({remote_ms / local_ms:.2f}x)")
+        print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'seq', tmp / 'ray')}")
+        ray.shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""``fipgraph build --executor ray``: a build's runs as Ray tasks, one store as the result.
+
+The driver checks the whole config (as a local build does), starts the ``StoreWriter`` actor on its
+own machine, and submits every run whose ``from`` run has finished as a Ray task with the run's
+``num_cpus``/``num_gpus``. Each task walks its run with the ordinary run engine against a
+``RemoteStore`` (``fipgraph.scale.shard``). A task whose worker dies is retried by Ray and resumes
+from its run's last committed node; a run that raises is marked failed (its dependants are not
+started) and the others go on. Rerunning the same command resumes the whole build.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import fipgraph
+from fipgraph.errors import ConfigError, WriterLockedError
+from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_accuracies, resolved_config
+from fipgraph.path.config import BuildConfig
+from fipgraph.path.interrupt import StopSignal
+from fipgraph.path.walk import Limits, RunRecipe, RunResult
+from fipgraph.scale.shard import RemoteStore, StoreWriter, worker_identity
+from fipgraph.storage.sidecar import StoreFiles
+
+log = logging.getLogger("fipgraph.build")
+MAX_RETRIES = 3  # a worker that dies (preempted VM, OOM kill) is retried this often
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray on this machine and every worker: pip install 'fipgraph[ray]'") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """host:port or ray://host:port must answer a TCP connect at once (Ray itself retries for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: give auto, HOST:PORT or ray://HOST:PORT (e.g. ray://10.0.0.5:10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                          "`ray start --head` on that machine, or drop --address to run Ray on this machine") from None
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> Any:
+    """Join the cluster at ``address`` (auto, HOST:PORT, ray://HOST:PORT) or start a local one (None);
+    an already connected session (e.g. tests) is reused."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=True)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConfigError(f"--address {address}: could not join a Ray cluster ({exc}); start one with "
+                          "`ray start --head`, or drop --address to run Ray on this machine") from None
+    return ray
+
+
+def check_resources(ray: Any, plans: list[Plan]) -> None:
+    """Every run's num_cpus/num_gpus must fit on some alive node, or the task would wait forever."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for plan in plans:
+        run = plan.run
+        for key, want in (("CPU", run.num_cpus), ("GPU", run.num_gpus)):
+            have = max((n.get(key, 0) for n in nodes), default=0)
+            if want > have:
+                raise ConfigError(f"run {plan.name!r} asks for num_{key.lower()}s={want:g} but no Ray node has more than "
+                                  f"{have:g} {key}s; lower runs.{run.name}.num_{key.lower()}s or add such a node to the cluster")
+
+
+class _RayRecipe(RunRecipe):
+    """The run engine unchanged, except that each node ships with the optimizer state that belongs to it."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.store.checkpoint_of = self.checkpoint_state
+
+
+def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str, resolved: dict, eval_all: bool,
+                deadline: float | None, threads: int) -> RunResult:
+    """The body of one run's Ray task (on any worker of the cluster)."""
+    import ray
+    import torch
+
+    torch.set_num_threads(threads)
+    pid, host = worker_identity()
+    ray.get(writer.register.remote(plan.name, pid, host))
+    store = RemoteStore(writer, store_dir)
+    limits = Limits(deadline=deadline, max_steps=None, progress=False)
+    return _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
+
+
+def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
+              max_hours: float | None = None, durable: bool = False, address: str | None = None,
+              threads: int = 1, num_cpus: int | None = None) -> BuildResult:
+    """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
+    store_dir = Path(store_dir)
+    # a cluster to join is joined first, so a bad --address creates nothing; a local Ray starts after
+    # the config's checks (it takes seconds)
+    ray = connect(address, num_cpus) if address is not None else _import_ray()
+    with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
+        tasks, plans = _prepare(config, store, start)
+    ray = connect(address, num_cpus)
+    check_resources(ray, plans)
+    handler = _setup_log(store_dir)
+    writer = _start_writer(ray, store_dir, durable)
+    try:
+        deadline = None if max_hours is None else time.time() + 3600 * max_hours
+        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads)
+        ray.get(writer.call.remote("flush"))
+        merged, seconds = ray.get(writer.merge_cost.remote())
+        log.info("build %s: %d nodes merged, %.2f ms each on the writer", config.name, merged, 1e3 * seconds / max(merged, 1))
+    finally:  # also on Ctrl-C: commit what the writer holds before it goes
+        try:
+            ray.get(writer.close.remote(), timeout=120)
+        finally:
+            ray.kill(writer)
+        log.removeHandler(handler)
+        handler.close()
+    with fipgraph.open_store(store_dir, mode="r") as store:
+        accuracy = {r.name: last_accuracies(store, r.last_node) for r in results if r.status == "finished"}
+    ok = len(results) == len(plans) and all(r.status == "finished" for r in results)
+    status = "finished" if ok else ("failed" if failed else "interrupted")
+    return BuildResult(status, results, accuracy, StoreFiles(store_dir).build_log, failed)
+
+
+def _open_when_free(store_dir: Path, durable: bool, wait: float = 60.0):
+    """Open the store for writing; a killed driver's writer actor may hold it for some seconds more
+    while Ray tears its job down, so a lock is waited for (up to ``wait`` s) before it is an error."""
+    end = time.time() + wait
+    while True:
+        try:
+            return fipgraph.open_store(store_dir, mode="a", durable=durable)
+        except WriterLockedError:
+            if time.time() > end:
+                raise
+            time.sleep(0.5)
+
+
+def writer_name(store_dir: str | Path) -> str:
+    """The writer actor's name (``ray.get_actor(name).who.remote()``: which worker walks which run)."""
+    return f"fipgraph-writer:{Path(store_dir).resolve()}"
+
+
+def _start_writer(ray: Any, store_dir: Path, durable: bool) -> Any:
+    """The writer actor, pinned to this (the driver's) machine: the store lives on its disk."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    actor = ray.remote(StoreWriter).options(
+        name=writer_name(store_dir), num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
+    writer = actor.remote(str(store_dir.resolve()), durable)
+    ray.get(writer.who.remote())  # the store is open (or its error surfaces here)
+    return writer
+
+
+def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: Path, tasks_ref: Any,
+              deadline: float | None, threads: int) -> tuple[list[RunResult], dict[str, str]]:
+    """Submit each run once its ``from`` run has finished; collect results as they come."""
+    remote = ray.remote(walk_remote)
+    waiting, running, done, failed = list(plans), {}, {}, {}
+    while waiting or running:
+        for plan in list(waiting):
+            dep = plan.start if isinstance(plan.start, str) else None
+            if dep in failed:
+                failed[plan.run.name] = f"not started: its from run {dep!r} did not finish"
+                waiting.remove(plan)
+            elif dep in done and done[dep].status != "finished":  # stopped at --max-hours: a rerun goes on
+                log.info("run %s: not started, %s stopped before its end", plan.name, dep)
+                waiting.remove(plan)
+            elif dep is None or dep in done:
+                start_node = done[dep].last_node if dep else plan.start
+                ref = remote.options(num_cpus=plan.run.num_cpus, num_gpus=plan.run.num_gpus, max_retries=MAX_RETRIES,
+                                     retry_exceptions=False, name=f"fipgraph:{plan.name}").remote(
+                    plan, writer, str(store_dir.resolve()), tasks_ref, config.data.head,
+                    resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads)
+                running[ref], _ = plan, waiting.remove(plan)
+        if not running:
+            break
+        ready, _ = ray.wait(list(running), num_returns=1)
+        plan = running.pop(ready[0])
+        try:
+            done[plan.run.name] = ray.get(ready[0])
+            log.info("run %s: %s at node %d", plan.name, done[plan.run.name].status, done[plan.run.name].last_node)
+        except ray.exceptions.RayError as exc:
+            failed[plan.run.name] = _mark_failed(ray, writer, plan, exc)
+    names = {p.run.name: p.name for p in plans}
+    return [done[p.run.name] for p in plans if p.run.name in done], {names[n]: e for n, e in failed.items()}
+
+
+def _mark_failed(ray: Any, writer: Any, plan: Plan, exc: Exception) -> str:
+    """runs.status = 'failed' for a run whose task raised (or died more than MAX_RETRIES times)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    stored = ray.get(writer.call.remote("find_run", plan.name))
+    if stored is not None:
+        ray.get(writer.call.remote("finish_run", int(stored["run_id"]), "failed"))
+    log.error("run %s failed: %s", plan.name, text)
+    return text
