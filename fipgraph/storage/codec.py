@@ -30,6 +30,7 @@ Q8_BLOCK = 4096  # elements sharing one scale. Measured on an Adam path: blocks 
 # 4096 gave 0.168x, with the same max error (set by the block holding the largest step)
 Rows = Mapping[str, np.ndarray]
 ENCODINGS = ("key", "diff", "pred", "q8", *bounded.BOUNDED)
+LOSSLESS = ("key", "diff", "pred")
 
 
 def uses_grandparent(encoding: str) -> bool:
@@ -138,9 +139,19 @@ def decode_step(layout: Layout, stored: Rows, parent: Rows | None, grandparent: 
             gp = grandparent[g.dtype] if encoding == "bndp" else None
             out[g.dtype] = bounded.dequantise(g, stored[f"{g.dtype}.bq"], stored[f"{g.dtype}.bstep"], parent[g.dtype], gp)
         else:
+            # exact groups of lossy rows are plain diffs; "pred" alone predicts from the grandparent too
             gp = grandparent[g.dtype] if encoding == "pred" else None
-            out[g.dtype] = _unzigzag(stored[g.dtype]) + _prediction(parent[g.dtype], gp)
+            out[g.dtype] = decode_words(stored[g.dtype], parent[g.dtype], gp, "pred" if gp is not None else "diff")
     return out
+
+
+def decode_words(stored: np.ndarray, parent: np.ndarray | None, grandparent: np.ndarray | None,
+                 encoding: str) -> np.ndarray:
+    """Inverse of a lossless encoding on any slice of a row (key/diff/pred are elementwise, so a
+    chunk of a row decodes from the same chunk of its parent and grandparent)."""
+    if encoding == "key":
+        return stored
+    return _unzigzag(stored) + _prediction(parent, grandparent if encoding == "pred" else None)
 
 
 def array_names(layout: Layout, encoding: str) -> dict[str, tuple[type, int]]:

@@ -69,6 +69,10 @@ class WeightArrays:
                 )
         return self._arrays[key]
 
+    def array(self, arch_id: str, name: str) -> zarr.Array:
+        """An existing array, opened once (slices of it read only the chunks they overlap)."""
+        return self._array(arch_id, name)
+
     def write_rows(self, arch_id: str, name: str, first_row: int, data: np.ndarray) -> None:
         """Write consecutive rows (data: (n_rows, n_words)) in one call."""
         if data.shape[1]:

@@ -68,6 +68,10 @@ log = logging.getLogger("fipgraph.build.store")
 STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
+DEFAULT_RECENT_BYTES = 512 << 20  # decoded rows of recent nodes the writer keeps as parents (beyond the two
+# a chain needs): a branch off a recent node then needs no read from disk
+RECENT_MAX_NODES = 4
+
 STATS_BLOCK = 1 << 16  # float64 elements per block: 512 KiB buffers stay in L2; whole-tensor float64
 # temporaries cost 15-20 ms per 1M-param node in page faults and memory traffic, blocks 4 ms (measured)
 
@@ -101,13 +105,16 @@ def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, n
 class Writer(threading.Thread):
     def __init__(self, catalog: Catalog, weights: WeightArrays, read_decoded: Callable[[int], dict],
                  path_length_of: Callable[[int], float], on_commit: Callable[[list[NodeJob]], None],
-                 known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30) -> None:
+                 known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
+                 recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
         super().__init__(name="fipgraph-writer", daemon=True)
         self.catalog, self.weights = catalog, weights
         self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
         self.known_pairs = known_pairs
         self.commit_interval = commit_interval
         self.max_pending_bytes = max_pending_bytes
+        self.recent_bytes = recent_bytes
+        self._recent_size = 0
         self.error: BaseException | None = None
         self._jobs: list = []
         self._cv = threading.Condition()
@@ -251,13 +258,21 @@ class Writer(threading.Thread):
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
                                checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
                                job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
-            self._recent[job.node_id] = enc.decoded
-            while len(self._recent) > 4:
-                self._recent.popitem(last=False)
+            self._keep_recent(job.node_id, enc.decoded)
             job.rows = None  # free the snapshot
             encoded.append((job, enc))
         self._write_runs(encoded)
         self._unwritten = {}
+
+    def _keep_recent(self, node_id: int, decoded: dict) -> None:
+        """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
+        a chain is encoded against its parent and grandparent); older ones only within recent_bytes.
+        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing."""
+        self._recent[node_id] = decoded
+        self._recent_size += sum(a.nbytes for a in decoded.values())
+        while len(self._recent) > 2 and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
+            _, old = self._recent.popitem(last=False)
+            self._recent_size -= sum(a.nbytes for a in old.values())
 
     def _write_runs(self, encoded: list) -> None:
         by_array: dict[tuple[str, str], list] = {}
@@ -276,7 +291,10 @@ class Writer(threading.Thread):
             runs.append(run)
             for run in runs:
                 before = self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0])
-                self.weights.write_rows(arch_id, name, run[0][0], np.stack([data for _, data, _ in run]))
+                # one row: a view, not a copy (np.stack of a 540 MB SmolLM2 row costs 540 MB and ~0.2 s)
+                data = run[0][1][None] if len(run) == 1 else np.stack([data for _, data, _ in run])
+                self.weights.write_rows(arch_id, name, run[0][0], data)
+                del data
                 # growth of the chunk files, shared evenly: exact when rows have chunks of their own
                 grown = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
                 for _, _, job in run:
