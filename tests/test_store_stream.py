@@ -113,3 +113,16 @@ def test_writer_keeps_recent_parents_within_bytes(tmp_path):
         assert len(store._writer._recent) == 4
         np.testing.assert_array_equal(store._writer._recent[parent]["float32"].view(np.float32)[:10],
                                       states[-1]["0.weight"].reshape(-1)[:10].numpy())
+
+
+def test_reading_a_chain_in_order_decodes_one_row_per_node_even_when_rows_exceed_the_cache(tmp_path):
+    states = digits_walk(8)
+    ids = build(tmp_path / "s", states)  # keyframe_every=4: two chains key, diff, pred, pred
+    with fipgraph.open_store(tmp_path / "s", mode="r", cache_bytes=1) as store:
+        decoded = []
+        real = store._reader._decode_row
+        store._reader._decode_row = lambda wanted, nid, *a: decoded.append(nid) or real(wanted, nid, *a)
+        for nid, state in zip(ids, states):
+            assert torch.equal(store.state_dict(nid)["2.weight"], state["2.weight"])
+        assert decoded == ids  # no chain decoded twice
+        assert len(store._reader._cache) == 2  # over the 1-byte bound: only parent and grandparent stay

@@ -6,7 +6,8 @@ bits hash to the xxh3-128 checksum committed with the node. A row that fails any
 CorruptNodeError; since every later node of the chain is decoded from it, so do they.
 
 Decoded rows are kept in an LRU cache bounded in bytes, so reading node after node down a chain
-decodes one row per node, and a large model never holds more than ``cache_bytes`` of old rows.
+decodes one row per node, and a large model never holds more than ``cache_bytes`` of old rows (or
+the two newest rows, if larger: the parent and grandparent a chain continues from).
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class RowReader:
                 chain.append((parent, self.info_of(parent)))
             chain.reverse()  # keyframe first
             start, parent, grandparent = 0, None, None
-            for i in range(len(chain) - 1, 0, -1):
-                if chain[i][0] in cache and chain[i - 1][0] in cache:
-                    start, parent, grandparent = i + 1, cache[chain[i][0]], cache[chain[i - 1][0]]
+            for i in range(len(chain) - 2, -1, -1):  # resume below the deepest cached ancestor that suffices
+                if chain[i][0] not in cache:
+                    continue
+                before = cache.get(chain[i - 1][0]) if i > 0 else None
+                if before is not None or not codec.uses_grandparent(chain[i + 1][1].encoding):
+                    start, parent, grandparent = i + 1, cache[chain[i][0]], before
                     break
             for nid, info in chain[start:]:
                 rows = self._decode_row(node_id, nid, info, parent, grandparent)
@@ -93,12 +97,12 @@ class RowReader:
             return
         self._cache[node_id] = rows
         self._cached_bytes += _nbytes(rows)
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+        # the two newest rows stay even over the bound: they are the parent and grandparent the next node
+        # of a chain decodes from (without them, reading a chain of large nodes in order would decode
+        # from the keyframe for every node: quadratic time)
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 2:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= _nbytes(old)
-        if self._cached_bytes > self.cache_bytes:  # one row larger than the whole cache: keep none
-            self._cache.clear()
-            self._cached_bytes = 0
 
     def forget(self, node_id: int) -> None:
         with self._lock:
