@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", choices=["profile"], default=None)
     p.add_argument("--keep", action="store_true", help="keep the scratch store")
     p.add_argument("--phase", help=argparse.SUPPRESS)
-    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help="scratch folder (reused with --keep: skips the GGUF load)")
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.phase:  # a child process
@@ -262,11 +262,14 @@ def main(argv: list[str] | None = None) -> None:
                   "profile": lambda: phase_profile(args.work)}
         args.out.write_text(json.dumps(phases[args.phase]()))
         return
-    work = ROOT / "benchmarks" / "_work" / f"large-{os.getpid()}"
+    work = args.work or ROOT / "benchmarks" / "_work" / f"large-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "store", ignore_errors=True)
+    shutil.rmtree(work / "profile.zarr", ignore_errors=True)
     try:
         results = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
-        results["prepare"] = run_phase("prepare", work, args)
+        if not (work / "weights.pt").is_file():  # --work DIR of an earlier --keep run reuses its weights
+            results["prepare"] = run_phase("prepare", work, args)
         names = ["profile"] if args.only == "profile" else ["build", "read_all", "read_one", "read_params"]
         for name in names:
             results[name] = run_phase(name, work, args)

@@ -203,6 +203,7 @@ class Store:
             arch_spec = {"params": layout.to_spec(), "model": model_spec_of(weights)}
             if layout.ties:
                 arch_spec["ties"] = layout.ties_spec()
+        writer.wait_for_room(sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups))
         rows = layout.pack(state)
 
         node_id = self._next_id
