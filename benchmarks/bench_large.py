@@ -113,7 +113,9 @@ def phase_build(work: Path, steps: int, sync: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     train_step(model, opt, gen)  # allocates Adam's two moments
     opt.zero_grad(set_to_none=True)
-    raw = sum(t.numel() * t.element_size() for t in set(model.state_dict().values()))
+    from fipgraph.storage.layout import Layout
+
+    raw = Layout.of(model.state_dict()).n_params * 4  # float32; the tied lm_head counted once, as stored
     out = {"raw_bytes_per_node": raw, "loadavg_start": os.getloadavg()}
     with PeakRSS() as rss:
         out["baseline_rss"] = rss.now()  # model + reference + optimizer state

@@ -52,15 +52,20 @@ def lossless_encoding(chain_depth: int) -> str:
 
 def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None) -> np.ndarray:
     """Zig-zag coded ``words - prediction`` (sign folded into the low bit, so small residuals of
-    either sign have zero high bytes), built in one new array updated in place."""
-    r = np.subtract(words, parent)
-    if grandparent is not None:  # words - (2 parent - grandparent), wrapping
-        r -= parent
-        r += grandparent
-    s = r.view(np.dtype(f"i{r.dtype.itemsize}"))
-    sign = s >> (r.dtype.itemsize * 8 - 1)
-    s <<= 1
-    s ^= sign
+    either sign have zero high bytes), built in one new array a block at a time: whole-row temporaries
+    cost ~1.7 s and 1 GB per SmolLM2 node, blocks of 1M words stay in cache."""
+    r = np.empty_like(words)
+    signed, top = np.dtype(f"i{r.dtype.itemsize}"), r.dtype.itemsize * 8 - 1
+    for lo in range(0, r.size, DECODE_BLOCK):
+        z = r[lo:lo + DECODE_BLOCK]
+        np.subtract(words[lo:lo + DECODE_BLOCK], parent[lo:lo + DECODE_BLOCK], out=z)
+        if grandparent is not None:  # words - (2 parent - grandparent), wrapping
+            z -= parent[lo:lo + DECODE_BLOCK]
+            z += grandparent[lo:lo + DECODE_BLOCK]
+        s = z.view(signed)
+        sign = s >> top
+        s <<= 1
+        s ^= sign
     return r
 
 
