@@ -194,6 +194,22 @@ class Layout:
             out[alias] = out[target]  # one tensor under both names: the tie survives load_state_dict
         return {name: out[name] for name in self.names}
 
+    def locate(self, names: list[str]) -> list[tuple[str, Group, int, int, tuple[int, ...]]]:
+        """(name, group, first word, word count, shape) of each named tensor within its group's row;
+        a tied alias is located at the tensor it shares."""
+        aliases = {alias: target for alias, target, _ in self.ties}
+        where = {}
+        for g in self.groups:
+            offset = 0
+            for name, shape, numel in zip(g.names, g.shapes, g.numels):
+                where[name] = (g, offset, numel * g.words_per_item, shape)
+                offset += numel * g.words_per_item
+        unknown = [n for n in names if aliases.get(n, n) not in where]
+        if unknown:
+            raise ArchitectureMismatchError(f"no parameter(s) {unknown[:5]} in this architecture; it has "
+                                            f"{self.names[:5]}{' ...' if len(self.names) > 5 else ''}")
+        return [(n, *where[aliases.get(n, n)]) for n in names]
+
     def float_tensors(self, rows: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
         """Zero-copy tensor views of the real floating-point groups (for norms and distances)."""
         return [

@@ -6,7 +6,8 @@ bits hash to the xxh3-128 checksum committed with the node. A row that fails any
 CorruptNodeError; since every later node of the chain is decoded from it, so do they.
 
 Decoded rows are kept in an LRU cache bounded in bytes, so reading node after node down a chain
-decodes one row per node, and a large model never holds more than ``cache_bytes`` of old rows.
+decodes one row per node, and a large model never holds more than ``cache_bytes`` of old rows (or
+the two newest rows, if larger: the parent and grandparent a chain continues from).
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class RowReader:
                 chain.append((parent, self.info_of(parent)))
             chain.reverse()  # keyframe first
             start, parent, grandparent = 0, None, None
-            for i in range(len(chain) - 1, 0, -1):
-                if chain[i][0] in cache and chain[i - 1][0] in cache:
-                    start, parent, grandparent = i + 1, cache[chain[i][0]], cache[chain[i - 1][0]]
+            for i in range(len(chain) - 2, -1, -1):  # resume below the deepest cached ancestor that suffices
+                if chain[i][0] not in cache:
+                    continue
+                before = cache.get(chain[i - 1][0]) if i > 0 else None
+                if before is not None or not codec.uses_grandparent(chain[i + 1][1].encoding):
+                    start, parent, grandparent = i + 1, cache[chain[i][0]], before
                     break
             for nid, info in chain[start:]:
                 rows = self._decode_row(node_id, nid, info, parent, grandparent)
@@ -93,12 +97,12 @@ class RowReader:
             return
         self._cache[node_id] = rows
         self._cached_bytes += _nbytes(rows)
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+        # the two newest rows stay even over the bound: they are the parent and grandparent the next node
+        # of a chain decodes from (without them, reading a chain of large nodes in order would decode
+        # from the keyframe for every node: quadratic time)
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 2:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= _nbytes(old)
-        if self._cached_bytes > self.cache_bytes:  # one row larger than the whole cache: keep none
-            self._cache.clear()
-            self._cached_bytes = 0
 
     def forget(self, node_id: int) -> None:
         with self._lock:
@@ -106,25 +110,48 @@ class RowReader:
             if rows is not None:
                 self._cached_bytes -= _nbytes(rows)
 
-    def _decode_row(self, wanted: int, node_id: int, info: NodeInfo, parent, grandparent) -> dict[str, np.ndarray]:
-        layout = self.layout_of(info.arch_id)
-        names = codec.array_names(layout, info.encoding)
-        files = {name: self.weights.row_files(info.arch_id, name, info.row) for name, (_, n) in names.items() if n}
+    def _files(self, info: NodeInfo) -> dict[str, list[Path]]:
+        names = codec.array_names(self.layout_of(info.arch_id), info.encoding)
+        return {name: self.weights.row_files(info.arch_id, name, info.row) for name, (_, n) in names.items() if n}
+
+    def check_files(self, wanted: int, node_id: int, info: NodeInfo) -> None:
+        """Raise CorruptNodeError if a chunk file of the node's row is missing (zarr would read zeros)."""
+        files = self._files(info)
         missing = [str(f) for fs in files.values() for f in fs if not f.is_file()]
         if missing:
             raise self._corrupt(wanted, node_id, files, f"chunk file {missing[0]} is missing"
                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    def read_slice(self, wanted: int, node_id: int, info: NodeInfo, name: str, lo: int, hi: int) -> np.ndarray:
+        """Words lo..hi of one stored array's row (only the chunks overlapping them are read)."""
         try:
-            stored = self.weights.read_row(info.arch_id, info.row, names)
+            return self.weights.array(info.arch_id, name)[info.row, lo:hi]
         except Exception as exc:  # truncated or scrambled compressed bytes
-            raise self._corrupt(wanted, node_id, files, f"its chunks do not decompress ({type(exc).__name__}: {exc})") from exc
+            raise self._corrupt(wanted, node_id, self._files(info),
+                                f"its chunks do not decompress ({type(exc).__name__}: {exc})") from exc
+
+    def corrupt_hash(self, wanted: int, node_id: int, info: NodeInfo, actual: str) -> CorruptNodeError:
+        return self._corrupt(wanted, node_id, self._files(info),
+                             f"its decoded weights hash to {actual}, not the {info.checksum} committed with it")
+
+    def _decode_row(self, wanted: int, node_id: int, info: NodeInfo, parent, grandparent) -> dict[str, np.ndarray]:
+        layout = self.layout_of(info.arch_id)
+        self.check_files(wanted, node_id, info)
+        try:
+            stored = self.weights.read_row(info.arch_id, info.row, codec.array_names(layout, info.encoding))
+        except Exception as exc:  # truncated or scrambled compressed bytes
+            raise self._corrupt(wanted, node_id, self._files(info),
+                                f"its chunks do not decompress ({type(exc).__name__}: {exc})") from exc
         rows = codec.decode_step(layout, stored, parent, grandparent, info.encoding)
         if self.verify and info.checksum is not None:
             actual = checksum(layout, rows)
             if actual != info.checksum:
-                raise self._corrupt(wanted, node_id, files,
-                                    f"its decoded weights hash to {actual}, not the {info.checksum} committed with it")
+                raise self.corrupt_hash(wanted, node_id, info, actual)
         return rows
+
+    def cached(self, node_id: int) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            return self._cache.get(node_id)
 
     def _corrupt(self, wanted: int, node_id: int, files: dict[str, list[Path]], why: str) -> CorruptNodeError:
         arrays = [f"{self.info_of(node_id).arch_id}/{n}" for n in files]

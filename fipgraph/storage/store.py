@@ -21,7 +21,7 @@ import torch
 
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
-from fipgraph.storage import codec, exit_hook
+from fipgraph.storage import codec, exit_hook, stream
 from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
@@ -29,7 +29,7 @@ from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.weights import WeightArrays
-from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
+from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
@@ -41,7 +41,8 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
 
     Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s),
     ``max_pending_bytes`` (1 GiB of snapshots queued before append blocks), ``cache_bytes`` (1 GiB of
-    decoded rows kept for reads), ``durable`` (False; True fsyncs chunk files and the catalog before a
+    decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
+    parents, beyond the last two a chain always needs), ``durable`` (False; True fsyncs chunk files and the catalog before a
     commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
     return Store(path, mode, **options)
 
@@ -50,7 +51,7 @@ class Store:
     def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
                  lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
-                 tolerance: float = 0.1) -> None:
+                 tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -91,7 +92,8 @@ class Store:
             self._next_row = dict(zip(rows["arch_id"], rows["r"].astype(int) + 1))
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
-                                  commit_interval=commit_interval, max_pending_bytes=max_pending_bytes)
+                                  commit_interval=commit_interval, max_pending_bytes=max_pending_bytes,
+                                  recent_bytes=recent_bytes)
             self._writer.start()
             exit_hook.track(self)
 
@@ -201,6 +203,7 @@ class Store:
             arch_spec = {"params": layout.to_spec(), "model": model_spec_of(weights)}
             if layout.ties:
                 arch_spec["ties"] = layout.ties_spec()
+        writer.wait_for_room(sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups))
         rows = layout.pack(state)
 
         node_id = self._next_id
@@ -354,12 +357,33 @@ class Store:
         """Decoded, verified rows of a node (raises CorruptNodeError if its chain is damaged)."""
         return self._reader.decode(node_id)
 
-    def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
-        """The node's tensors, bit-identical to what was appended (unless stored with encoding='int8')."""
+    def state_dict(self, node_id: int, params: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The node's tensors, bit-identical to what was appended (unless stored with a lossy encoding).
+
+        ``params``: only these tensors (in this order). A node too large to decode whole within the read
+        cache (over a third of ``cache_bytes``) is then streamed chunk by chunk, keeping only the asked-for
+        words, so a few layers of a large model are read in bounded memory (still verified in full)."""
         info = self._info(node_id)
         if self._writer is not None and int(node_id) in self._pending:
             self.flush()
-        return self.layout(info.arch_id).unpack(self._decode(int(node_id)))
+        layout = self.layout(info.arch_id)
+        if params is None:
+            return layout.unpack(self._decode(int(node_id)))
+        if isinstance(params, str):
+            raise TypeError(f"params must be a list of parameter names, got the string {params!r}; "
+                            f"pass [{params!r}]")
+        names = list(params)
+        layout.locate(names)  # unknown names fail here, naming them
+        rows = self._reader.cached(int(node_id))
+        row_bytes = sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups)
+        if rows is None and 3 * row_bytes > self._reader.cache_bytes:
+            chain = stream.chain_of(self._reader, int(node_id))
+            if stream.streamable(chain):
+                return stream.read_tensors(self._reader, layout, int(node_id), names)
+        if rows is None:
+            rows = self._decode(int(node_id))
+        return {name: torch.from_numpy(np.array(rows[g.dtype][start:start + n]).view(np.uint8))
+                .view(g.torch_dtype).reshape(shape) for name, g, start, n, shape in layout.locate(names)}
 
     def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
         state = self.state_dict(node_id)

@@ -69,12 +69,29 @@ class WeightArrays:
                 )
         return self._arrays[key]
 
+    def array(self, arch_id: str, name: str) -> zarr.Array:
+        """An existing array, opened once (slices of it read only the chunks they overlap)."""
+        return self._array(arch_id, name)
+
     def write_rows(self, arch_id: str, name: str, first_row: int, data: np.ndarray) -> None:
         """Write consecutive rows (data: (n_rows, n_words)) in one call."""
         if data.shape[1]:
             self._array(arch_id, name, data.dtype, data.shape[1])[first_row:first_row + len(data)] = data
             if self.durable:
                 self._sync_rows(arch_id, name, first_row, first_row + len(data) - 1)
+
+    def write_slice(self, arch_id: str, name: str, row: int, first_word: int, data: np.ndarray, n_words: int) -> None:
+        """Write words first_word.. of one row (whole chunks, so no chunk is read back and merged)."""
+        self._array(arch_id, name, data.dtype, n_words)[row, first_word:first_word + len(data)] = data
+
+    def chunk_words(self, arch_id: str, name: str, n_words: int) -> int:
+        """Words per chunk of the array's rows (as created; rows above MAX_CHUNK_WORDS are split evenly)."""
+        if (self.path / arch_id / name / "zarr.json").exists():
+            return self._array(arch_id, name).chunks[1]
+        return _chunk_len(n_words)
+
+    def sync_rows(self, arch_id: str, name: str, first_row: int, last_row: int) -> None:
+        self._sync_rows(arch_id, name, first_row, last_row)
 
     def _sync_rows(self, arch_id: str, name: str, first_row: int, last_row: int) -> None:
         """fsync the chunk files of rows first_row..last_row and every folder on their way up, so a

@@ -68,6 +68,13 @@ log = logging.getLogger("fipgraph.build.store")
 STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
+DEFAULT_RECENT_BYTES = 512 << 20  # decoded rows of recent nodes the writer keeps as parents (beyond the two
+# a chain needs): a branch off a recent node then needs no read from disk
+RECENT_MAX_NODES = 4
+
+STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
+CHUNKS_PER_WRITE = 2  # chunks zarr compresses concurrently per call (two cores here)
+
 STATS_BLOCK = 1 << 16  # float64 elements per block: 512 KiB buffers stay in L2; whole-tensor float64
 # temporaries cost 15-20 ms per 1M-param node in page faults and memory traffic, blocks 4 ms (measured)
 
@@ -101,13 +108,16 @@ def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, n
 class Writer(threading.Thread):
     def __init__(self, catalog: Catalog, weights: WeightArrays, read_decoded: Callable[[int], dict],
                  path_length_of: Callable[[int], float], on_commit: Callable[[list[NodeJob]], None],
-                 known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30) -> None:
+                 known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
+                 recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
         super().__init__(name="fipgraph-writer", daemon=True)
         self.catalog, self.weights = catalog, weights
         self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
         self.known_pairs = known_pairs
         self.commit_interval = commit_interval
         self.max_pending_bytes = max_pending_bytes
+        self.recent_bytes = recent_bytes
+        self._recent_size = 0
         self.error: BaseException | None = None
         self._jobs: list = []
         self._cv = threading.Condition()
@@ -125,17 +135,26 @@ class Writer(threading.Thread):
         """Queue a job; blocks while more than max_pending_bytes of snapshots wait (bounded memory)."""
         nbytes = getattr(job, "nbytes", 0)
         with self._cv:
-            waited = time.monotonic()
-            # always admit one job, however large, so a node bigger than the bound can still be saved
-            while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes:
-                self._check_alive()
-                self._cv.wait(0.5)
-            self._check_alive()
-            if nbytes:
-                self._note_stall(time.monotonic() - waited)
+            self._wait_for_room(nbytes)
             self._pending_bytes += nbytes
             self._jobs.append(job)
             self._cv.notify_all()
+
+    def wait_for_room(self, nbytes: int) -> None:
+        """Block until a snapshot of ``nbytes`` fits the queue. Called before the snapshot is taken, so
+        a producer never holds a finished snapshot while it waits (one node's worth of memory less)."""
+        with self._cv:
+            self._wait_for_room(nbytes)
+
+    def _wait_for_room(self, nbytes: int) -> None:
+        waited = time.monotonic()
+        # always admit one job, however large, so a node bigger than the bound can still be saved
+        while self._pending_bytes and self._pending_bytes + nbytes > self.max_pending_bytes:
+            self._check_alive()
+            self._cv.wait(0.5)
+        self._check_alive()
+        if nbytes:
+            self._note_stall(time.monotonic() - waited)
 
     def _note_stall(self, seconds: float) -> None:
         self.stalled_seconds += seconds
@@ -237,7 +256,11 @@ class Writer(threading.Thread):
         for job in jobs:
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
             grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
-            enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
+            streamed = job.encoding in codec.LOSSLESS and job.nbytes > STREAM_BYTES
+            if streamed:  # decoded == the snapshot; the residual is made and written a few chunks at a time
+                enc = codec.Encoded({}, job.rows, 0.0)
+            else:
+                enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
             self._unwritten[job.node_id] = enc.decoded
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
@@ -251,13 +274,45 @@ class Writer(threading.Thread):
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
                                checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
                                job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
-            self._recent[job.node_id] = enc.decoded
-            while len(self._recent) > 4:
-                self._recent.popitem(last=False)
+            self._keep_recent(job.node_id, enc.decoded)
+            if streamed:
+                job.storage_row[7] = self._write_streamed(job, parent, grandparent)
+            else:
+                encoded.append((job, enc))
             job.rows = None  # free the snapshot
-            encoded.append((job, enc))
         self._write_runs(encoded)
         self._unwritten = {}
+
+    def _write_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> int:
+        """Encode and write a large lossless row CHUNKS_PER_WRITE chunks at a time (the residual of a
+        whole SmolLM2 row would be another 538 MB); returns the bytes its chunk files take."""
+        arch_id = job.layout.arch_id
+        names = [g.dtype for g in job.layout.groups if g.n_words]
+        before = self.weights.chunk_bytes(arch_id, names, job.row)
+        for g in job.layout.groups:
+            words = job.rows[g.dtype]
+            step = self.weights.chunk_words(arch_id, g.dtype, g.n_words) * CHUNKS_PER_WRITE
+            for lo in range(0, g.n_words, step):
+                hi = min(lo + step, g.n_words)
+                p = parent[g.dtype][lo:hi] if job.encoding != "key" else None
+                gp = grandparent[g.dtype][lo:hi] if job.encoding == "pred" else None
+                part = codec.encode_words(words[lo:hi], p, gp, job.encoding)
+                self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+                del part
+        if self.weights.durable:
+            for name in names:
+                self.weights.sync_rows(arch_id, name, job.row, job.row)
+        return max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
+
+    def _keep_recent(self, node_id: int, decoded: dict) -> None:
+        """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
+        a chain is encoded against its parent and grandparent); older ones only within recent_bytes.
+        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing."""
+        self._recent[node_id] = decoded
+        self._recent_size += sum(a.nbytes for a in decoded.values())
+        while len(self._recent) > 2 and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
+            _, old = self._recent.popitem(last=False)
+            self._recent_size -= sum(a.nbytes for a in old.values())
 
     def _write_runs(self, encoded: list) -> None:
         by_array: dict[tuple[str, str], list] = {}
@@ -276,7 +331,10 @@ class Writer(threading.Thread):
             runs.append(run)
             for run in runs:
                 before = self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0])
-                self.weights.write_rows(arch_id, name, run[0][0], np.stack([data for _, data, _ in run]))
+                # one row: a view, not a copy (np.stack of a 540 MB SmolLM2 row costs 540 MB and ~0.2 s)
+                data = run[0][1][None] if len(run) == 1 else np.stack([data for _, data, _ in run])
+                self.weights.write_rows(arch_id, name, run[0][0], data)
+                del data
                 # growth of the chunk files, shared evenly: exact when rows have chunks of their own
                 grown = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
                 for _, _, job in run:
