@@ -173,8 +173,10 @@ def test_failed_run_is_marked_and_the_others_go_on(tmp_path):
     assert "'diverges' did not finish" in result.failed["four/after"]
     with fipgraph.open_store(tmp_path / "ray", mode="r") as store:
         status = dict(store.sql("SELECT name, status FROM runs").values.tolist())
+        error = store.sql("SELECT error FROM runs WHERE name = 'four/diverges'")["error"][0]
         fine = store.sql("SELECT count(*) AS n FROM nodes JOIN runs USING (run_id) WHERE name = 'four/fine'")["n"][0]
     assert status == {"four/fine": "finished", "four/diverges": "failed"} and fine == 5  # steps 0, 5, .., 20
+    assert error == result.failed["four/diverges"] and "NonFiniteWeightsError" in error  # why, in the catalog
 
 
 def test_sql_during_a_ray_build_sees_nodes_of_more_than_one_worker(tmp_path):

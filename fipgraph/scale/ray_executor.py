@@ -208,6 +208,6 @@ def _mark_failed(ray: Any, writer: Any, plan: Plan, exc: Exception) -> str:
     text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
     stored = ray.get(writer.call.remote("find_run", plan.name))
     if stored is not None:
-        ray.get(writer.call.remote("finish_run", int(stored["run_id"]), "failed"))
+        ray.get(writer.call.remote("finish_run", int(stored["run_id"]), "failed", text))
     log.error("run %s failed: %s", plan.name, text)
     return text

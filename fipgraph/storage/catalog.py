@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS storage (
 -- added after format 1 shipped (tables created by older versions get them here)
 ALTER TABLE storage ADD COLUMN IF NOT EXISTS tolerance DOUBLE;
 ALTER TABLE storage ADD COLUMN IF NOT EXISTS max_error_ratio DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR;  -- why a failed run failed (NULL otherwise)
 -- results of an ensemble as a whole (before format 2 they were evals of its first member, dataset 'ensemble:<name>')
 CREATE TABLE IF NOT EXISTS ensemble_evals (name VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
 """
@@ -214,8 +215,9 @@ def _insert_run(con, row: tuple) -> None:
     insert_frame(con, "runs", RUN_COLUMNS, [row])
 
 
-def _finish_run(con, run_id: int, status: str, finished_at) -> None:
-    con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
+def _finish_run(con, run_id: int, status: str, finished_at, error: str | None = None) -> None:
+    con.execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+                [status, finished_at, error, run_id])
 
 
 def _set_run_status(con, run_id: int, status: str) -> None:

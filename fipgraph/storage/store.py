@@ -302,10 +302,11 @@ class Store:
         self._run_names[name] = run_id
         return run_id
 
-    def finish_run(self, run_id: int, status: str = "finished") -> None:
+    def finish_run(self, run_id: int, status: str = "finished", error: str | None = None) -> None:
+        """Mark a run ended; ``error`` (for status 'failed') says why, in ``runs.error``."""
         writer = self._writable()
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        writer.put(OpJob(CatalogOp("finish_run", (int(run_id), status, now))))
+        writer.put(OpJob(CatalogOp("finish_run", (int(run_id), status, now, error))))
 
     def set_run_status(self, run_id: int, status: str) -> None:
         writer = self._writable()
