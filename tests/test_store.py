@@ -92,6 +92,18 @@ def test_metrics_runs_and_wide_view(tmp_path):
         assert store.sql("SELECT count(*) AS c FROM evals")["c"][0] == 5
 
 
+def test_a_quote_in_the_store_path_reads_through_both_catalog_readers(tmp_path):
+    from fipgraph.query.catalog import open_catalog
+
+    root = tmp_path / "bob's store"  # the ATTACH literal must escape it (one helper serves both readers)
+    with fipgraph.open_store(root) as store:
+        store.append({"w": torch.ones(3)}, metrics={"accuracy": 0.5})
+        store.flush()
+        assert store.sql("SELECT count(*) AS c FROM nodes")["c"][0] == 1
+    with open_catalog(root) as snapshot:
+        assert snapshot.rows("SELECT count(*) FROM nodes").rows == [(1,)]
+
+
 def test_graph_attributes(tmp_path):
     with fipgraph.open_store(tmp_path / "s") as store:
         root = store.append({"w": torch.zeros(4)}, op="init")

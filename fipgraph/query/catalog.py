@@ -9,7 +9,6 @@ commits meanwhile waits milliseconds, never for the query, and the query cannot 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import duckdb
 
 from fipgraph.errors import QueryError, StoreNotFoundError
+from fipgraph.storage.catalog import READ_ONLY_STATEMENTS, attach_read_only  # no torch, zarr or pandas
 
 MARKER = "fipgraph.json"  # written last when a store is created: its presence means "a store is here"
 CATALOG = "metrics.duckdb"
-READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 def require_store(path: str | Path) -> Path:
@@ -46,11 +45,6 @@ class Rows:
         return [r[i] for r in self.rows]
 
 
-def _is_lock_conflict(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
-
-
 class CatalogSnapshot:
     """An in-memory copy of a store's catalog, taken when opened. `.sql()` answers like
     `Store.sql` (a pandas DataFrame); `.rows()` without pandas."""
@@ -59,17 +53,7 @@ class CatalogSnapshot:
         self.root = require_store(path)
         self.mode = "r"
         self._con = duckdb.connect(":memory:")
-        source = str(self.root / CATALOG).replace("'", "''")  # a quote in the path must not end the literal
-        deadline, delay = time.monotonic() + lock_timeout, 0.002
-        while True:  # a writer holds the file for one short transaction at a time: wait it out
-            try:
-                self._con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
-                break
-            except duckdb.Error as exc:
-                if not _is_lock_conflict(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.05)
+        attach_read_only(self._con, self.root / CATALOG, timeout=lock_timeout)  # waits out a writer's commit
         try:
             self._con.execute("COPY FROM DATABASE src TO memory")
         finally:

@@ -15,10 +15,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads on first query: the catalog-only CLI commands never import it
+    import pandas as pd
 
 from fipgraph.errors import FipgraphError
 
@@ -57,9 +59,27 @@ ENSEMBLE_COLUMNS = ["name", "members", "rule", "created_at"]
 ENSEMBLE_EVAL_COLUMNS = ["name", "dataset", "metric", "value", "created_at"]
 
 
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
 def _is_lock_conflict(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def attach_read_only(con: duckdb.DuckDBPyConnection, path: Path, alias: str = "src", timeout: float = 60.0) -> None:
+    """ATTACH the catalog file at `path` read-only into `con`, waiting out a writer's short transaction."""
+    source = str(path).replace("'", "''")  # a quote in the path must not end the literal
+    deadline, delay = time.monotonic() + timeout, 0.002
+    while True:
+        try:
+            con.execute(f"ATTACH '{source}' AS {alias} (READ_ONLY)")
+            return
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
 
 
 def wide_view_sql(pairs: list[tuple[str, str]]) -> str:
@@ -146,15 +166,7 @@ class Catalog:
             mirror = duckdb.connect(":memory:")
             with self.connect(read_only=True):  # waits out a writer's transaction, then we attach
                 pass
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    mirror.execute(f"ATTACH '{self.path}' AS src (READ_ONLY)")
-                    break
-                except duckdb.Error as exc:
-                    if not _is_lock_conflict(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.005)
+            attach_read_only(mirror, self.path, timeout=self.lock_timeout)
             try:
                 tables = [r[0] for r in mirror.execute(
                     "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'").fetchall()]
@@ -174,8 +186,10 @@ class Catalog:
             self._mirror, self._mirror_state = mirror, state
         return self._mirror
 
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: list | None = None) -> "pd.DataFrame":
         """Run read-only SQL (SELECT, EXPLAIN, DESCRIBE...) on the latest committed catalog."""
+        import pandas as pd
+
         table = self.query_arrow(sql, params)
         return pd.DataFrame() if table is None else table.to_pandas()
 
@@ -184,7 +198,7 @@ class Catalog:
         with self._local:
             con = self._mirror_connection()
             kinds = {s.type for s in con.extract_statements(sql)}
-            if not kinds <= {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}:
+            if not kinds <= READ_ONLY_STATEMENTS:
                 raise duckdb.InvalidInputException(
                     f"only read-only queries (SELECT, EXPLAIN) run through sql(); got {sorted(k.name for k in kinds)}")
             rel = con.sql(sql, params=params)
@@ -275,6 +289,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]) -> None:
     """Insert many rows at once through a pandas frame (one vectorised insert, not one per row)."""
     if rows:
+        import pandas as pd
+
         frame = pd.DataFrame.from_records(rows, columns=columns)
         con.register("_fipgraph_rows", frame)
         try:
