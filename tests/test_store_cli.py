@@ -94,14 +94,15 @@ def test_json_keeps_every_float_bit_and_csv_json_keep_integers_beside_nulls(stor
 
 
 def test_catalog_commands_load_no_torch(store_path):
-    """sql, info and select answer from the catalog alone: importing torch (~2 s) is what made
-    `fipgraph sql` 15x slower than a bare duckdb process."""
+    """sql, info and select answer from the catalog alone, and check reads chunk files with numcodecs:
+    importing torch (~2 s), pandas and zarr is what made `fipgraph sql` 15x and `check` 14x slower
+    than a bare duckdb process."""
     import subprocess
     import sys
 
-    for argv in (["sql", "SELECT count(*) FROM nodes"], ["info"], ["select", "--where", "task1_accuracy > 0.3"]):
+    for argv in (["check"], ["sql", "SELECT count(*) FROM nodes"], ["info"], ["select", "--where", "task1_accuracy > 0.3"]):
         code = ("import sys; from fipgraph.cli import main; rc = main(%r); "
-                "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers', 'fastapi', 'uvicorn', 'starlette', 'dash', 'plotly') if m in sys.modules); "
+                "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers', 'fastapi', 'uvicorn', 'starlette', 'dash', 'plotly', 'networkx') if m in sys.modules); "
                 "print('HEAVY', heavy, rc)") % (argv + ["--store", str(store_path)],)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert "HEAVY [] 0" in out, (argv, out)
@@ -117,7 +118,7 @@ def test_sql_refuses_writes_and_leaves_the_store_unchanged(store_path, capsys):
 
 def test_query_on_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys):
     typo = tmp_path / "typo"
-    for argv in (["pca"], ["evaluate"], ["sql", "SELECT 1"], ["select"], ["export", "0", "--out", str(tmp_path / "o")]):
+    for argv in (["pca"], ["evaluate"], ["sql", "SELECT 1"], ["select"], ["check"], ["export", "0", "--out", str(tmp_path / "o")]):
         assert main(argv + ["--store", str(typo)]) == 2
         assert f"no store at {typo}" in capsys.readouterr().err
         assert not typo.exists()

@@ -17,19 +17,25 @@ runs that zstd stores almost for free.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fipgraph.storage.layout import Group
+
+if TYPE_CHECKING:  # imported on first use, so the lossless read path never loads torch
+    import torch
 
 BOUNDED = ("bnd", "bndp")  # against the parent; against 2·parent − grandparent
 
 
 def is_bounded(group: Group, encoding: str) -> bool:
-    return encoding in BOUNDED and group.is_float and not group.torch_dtype.is_complex
+    return encoding in BOUNDED and group.is_float and not group.is_complex
 
 
 def _as64(group: Group, words: np.ndarray) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(words).view(np.uint8)).view(group.torch_dtype).double()
 
 
@@ -39,6 +45,8 @@ def _prediction64(group: Group, parent: np.ndarray, grandparent: np.ndarray | No
 
 
 def _bits(group: Group, x64: torch.Tensor) -> np.ndarray:
+    import torch
+
     return x64.to(group.torch_dtype).contiguous().view(torch.uint8).numpy().view(group.word).copy()
 
 
@@ -46,6 +54,8 @@ def quantise(group: Group, words: np.ndarray, parent: np.ndarray, grandparent: n
              tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     """(zig-zag integers, per-tensor quanta, reconstructed words, max abs error, max error / bound)
     where a tensor's bound is max(tolerance × RMS step, 2 ulps of its largest weight); the ratio is <= 1."""
+    import torch
+
     x, p = _as64(group, words), _as64(group, parent)
     pred = p if grandparent is None else 2 * p - _as64(group, grandparent)
     half_ulp = float(torch.finfo(group.torch_dtype).eps) / 2
@@ -83,6 +93,8 @@ def quantise(group: Group, words: np.ndarray, parent: np.ndarray, grandparent: n
 def dequantise(group: Group, zig: np.ndarray, quanta: np.ndarray, parent: np.ndarray,
                grandparent: np.ndarray | None) -> np.ndarray:
     """Inverse of quantise: the reconstructed words."""
+    import torch
+
     z = zig.view(np.uint64)
     ints = torch.from_numpy(((z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))).view(np.int64))
     q = torch.from_numpy(np.repeat(quanta, group.numels))

@@ -14,14 +14,25 @@ is not a chunk name at all.
 
 from __future__ import annotations
 
+import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 from tqdm.auto import tqdm
 
-from fipgraph.errors import CorruptNodeError
+from fipgraph.errors import CorruptNodeError, StoreNotFoundError
 from fipgraph.storage import codec
-from fipgraph.storage.store import Store
+from fipgraph.storage.catalog import attach_read_only
+from fipgraph.storage.layout import Layout
+from fipgraph.storage.lock import WriterLock
+from fipgraph.storage.reader import NodeInfo, RowReader
+from fipgraph.storage.weights import WeightArrays
+
+# The check reads the catalog and the chunk files with the storage layer's own reader, not through
+# a Store: it needs neither torch, pandas nor NetworkX, so `fipgraph check` answers in a fraction
+# of the time a Store takes to import (RESULTS.md, issue 13).
 
 
 @dataclass
@@ -63,6 +74,24 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _catalog_rows(root: Path) -> tuple[dict[int, NodeInfo], dict[str, Layout]]:
+    """Every committed node's storage row and every architecture, read from a snapshot of the catalog."""
+    con = duckdb.connect(":memory:")
+    try:
+        attach_read_only(con, root / "metrics.duckdb")
+        rows = con.execute(
+            "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length, s.checksum "
+            "FROM src.storage s JOIN src.nodes n USING (node_id) ORDER BY s.node_id").fetchall()
+        archs = con.execute("SELECT arch_id, spec FROM src.archs").fetchall()
+    finally:
+        con.close()
+    layouts = {}
+    for arch_id, spec in archs:
+        spec = json.loads(spec)
+        layouts[arch_id] = Layout.from_spec(spec["params"], spec.get("ties"))
+    return {int(r[0]): NodeInfo(*r[1:]) for r in rows}, layouts
+
+
 def check_store(path: str | Path, *, repair: bool = False, progress: bool = True) -> CheckReport:
     """Check every node's weights against its checksum; with repair=True delete orphaned chunks
     (chunk files holding no committed row; an uncommitted row inside a shared chunk is simply
@@ -71,34 +100,47 @@ def check_store(path: str | Path, *, repair: bool = False, progress: bool = True
     Repair takes the writer lock, so it never races a running build (whose in-flight chunks
     would otherwise look orphaned).
     """
+    root = Path(path)
+    if not (root / "fipgraph.json").is_file():
+        raise StoreNotFoundError(f"no store at {root} (no fipgraph.json: not a fipgraph store); pass the folder of "
+                                 "an existing store")
     report = CheckReport()
-    with Store(path, "a" if repair else "r") as store:
-        rows = store.sql("SELECT node_id, arch_id, row, encoding FROM storage ORDER BY node_id")
-        report.n_nodes = len(rows)
+    with ExitStack() as stack:
+        if repair:
+            stack.callback(WriterLock(root / "writer.lock").acquire().release)
+        index, layouts = _catalog_rows(root)
+        weights = WeightArrays(root / "weights.zarr", read_only=True)
+        reader = RowReader(weights, layouts.__getitem__, index.__getitem__, root)
+        report.n_nodes = len(index)
         expected: set[Path] = set()
-        for node_id, arch_id, row, encoding in tqdm(rows.itertuples(index=False), total=len(rows),
-                                                    desc="checking nodes", disable=not progress, unit="node"):
-            layout = store.layout(arch_id)
-            for name, (_, n_words) in codec.array_names(layout, encoding).items():
+        for node_id, info in tqdm(index.items(), total=len(index), desc="checking nodes", disable=not progress,
+                                  unit="node"):
+            for name, (_, n_words) in codec.array_names(layouts[info.arch_id], info.encoding).items():
                 if n_words:
-                    expected.add(store.weights.chunk_dir(arch_id, name, int(row)))
-            try:  # ascending ids: parents decode first, so the store's cache makes this one read per node
-                store._decode(int(node_id))  # verifies every row of the chain against its checksum
+                    expected.add(weights.chunk_dir(info.arch_id, name, int(info.row)))
+            try:  # ascending ids: parents decode first, so the reader's cache makes this one read per node
+                reader.decode(node_id)  # verifies every row of the chain against its checksum
             except CorruptNodeError as exc:
                 if exc.damaged_node == node_id:
                     files = ", ".join(exc.files[:3]) + (" ..." if len(exc.files) > 3 else "")
-                    report.bad_nodes.append((int(node_id), f"{exc.reason} (files: {files})"))
+                    report.bad_nodes.append((node_id, f"{exc.reason} (files: {files})"))
                 else:
-                    report.dependents.setdefault(exc.damaged_node, []).append(int(node_id))
-        root = store.weights.path
-        for f in store.weights.chunk_files():
-            rel = f.relative_to(root)
-            # chunk files are c/<row>/<digits>; anything else there (an interrupted write's temp file) is an orphan
-            if rel.name == "zarr.json" or (rel.parent in expected and rel.name.isdigit()):
-                continue
-            report.orphans.append(f)
+                    report.dependents.setdefault(exc.damaged_node, []).append(node_id)
+        report.orphans = _orphans(weights, expected)
         if repair:
             for f in report.orphans:
                 f.unlink(missing_ok=True)
                 report.removed += 1
     return report
+
+
+def _orphans(weights: WeightArrays, expected: set[Path]) -> list[Path]:
+    root = weights.path
+    orphans = []
+    for f in weights.chunk_files():
+        rel = f.relative_to(root)
+        # chunk files are c/<row>/<digits>; anything else there (an interrupted write's temp file) is an orphan
+        if rel.name == "zarr.json" or (rel.parent in expected and rel.name.isdigit()):
+            continue
+        orphans.append(f)
+    return orphans

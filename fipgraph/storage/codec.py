@@ -19,12 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fipgraph.errors import FormatVersionError
 from fipgraph.storage import bounded
 from fipgraph.storage.layout import Group, Layout
+
+if TYPE_CHECKING:  # torch is imported only by the int8 encoding: lossless reads never need it
+    import torch
 
 Q8_BLOCK = 4096  # elements sharing one scale. Measured on an Adam path: blocks of 256 gave 0.208x raw,
 # 4096 gave 0.168x, with the same max error (set by the block holding the largest step)
@@ -70,10 +74,14 @@ def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | N
 
 
 def _floats(group: Group, words: np.ndarray) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(words).view(np.uint8)).view(group.torch_dtype)
 
 
 def _quantise(group: Group, words: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    import torch
+
     x, p = _floats(group, words).float(), _floats(group, parent).float()
     n = x.numel()
     pad = (-n) % Q8_BLOCK
@@ -87,6 +95,8 @@ def _quantise(group: Group, words: np.ndarray, parent: np.ndarray) -> tuple[np.n
 
 
 def _dequantise(group: Group, parent: np.ndarray, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    import torch
+
     p = _floats(group, parent).float()
     step = torch.from_numpy(np.repeat(scale.astype(np.float32), Q8_BLOCK)[: q.size])
     x = (p + torch.from_numpy(q.astype(np.float32)) * step).to(group.torch_dtype)
@@ -94,7 +104,7 @@ def _dequantise(group: Group, parent: np.ndarray, q: np.ndarray, scale: np.ndarr
 
 
 def _lossy(group: Group, encoding: str) -> bool:
-    return encoding == "q8" and group.is_float and not group.torch_dtype.is_complex
+    return encoding == "q8" and group.is_float and not group.is_complex
 
 
 def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str,

@@ -11,18 +11,29 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
 
 from fipgraph.errors import ArchitectureMismatchError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so reading and checking rows never loads it
+    import torch
 
 # Word width used to store each itemsize; 16-byte dtypes (complex128) are stored as two uint64 words.
 _WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.uint64}
 
 
+# (itemsize, real floating point, complex) of torch's dtypes by name; others are looked up in torch itself
+_DTYPES = {"float64": (8, True, False), "float32": (4, True, False), "float16": (2, True, False),
+           "bfloat16": (2, True, False), "complex64": (8, False, True), "complex128": (16, False, True),
+           "int64": (8, False, False), "int32": (4, False, False), "int16": (2, False, False),
+           "int8": (1, False, False), "uint8": (1, False, False), "bool": (1, False, False)}
+
+
 def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ArchitectureMismatchError(f"unknown tensor dtype {name!r} in a stored architecture")
@@ -42,8 +53,15 @@ class Group:
         return _torch_dtype(self.dtype)
 
     @cached_property
+    def _kind(self) -> tuple[int, bool, bool]:
+        if self.dtype in _DTYPES:
+            return _DTYPES[self.dtype]
+        t = self.torch_dtype
+        return t.itemsize, t.is_floating_point, t.is_complex
+
+    @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=self.torch_dtype).element_size()
+        return self._kind[0]
 
     @property
     def word(self) -> type:
@@ -67,7 +85,11 @@ class Group:
 
     @property
     def is_float(self) -> bool:
-        return self.torch_dtype.is_floating_point
+        return self._kind[1]
+
+    @property
+    def is_complex(self) -> bool:
+        return self._kind[2]
 
 
 def _tie_key(t: torch.Tensor) -> tuple:
@@ -173,6 +195,8 @@ class Layout:
 
     def pack(self, state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Copy a state dict into one contiguous word array per dtype group (the snapshot)."""
+        import torch
+
         rows = {}
         for g in self.groups:
             parts = [state[name].detach().reshape(-1).cpu().contiguous().view(torch.uint8) for name in g.names]
@@ -182,6 +206,8 @@ class Layout:
 
     def unpack(self, rows: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Inverse of pack: tensors that own their memory, in state-dict order."""
+        import torch
+
         out = {}
         for g in self.groups:
             data = torch.from_numpy(np.ascontiguousarray(rows[g.dtype]).view(np.uint8).copy())
@@ -212,8 +238,10 @@ class Layout:
 
     def float_tensors(self, rows: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
         """Zero-copy tensor views of the real floating-point groups (for norms and distances)."""
+        import torch
+
         return [
             torch.from_numpy(np.ascontiguousarray(rows[g.dtype]).view(np.uint8)).view(g.torch_dtype)
             for g in self.groups
-            if g.is_float and not g.torch_dtype.is_complex
+            if g.is_float
         ]
