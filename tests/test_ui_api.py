@@ -243,3 +243,27 @@ def test_pca_placer_refits_as_a_build_grows_and_places_newcomers(store_path):
     fresh = PcaPlacer(lambda: fipgraph.open_store(store_path, mode="r"))
     fresh.start(list(range(12)), ["a"] * 11 + ["b"])
     assert fresh._thread is None and "several architectures" in fresh.status()
+
+
+def test_closing_the_view_waits_for_its_background_threads(store_path, monkeypatch):
+    """Shutting the UI down waits for the PCA fit and the warm-up (they read the store) before the
+    store closes, starts no new fit, and a fit cut short by the shutdown is not reported as a crash."""
+    crashes = []
+    monkeypatch.setattr("threading.excepthook", lambda args: crashes.append(args.exc_value))
+    view = StoreView(store_path)
+    fit = view.pca._thread
+    view.close()
+    assert not view._warmer.is_alive() and (fit is None or not fit.is_alive())
+    view.pca.start(list(range(12)), ["a"] * 12)
+    assert view.pca._thread is fit  # closed: no new fit
+
+    def shut_down_mid_fit():  # what interpreter shutdown does to a fit still reading
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    placer = PcaPlacer(shut_down_mid_fit)
+    placer._closing.set()
+    placer._fit([0, 1, 2])  # swallowed: the UI is closing
+    live = PcaPlacer(shut_down_mid_fit)
+    with pytest.raises(RuntimeError):
+        live._fit([0, 1, 2])  # a real failure while open still surfaces
+    assert crashes == []

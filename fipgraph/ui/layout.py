@@ -85,6 +85,7 @@ class PcaPlacer:
         self.max_nodes = max_nodes
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()  # set by close(): a fit that fails because the UI shut down is no error
         self.estimator = None
         self.coords: dict[int, tuple[float, float]] = {}
         self.error: str | None = None  # why the UI cannot fit PCA for this store (it then shows lineage)
@@ -106,7 +107,7 @@ class PcaPlacer:
         with self._lock:
             fitted = len(self.estimator.nodes_) if self.estimator is not None else 0
             busy = self._thread is not None and self._thread.is_alive()
-            if self.error or busy or (fitted and len(node_ids) < 2 * fitted):
+            if self._closing.is_set() or self.error or busy or (fitted and len(node_ids) < 2 * fitted):
                 return  # extend() places the newcomers
             self._too_few = len(node_ids) < 2
             if self._too_few or (fitted and (len(node_ids) > self.max_nodes or len(set(arch_ids)) > 1)):
@@ -142,6 +143,17 @@ class PcaPlacer:
         except (FipgraphError, MemoryError, OSError) as exc:
             self.error = f"weight-space PCA failed ({exc}); lineage shown"
             self.generation += 1
+        except Exception:
+            if not self._closing.is_set():
+                raise
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop starting fits and wait up to `timeout` s for a running one (it reads the store's files)."""
+        with self._lock:
+            self._closing.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def extend(self, store, node_ids: list[int]) -> None:
         """Place up to TRANSFORM_PER_REQUEST nodes appended since the fit (same basis)."""

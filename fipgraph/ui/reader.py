@@ -61,7 +61,8 @@ class StoreView:
         self._graph_cache: dict[tuple, bytes] = {}
         self._cache_lock = threading.Lock()
         # warm up before the first page asks: the catalog copy, and the PCA fit when none is recorded
-        threading.Thread(target=self._warm, daemon=True, name="ui-warm").start()
+        self._warmer = threading.Thread(target=self._warm, daemon=True, name="ui-warm")
+        self._warmer.start()
 
     def _warm(self) -> None:
         try:
@@ -84,6 +85,9 @@ class StoreView:
         return data
 
     def close(self) -> None:
+        """Let the background threads finish (they read the store), then close it."""
+        self.pca.close()
+        self._warmer.join(10.0)
         self.store.close()
 
     # -- change detection -------------------------------------------------------------------
