@@ -198,3 +198,12 @@ def test_store_table_writes_bounded_rows_and_keeps_the_sparse_mask(tmp_path, cap
     frac = sum(int(z.sum()) for z in zeros.values()) / sum(z.numel() for z in zeros.values())
     assert frac > 0.3 and abs(frac - stored) < 0.05  # the zeros survived the lossy encoding
     assert all(bool((walked[k][z] == 0).all()) for k, z in zeros.items())  # and the walk from it kept them
+
+
+def test_store_table_is_refused_by_the_ray_executor(tmp_path, capsys):
+    """Ray's writer actor opens the store with the defaults: a [store] table there is an error, not lossless rows."""
+    d = tmp_path / "s"
+    assert main(["build", "--store", str(d), "--no-progress", "--executor", "ray", "store.encoding=\"bounded\""]) == 2
+    err = capsys.readouterr().err
+    assert "not supported with --executor ray" in err and "Traceback" not in err
+    assert not (d / "weights.zarr").exists()
