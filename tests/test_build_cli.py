@@ -109,6 +109,9 @@ def test_ctrl_c_flushes_marks_interrupted_and_resumes(tmp_path, monkeypatch, cap
     (["model.kwargs.n_classes=5"], "up to 9.*5 outputs.*n_classes=10"),
     (["data.source=\"nowhere\""], "unknown data source 'nowhere'"),
     (["steps=0"], "steps=0 must be >= 1"),
+    (["store.encoding=\"zip\""], r"\[store\] encoding='zip'; choose one of"),
+    (["store.tolerance=-1"], r"\[store\] tolerance=-1 must be a positive number"),
+    (["store.compress=true"], r"\[store\] has unknown keys \['compress'\]"),
 ])
 def test_bad_configs_exit_2_before_any_step(tmp_path, capsys, extra, message):
     d = tmp_path / "s"
@@ -173,3 +176,34 @@ def test_config_file_with_overrides(tmp_path, capsys):
     assert dict(zip(steps["name"], steps["m"])) == {"sparse/dense": 20, "sparse/sparsify": 20, "sparse/undirected": 20}
     assert main(["build", EXAMPLES + "/sparsify.toml", EXAMPLES + "/default.toml"]) == 2
     assert "one config file" in capsys.readouterr().err
+
+
+def test_store_table_writes_bounded_rows_and_keeps_the_sparse_mask(tmp_path, capsys):
+    """[store] encoding = "bounded": every row after the keyframe is lossy within its bound, the sparse
+    node reads back with exactly its mask, and the walk from it (keep_zeros) keeps those zeros."""
+    d = str(tmp_path / "s")
+    args = ["build", "--store", d, "--no-progress", EXAMPLES + "/sparsify.toml", "steps=20", "save_every=5",
+            "recovery_steps=5", "store.encoding=\"bounded\"", "store.tolerance=0.2", "store.keyframe_every=100",
+            "runs.undirected.from=\"sparsify\""]
+    assert main(args) == 0, capsys.readouterr().err
+    with fipgraph.open_store(d, "r") as s:
+        rows = s.sql("SELECT encoding, max_error_ratio FROM storage ORDER BY node_id")
+        assert rows["encoding"][0] == "key" and set(rows["encoding"][1:]) <= {"bnd", "bndp"}
+        assert (rows["max_error_ratio"][1:] <= 1).all() and (rows["max_error_ratio"][1:] > 0).any()
+        last = s.sql("SELECT max(n.node_id) AS n FROM nodes n JOIN runs r USING (run_id) WHERE r.name = ?", ["sparse/sparsify"])
+        end = s.sql("SELECT max(n.node_id) AS n FROM nodes n JOIN runs r USING (run_id) WHERE r.name = ?", ["sparse/undirected"])
+        sparse, walked = s.state_dict(int(last["n"][0])), s.state_dict(int(end["n"][0]))
+        stored = s.sql("SELECT sparsity FROM nodes WHERE node_id = ?", [int(last["n"][0])])["sparsity"][0]
+    zeros = {k: v == 0 for k, v in sparse.items() if v.dim() == 2}
+    frac = sum(int(z.sum()) for z in zeros.values()) / sum(z.numel() for z in zeros.values())
+    assert frac > 0.3 and abs(frac - stored) < 0.05  # the zeros survived the lossy encoding
+    assert all(bool((walked[k][z] == 0).all()) for k, z in zeros.items())  # and the walk from it kept them
+
+
+def test_store_table_is_refused_by_the_ray_executor(tmp_path, capsys):
+    """Ray's writer actor opens the store with the defaults: a [store] table there is an error, not lossless rows."""
+    d = tmp_path / "s"
+    assert main(["build", "--store", str(d), "--no-progress", "--executor", "ray", "store.encoding=\"bounded\""]) == 2
+    err = capsys.readouterr().err
+    assert "not supported with --executor ray" in err and "Traceback" not in err
+    assert not (d / "weights.zarr").exists()

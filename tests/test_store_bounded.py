@@ -69,3 +69,21 @@ def test_bad_tolerance_is_refused(tmp_path):
         with pytest.raises(ValueError, match="tolerance"):
             fipgraph.open_store(tmp_path / "s", encoding="bounded", tolerance=bad)
     assert not np.any([p.name == "metrics.duckdb" for p in tmp_path.rglob("*")])
+
+
+def test_bounded_keeps_exact_zeros_of_a_pruned_node_and_its_descendants(tmp_path):
+    """A projection zeroes weights far from their prediction; they must read back as 0 (the sparse
+    mask a later walk keeps), also on the next nodes where the prediction of a zero is itself 0."""
+    states = adam_like_walk(8)
+    mask = torch.rand(300, 200, generator=torch.Generator().manual_seed(1)) < 0.4
+    for s in states[4:]:  # nodes 4..7 are pruned: 40 % exact zeros, the rest keep walking
+        s["w"] = s["w"].masked_fill(mask, 0.0)
+    with fipgraph.open_store(tmp_path / "s", encoding="bounded", tolerance=0.2, keyframe_every=1000) as store:
+        parent = None
+        for s in states:
+            parent = store.append(s, parent=parent)
+        store.flush()
+        for i in range(4, 8):
+            got = store.state_dict(i)["w"]
+            assert torch.equal(got == 0, mask), i  # exactly the pruned weights are zero, no more, no fewer
+            assert float((got - states[i]["w"]).abs().max()) > 0  # the rest is still lossy

@@ -141,7 +141,8 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
     limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
                     max_steps=max_steps, progress=progress)
     store_dir = Path(store_dir)
-    with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a", durable=durable) as store:
+    with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a", durable=durable,
+                                                             **config.store) as store:
         try:
             with stop.immediate():  # data, model builds and checks: nothing to save yet
                 tasks, plans = _prepare(config, store, start)

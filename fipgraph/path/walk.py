@@ -103,6 +103,7 @@ class RunRecipe:
         self.parent_probe: torch.Tensor | None = None
         self.step = self.saved_step = 0  # the current step; the step of the last node stored
         self.steps_done, self.accs, self.last_write = 0, {}, time.time()
+        self.last_write_seconds = 0.0  # how long the last optimizer-state write took
 
     # -- the recipe ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -373,7 +374,9 @@ class RunRecipe:
             self.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
             log.info("%s step %d node %d %s", self.name, step, nid,
                      {k: round(v.get("accuracy", v.get("sparsity", 0.0)), 4) for k, v in metrics.items()})
-        if time.time() - self.last_write > 60:  # bound what a hard kill can lose
+        # bound what a hard kill can lose, and what the writes cost: a 1 GB Adam state (SmolLM2) took
+        # 7 s to write, so a walk saving a node a minute spent a tenth of its time here
+        if time.time() - self.last_write > max(60.0, 20 * self.last_write_seconds):
             self.write_checkpoint(nid)
         return nid
 
@@ -384,8 +387,10 @@ class RunRecipe:
 
     def write_checkpoint(self, node: int) -> None:
         """Optimizer (and objective) state that belongs to ``node``; call only while the model equals that node."""
+        began = time.time()
         self.store.files.save_optimizer_state(self.run_id, node, self.checkpoint_state())  # atomic; fsynced when the store is durable
         self.last_write = time.time()
+        self.last_write_seconds = self.last_write - began
 
     # -- the end ------------------------------------------------------------------------------
     def stopped(self, stop: str) -> RunResult:

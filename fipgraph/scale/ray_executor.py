@@ -108,6 +108,9 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
               threads: int = 1, num_cpus: int | None = None) -> BuildResult:
     """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
     store_dir = Path(store_dir)
+    if config.store:  # the writer actor opens the store with the defaults: say so rather than write other rows
+        raise ConfigError(f"[store] {config.store} is not supported with --executor ray yet; build with the "
+                          "local executor, or drop the [store] table (lossless rows)")
     # a cluster to join is joined first, so a bad --address creates nothing; a local Ray starts after
     # the config's checks (it takes seconds)
     ray = connect(address, num_cpus) if address is not None else _import_ray()
