@@ -21,7 +21,8 @@ LINE = re.compile(r"^(\S+ \S+),\d+ INFO (\S+?): (device cpu|finished at step)")
 
 
 def samples(log: str, store: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epoch seconds, CPU seconds) of the build process writing `store` (the one with the most samples)."""
+    """(epoch seconds, CPU seconds) of the build process writing `store` (of the processes whose command line names
+    it, e.g. a wrapping `bash -c`, the one that used the most CPU)."""
     rows: dict[str, list[tuple[float, float]]] = {}
     for line in Path(log).read_text().splitlines():
         parts = line.split()
@@ -29,7 +30,7 @@ def samples(log: str, store: str) -> tuple[np.ndarray, np.ndarray]:
             rows.setdefault(parts[1], []).append((float(parts[0]), int(parts[2]) / 100))
     if not rows:
         raise SystemExit(f"no samples for --store {store} in {log}")
-    t, c = zip(*max(rows.values(), key=len))
+    t, c = zip(*max(rows.values(), key=lambda r: r[-1][1]))
     return np.array(t), np.array(c)
 
 

@@ -90,6 +90,8 @@ def figure(runs: list[dict], out: str) -> None:
         axes[1].plot(steps, [100 * p for p in proj], color=line.get_color(), ls="--", lw=1)
         if r["final"] is not None and r["final"]["tags"].get("recovered"):
             axes[1].plot([r["final"]["step"]], [100 * r["final"]["acc"]], "o", color=line.get_color(), ms=4)
+    if any(r.get("seed", 0) for r in runs):
+        axes[0].plot([], [], color="0.5", lw=0.8, alpha=0.55, label="thin: seeds 1, 2 (same colour = same sparsity)")
     axes[0].set(yscale="log", xlabel="FIP step", ylabel="‖w − P_p(w)‖ / ‖w‖  (%)", title="distance to the p-sparse set")
     axes[0].axhline(0.1, color="k", lw=0.8, ls="--")
     axes[0].legend(fontsize=6)

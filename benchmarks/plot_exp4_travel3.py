@@ -61,8 +61,33 @@ def read_seed(store: str) -> dict:
             pairs = [_distance(a, b) for i, a in enumerate(w) for b in w[i + 1:]]
             spread[name] = (float(np.mean([_distance(start, a) for a in w])), float(np.mean(pairs)) if pairs else 0.0)
         start_acc = float(st.sql("select task1_accuracy from wide where node_id = ?", [start_id]).iloc[0, 0])
+        found = {(n, m): float(v) for n, m, v in metrics.itertuples(index=False)}
+        found.update(_reused(st, found))
     return {"walks": walks, "ind_dist": ind_dist, "start_acc": start_acc, "spread": spread,
-            "metrics": {(n, m): float(v) for n, m, v in metrics.itertuples(index=False)}}
+            "metrics": found}
+
+
+def _reused(st, found: dict) -> dict:
+    """Metrics of s3_/s10_ ensembles that were not attacked here but whose exact member set was attacked before in
+    this store with the same attack (an older ensemble, its results in `evals` as 'ensemble:<name>'): the one-seed
+    store that seed 0 extends measured single and independent (ind0..ind4) already; PGD is seeded, so a rerun repeats
+    them. Printed, so the table says which cells are reused."""
+    rows = st.sql("select name, members from ensembles").itertuples(index=False)
+    members = {n: frozenset(json.loads(m) if isinstance(m, str) else m) for n, m in rows}
+    attack = ("n_inputs", "eps", "max_iter")
+    out = {}
+    for name in [n for n in members if n.startswith(tuple(PREFIXES_K)) and (n, "pgd_transfer_ensemble") not in found]:
+        for old, old_members in members.items():
+            if old.startswith(tuple(PREFIXES_K)) or old_members != members[name]:
+                continue
+            ev = st.sql("select metric, arg_max(value, created_at) as v from evals where dataset = ? group by all",
+                        [f"ensemble:{old}"])
+            got = dict(zip(ev.metric, ev.v))
+            if got and all(got.get(k) == v for k, v in zip(attack, (1000, 0.1, 10))):
+                print(f"{name}: not attacked again; the same members were attacked as {old!r} with the same attack")
+                out.update({(name, m): float(v) for m, v in got.items()})
+                break
+    return out
 
 
 def print_tables(seeds: list[dict]) -> None:
