@@ -28,10 +28,20 @@ SQL = """select r.name, w.prunable_sparsity as s, w.task1_accuracy as acc from w
          (r.name like '%/fipft_%' and w.step = (select max(step) from nodes n where n.run_id = r.run_id)))"""
 DENSE_SQL = """select w.task1_accuracy as acc from wide w join runs r using (run_id)
                where r.name like '%/dense' and w.task1_accuracy is not null order by w.step desc limit 1"""
-# sparsify runs: the last node before the final hard projection (not yet sparse) and the distance it had left
-BEFORE_SQL = """select r.name, w.task1_accuracy as acc, json_extract(f.tags, '$.distance_before_projection') as dist
+# sparsify runs: the accuracy just before the hard projection (not yet sparse) and the distance it had left.
+# Stores written since issue 11 project in place at the converged step: that node is tagged "projection" and its tags
+# hold both values. Older stores (issue 5) appended the projection as a separate node one step after the last walk
+# node, whose own evaluation is the accuracy before; their tags have no projection_step.
+BEFORE_SQL = """select r.name, json_extract(p.tags, '$.accuracy_before_projection.task1')::double as acc,
+           json_extract(p.tags, '$.distance_before_projection')::double as dist
+    from nodes p join runs r using (run_id)
+    where r.status = 'finished' and r.name like '%/sparsify_%'
+      and json_extract(p.tags, '$.projection')::boolean and json_extract(p.tags, '$.projection_step') is not null
+    union all
+    select r.name, w.task1_accuracy, json_extract(f.tags, '$.distance_before_projection')::double
     from wide w join runs r using (run_id) join nodes f on f.run_id = r.run_id and f.step = w.step + 1
-    where r.status = 'finished' and r.name like '%/sparsify_%' and f.tags like '%final_projection%'"""
+    where r.status = 'finished' and r.name like '%/sparsify_%' and f.tags like '%final_projection%'
+      and json_extract(f.tags, '$.projection_step') is null"""
 # the paper's LeNet-300-100 numbers quoted in the issue: (sparsity %, mean, half-range or std)
 PAPER_FIP = [(99.1, 96.55, 0.25), (99.4, 96.0, 0.6)]
 PAPER_LT = [(99.4, 91.0, 3.0)]

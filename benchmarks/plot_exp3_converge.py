@@ -1,6 +1,9 @@
 """Issue 11, experiment 3 rerun: FIP sparsification walked to the p-sparse set, read back from the stores.
 
     python benchmarks/plot_exp3_converge.py /tmp/i11/cv_20 ... /tmp/i11/cv_994 [--out benchmarks/figures/exp3_converge.png]
+    python benchmarks/plot_exp3_converge.py --seed /tmp/i11/ad_20 ... /tmp/i11/ad_994 --seed /tmp/s211/cv1 --seed /tmp/s211/cv2
+        (one --seed per seed, with the stores that seed's runs are in: also prints the "seed 0 / seed 1 / seed 2
+        (mean ± std)" table, and the figure draws every seed, one colour per sparsity)
 
 Each store holds a dense node and sparsify runs built by examples/paper_lenet_sparsity_converge.toml (or the
 validation config). Prints one markdown row per sparsify run (walk steps, cap hit, path length, wall time,
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import matplotlib
 
@@ -66,8 +70,13 @@ def row(r: dict) -> str:
 
 def figure(runs: list[dict], out: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {p: f"C{i}" for i, p in enumerate(sorted({r["run"]["sparsity"] for r in runs}))}
     for r in runs:
         if not r["path"]:
+            continue
+        seed = r.get("seed", 0)
+        if seed:  # further seeds: same colour as seed 0's run at that sparsity, thin, no legend entry
+            _seed_lines(axes, r, colours[r["run"]["sparsity"]])
             continue
         label = f"{100 * r['run']['sparsity']:g} % ({r['name']})"
         path = [(p["step"], p["dist"], p["acc"], p["proj"]) for p in r["path"]]
@@ -76,11 +85,13 @@ def figure(runs: list[dict], out: str) -> None:
             path.append((t["projection_step"], t["distance_before_projection"],
                          t.get("accuracy_before_projection", {}).get("task1", float("nan")), r["proj"]["acc"]))
         steps, dist, acc, proj = zip(*path)
-        line, = axes[0].plot(steps, [100 * d for d in dist], label=label)
+        line, = axes[0].plot(steps, [100 * d for d in dist], label=label, color=colours[r["run"]["sparsity"]])
         axes[1].plot(steps, [100 * a for a in acc], color=line.get_color(), label=label)
         axes[1].plot(steps, [100 * p for p in proj], color=line.get_color(), ls="--", lw=1)
         if r["final"] is not None and r["final"]["tags"].get("recovered"):
             axes[1].plot([r["final"]["step"]], [100 * r["final"]["acc"]], "o", color=line.get_color(), ms=4)
+    if any(r.get("seed", 0) for r in runs):
+        axes[0].plot([], [], color="0.5", lw=0.8, alpha=0.55, label="thin: seeds 1, 2 (same colour = same sparsity)")
     axes[0].set(yscale="log", xlabel="FIP step", ylabel="‖w − P_p(w)‖ / ‖w‖  (%)", title="distance to the p-sparse set")
     axes[0].axhline(0.1, color="k", lw=0.8, ls="--")
     axes[0].legend(fontsize=6)
@@ -92,12 +103,65 @@ def figure(runs: list[dict], out: str) -> None:
     print(f"figure: {out}")
 
 
+def _seed_lines(axes, r: dict, colour: str) -> None:
+    """A further seed's walk: distance and accuracy only, thin and translucent in its sparsity's colour."""
+    steps = [p["step"] for p in r["path"]]
+    axes[0].plot(steps, [100 * p["dist"] for p in r["path"]], color=colour, lw=0.8, alpha=0.55)
+    axes[1].plot(steps, [100 * p["acc"] for p in r["path"]], color=colour, lw=0.8, alpha=0.55)
+    if r["final"] is not None and r["final"]["tags"].get("recovered"):
+        axes[1].plot([r["final"]["step"]], [100 * r["final"]["acc"]], "o", color=colour, ms=3, alpha=0.55)
+
+
+def seed_values(r: dict) -> dict[str, float]:
+    """The per-run numbers of the seed table (NaN where the run has not been projected yet)."""
+    proj, final, nan = r["proj"], r["final"], float("nan")
+    if proj is None:
+        return {}
+    t, last = proj["tags"], final or proj
+    return {"steps": float(t["projection_step"]), "lambda": float(t.get("lambda", nan)),
+            "length": last["len"] - r["start_len"] if last["len"] is not None else nan,
+            "before": 100 * t.get("accuracy_before_projection", {}).get("task1", nan), "after": 100 * proj["acc"],
+            "final": 100 * final["acc"] if final is not None and final["tags"].get("recovered") else nan,
+            "cap": float(bool(t.get("step_cap_hit")))}
+
+
+def seed_cell(values: list[float], digits: int) -> str:
+    """'a / b / c (mean ± std)' over seeds ('–' for a missing seed; mean ± std over the seeds present)."""
+    got = [v for v in values if v == v]
+    text = " / ".join("–" if v != v else f"{v:,.{digits}f}" for v in values)
+    if len(got) >= 2:
+        text += f" ({statistics.mean(got):,.{digits}f} ± {statistics.stdev(got):,.{digits}f})"
+    return text
+
+
+def seed_table(groups: list[list[dict]]) -> None:
+    """One markdown row per target sparsity, each cell over the seeds (one group of runs per seed)."""
+    per_seed = [{r["run"]["sparsity"]: seed_values(r) for r in runs} for runs in groups]
+    cols = [("steps", "walk steps to the tolerance", 0), ("lambda", "λ at the projection", 1),
+            ("length", "path length", 0), ("before", "test acc. before projection", 1),
+            ("after", "after projection", 1), ("final", "after recovery (final node)", 1)]
+    print("| sparsity | " + " | ".join(c[1] for c in cols) + " | cap hit |")
+    print("|---" * (len(cols) + 2) + "|")
+    for p in sorted({p for d in per_seed for p in d}):
+        vals = [d.get(p, {}) for d in per_seed]
+        cells = [seed_cell([v.get(k, float("nan")) for v in vals], digits) for k, _, digits in cols]
+        caps = sum(int(v.get("cap", 0)) for v in vals)
+        print(f"| {100 * p:g} % | " + " | ".join(cells) + f" | {caps} of {len(vals)} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stores", nargs="+")
+    ap.add_argument("stores", nargs="*")
+    ap.add_argument("--seed", action="append", nargs="+", metavar="STORE", default=[],
+                    help="the stores holding one seed's runs; repeat once per seed (seed 0 first)")
     ap.add_argument("--out", default="benchmarks/figures/exp3_converge.png")
     args = ap.parse_args(argv)
-    runs = [r for s in args.stores for r in read(s)]
+    if not args.stores and not args.seed:
+        ap.error("give the stores (positional) or one --seed STORE... per seed")
+    groups = [[dict(r, seed=i) for s in group for r in read(s)] for i, group in enumerate(args.seed)]
+    runs = [r for s in args.stores for r in read(s)] + [r for g in groups for r in g]
+    if groups:
+        seed_table(groups)
     print("| run | target | walk steps to the tolerance | distance left at the projection, % of ‖w‖ | λ at the projection "
           "| path length (Σ node-to-node distance) | wall min | acc. before projection | after projection "
           "| after recovery | final sparsity % |")
