@@ -19,10 +19,11 @@ import fipgraph
 QUERIES = {"task1": "wiki", "task2": "news"}
 BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/wiki' THEN 'pretrained (+1 wiki step)'
-  WHEN r.name LIKE '%/continual' THEN 'CL (news)'
-  WHEN r.name LIKE '%/cl_sparsify_%' THEN 'CL then sparsify'
-  WHEN r.name LIKE '%/sparsify_%' THEN 'sparsify'
-  ELSE 'sparsify then CL' END"""
+  WHEN r.name LIKE '%/continual%' THEN 'CL (news)'
+  WHEN r.name LIKE '%/cl_co_%' THEN 'CL then Co'
+  WHEN r.name LIKE '%/co_cl_%' THEN 'Co then CL'
+  WHEN r.name LIKE '%/co_%' THEN 'Co (sparsify)'
+  ELSE 'first sparsify try (diverged)' END"""
 
 
 def record(store_path: str) -> None:
@@ -37,11 +38,17 @@ def record(store_path: str) -> None:
     print(f"recorded perplexity and 1/perplexity (wiki, news) for {len(by_node)} nodes")
 
 
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if v != 0 and abs(v) < 0.01 else f"{v:.2f}"
+    return str(v)
+
+
 def _md(df) -> str:
     cols = list(df.columns)
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in df.itertuples(index=False):
-        rows.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in rec) + " |")
+        rows.append("| " + " | ".join(_fmt(v) for v in rec) + " |")
     return "\n".join(rows)
 
 
