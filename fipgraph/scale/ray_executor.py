@@ -3,7 +3,7 @@
 The driver checks the whole config (as a local build does), starts the ``StoreWriter`` actor on its
 own machine, and submits every run whose ``from`` run has finished as a Ray task with the run's
 ``num_cpus``/``num_gpus``. Each task walks its run with the ordinary run engine against a
-``RemoteStore`` (``fipgraph.scale.shard``). A task whose worker dies is retried by Ray and resumes
+``RemoteStore`` (``fipgraph.scale.remote``), which ships nodes without waiting for the writer. A task whose worker dies is retried by Ray and resumes
 from its run's last committed node; a run that raises is marked failed (its dependants are not
 started) and the others go on. Rerunning the same command resumes the whole build.
 """
@@ -22,7 +22,8 @@ from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_ac
 from fipgraph.path.config import BuildConfig
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.walk import Limits, RunRecipe, RunResult
-from fipgraph.scale.shard import RemoteStore, StoreWriter, worker_identity
+from fipgraph.scale.remote import RemoteStore
+from fipgraph.scale.shard import StoreWriter, worker_identity
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -82,11 +83,28 @@ def check_resources(ray: Any, plans: list[Plan]) -> None:
 
 
 class _RayRecipe(RunRecipe):
-    """The run engine unchanged, except that each node ships with the optimizer state that belongs to it."""
+    """The run engine unchanged, except that a batch of nodes ships with the optimizer state of its last node."""
 
     def setup(self) -> None:
         super().setup()
-        self.store.checkpoint_of = self.checkpoint_state
+        self.store.checkpoint_of = self.checkpoint_if_at
+
+    def checkpoint_if_at(self, step: int | None) -> dict | None:
+        """The optimizer state, when the model is still the network saved at ``step`` (else it belongs to no node)."""
+        return self.checkpoint_state() if step == self.step else None
+
+    def run(self) -> RunResult:
+        try:
+            result = super().run()
+        except BaseException:
+            try:  # what the walk saved before it failed is committed, as in a local build
+                self.store.settle()
+            except Exception:  # noqa: BLE001 - the walk's own error is the one to report
+                pass
+            raise
+        self.store.settle()
+        result.last_node = self.store.resolve(result.last_node)  # the writer's id, for runs starting from it
+        return result
 
 
 def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str, resolved: dict, eval_all: bool,
@@ -97,10 +115,12 @@ def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str,
 
     torch.set_num_threads(threads)
     pid, host = worker_identity()
-    ray.get(writer.register.remote(plan.name, pid, host))
-    store = RemoteStore(writer, store_dir)
+    sender = ray.get(writer.register.remote(plan.name, pid, host))
+    store = RemoteStore(writer, store_dir, sender)
     limits = Limits(deadline=deadline, max_steps=None, progress=False)
-    return _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
+    result = _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
+    log.info("run %s: %.2f s waiting for the writer", plan.name, store.waited)
+    return result
 
 
 def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
@@ -120,9 +140,10 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     try:
         deadline = None if max_hours is None else time.time() + 3600 * max_hours
         results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads)
-        ray.get(writer.call.remote("flush"))
-        merged, seconds = ray.get(writer.merge_cost.remote())
-        log.info("build %s: %d nodes merged, %.2f ms each on the writer", config.name, merged, 1e3 * seconds / max(merged, 1))
+        ray.get(writer.call.remote(None, "flush"))
+        merged, seconds, cpu = ray.get(writer.merge_cost.remote())
+        log.info("build %s: %d nodes merged, %.2f ms each on the writer (%.2f CPU-ms each in the writer's process)",
+                 config.name, merged, 1e3 * seconds / max(merged, 1), 1e3 * cpu / max(merged, 1))
     finally:  # also on Ctrl-C: commit what the writer holds before it goes
         try:
             ray.get(writer.close.remote(), timeout=120)
@@ -206,8 +227,8 @@ def _mark_failed(ray: Any, writer: Any, plan: Plan, exc: Exception) -> str:
     """runs.status = 'failed' for a run whose task raised (or died more than MAX_RETRIES times)."""
     cause = getattr(exc, "cause", None) or exc
     text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    stored = ray.get(writer.call.remote("find_run", plan.name))
+    stored = ray.get(writer.call.remote(None, "find_run", plan.name))
     if stored is not None:
-        ray.get(writer.call.remote("finish_run", int(stored["run_id"]), "failed", text))
+        ray.get(writer.call.remote(None, "finish_run", int(stored["run_id"]), "failed", text))
     log.error("run %s failed: %s", plan.name, text)
     return text
