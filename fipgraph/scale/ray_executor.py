@@ -119,7 +119,7 @@ def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str,
     store = RemoteStore(writer, store_dir, sender)
     limits = Limits(deadline=deadline, max_steps=None, progress=False)
     result = _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
-    log.info("run %s: %.2f s waiting for the writer", plan.name, store.waited)
+    writer.note.remote(f"run {plan.name}: {store.waited:.2f} s waiting for the writer")  # logged in build.log
     return result
 
 
@@ -139,7 +139,8 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     writer = _start_writer(ray, store_dir, durable)
     try:
         deadline = None if max_hours is None else time.time() + 3600 * max_hours
-        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads)
+        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads,
+                                    writer.who.remote())
         ray.get(writer.call.remote(None, "flush"))
         merged, seconds, cpu = ray.get(writer.merge_cost.remote())
         log.info("build %s: %d nodes merged, %.2f ms each on the writer (%.2f CPU-ms each in the writer's process)",
@@ -184,14 +185,27 @@ def _start_writer(ray: Any, store_dir: Path, durable: bool) -> Any:
     actor = ray.remote(StoreWriter).options(
         name=writer_name(store_dir), num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
-    writer = actor.remote(str(store_dir.resolve()), durable)
-    ray.get(writer.who.remote())  # the store is open (or its error surfaces here)
-    return writer
+    return actor.remote(str(store_dir.resolve()), durable)  # its start overlaps the workers' (see _schedule)
+
+
+def _fits(ray: Any, running: list[Plan], plan: Plan) -> bool:
+    """Whether the cluster has the CPUs/GPUs for ``plan`` beside the runs already submitted. Submitting
+    only what fits matters: Ray lends a task's CPU to another task while it waits in ray.get (here: on
+    the writer), so runs submitted beyond the cluster's CPUs would start and share the cores with the
+    running ones, and the last would then run alone with cores idle."""
+    if not running:
+        return True
+    have = ray.cluster_resources()
+    for key, want in (("CPU", plan.run.num_cpus), ("GPU", plan.run.num_gpus)):
+        if want and sum(getattr(p.run, f"num_{key.lower()}s") for p in running) + want > have.get(key, 0) + 1e-9:
+            return False
+    return True
 
 
 def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: Path, tasks_ref: Any,
-              deadline: float | None, threads: int) -> tuple[list[RunResult], dict[str, str]]:
-    """Submit each run once its ``from`` run has finished; collect results as they come."""
+              deadline: float | None, threads: int, writer_ready: Any) -> tuple[list[RunResult], dict[str, str]]:
+    """Submit each run once its ``from`` run has finished and the cluster has room for it; collect results
+    as they come. ``writer_ready`` is awaited after the first runs are submitted (both start at once)."""
     remote = ray.remote(walk_remote)
     waiting, running, done, failed = list(plans), {}, {}, {}
     while waiting or running:
@@ -203,13 +217,16 @@ def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, sto
             elif dep in done and done[dep].status != "finished":  # stopped at --max-hours: a rerun goes on
                 log.info("run %s: not started, %s stopped before its end", plan.name, dep)
                 waiting.remove(plan)
-            elif dep is None or dep in done:
+            elif (dep is None or dep in done) and _fits(ray, list(running.values()), plan):
                 start_node = done[dep].last_node if dep else plan.start
                 ref = remote.options(num_cpus=plan.run.num_cpus, num_gpus=plan.run.num_gpus, max_retries=MAX_RETRIES,
                                      retry_exceptions=False, name=f"fipgraph:{plan.name}").remote(
                     plan, writer, str(store_dir.resolve()), tasks_ref, config.data.head,
                     resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads)
                 running[ref], _ = plan, waiting.remove(plan)
+        if writer_ready is not None:
+            ray.get(writer_ready)  # the store is open in the writer (or its error surfaces here)
+            writer_ready = None
         if not running:
             break
         ready, _ = ray.wait(list(running), num_returns=1)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from fipgraph.errors import ConfigError
 from fipgraph.scale.shard import FORWARDED, PendingNode, from_wire, to_wire
 
 BATCH_NODES = 4  # nodes per actor call: one call's fixed cost (scheduling, a task spec) shared by several nodes
@@ -55,7 +56,7 @@ class RemoteStore:
     def __init__(self, actor: Any, root: str | Path, sender: str | None = None, *, batch_nodes: int = BATCH_NODES,
                  max_in_flight: int = MAX_IN_FLIGHT, max_delay: float = MAX_DELAY) -> None:
         if batch_nodes < 1 or max_in_flight < 1:
-            raise ValueError(f"batch_nodes ({batch_nodes}) and max_in_flight ({max_in_flight}) must be at least 1")
+            raise ConfigError(f"batch_nodes ({batch_nodes}) and max_in_flight ({max_in_flight}) must be at least 1")
         self.actor, self.root = actor, Path(root)
         self.sender = sender or f"anonymous:{uuid.uuid4().hex}"  # the writer's name for this worker's pending ids
         self.files = _RemoteFiles(self)
@@ -108,6 +109,12 @@ class RemoteStore:
         t0 = time.perf_counter()
         try:
             real = ray.get(ref)  # the writer's error (e.g. NonFiniteWeightsError) surfaces here
+        except Exception:
+            # what this worker sent after the failed node descends from it (as in a local build, where the
+            # failing append raises before later nodes exist): dropped, not waited for
+            self._in_flight.clear()
+            self._open = []
+            raise
         finally:
             self.waited += time.perf_counter() - t0
         self._real.update(zip(pending, real))

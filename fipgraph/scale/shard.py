@@ -74,7 +74,6 @@ class StoreWriter:
         import fipgraph
         from fipgraph.path.build import _setup_log
 
-        self.cpu_at_start = time.process_time()
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
         _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
         self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host, sender)
@@ -83,6 +82,7 @@ class StoreWriter:
         self.latest: dict[int, tuple[int, dict]] = {}  # run id -> (node, optimizer state of that node)
         self.written: dict[int, float] = {}  # run id -> when its state was last written to disk
         self.merge_seconds, self.merged, self.closed = 0.0, 0, False
+        self.cpu_at_first: float | None = None  # process CPU time when the first node arrived
 
     def register(self, name: str, pid: int, host: str) -> str:
         """A run's task says where it runs (logged; the tests kill that worker); returns its sender name.
@@ -94,6 +94,10 @@ class StoreWriter:
         self.run_of[sender] = name
         log.info("run %s on worker pid %d at %s", name, pid, host)
         return sender
+
+    def note(self, line: str) -> None:
+        """A worker's line for the build log (workers have no log file of their own)."""
+        log.info("%s", line)
 
     def who(self) -> dict[str, dict]:
         return dict(self.senders)
@@ -121,6 +125,8 @@ class StoreWriter:
     def append_many(self, sender: str | None, batch: list[dict], checkpoint: dict | None) -> list[int]:
         """Append a worker's nodes in order; keep the optimizer state that belongs to the last one."""
         t0 = time.perf_counter()
+        if self.cpu_at_first is None:
+            self.cpu_at_first = time.process_time()
         self._check_sender(sender)
         ids, out, meta = self.pending.setdefault(sender, {}), [], {}
         for node in batch:
@@ -176,9 +182,10 @@ class StoreWriter:
         return self.store.files.load_optimizer_state(run_id)
 
     def merge_cost(self) -> tuple[int, float, float]:
-        """(nodes merged, seconds spent in append_many, CPU seconds of this whole process since it started:
-        appends, the store's background encoding and writes, the catalog)."""
-        return self.merged, self.merge_seconds, time.process_time() - self.cpu_at_start
+        """(nodes merged, seconds spent in append_many, CPU seconds of this whole process since the first node
+        arrived: appends, the store's background encoding and writes, the catalog, Ray's own threads).
+        Call it after a flush, so that every node's background work is counted."""
+        return self.merged, self.merge_seconds, time.process_time() - (self.cpu_at_first or time.process_time())
 
     def close(self) -> None:
         """Write every run's latest optimizer state (a rerun of the build resumes with it), then close."""
