@@ -9,18 +9,11 @@ import torch
 ray = pytest.importorskip("ray")
 
 import fipgraph  # noqa: E402
+from _ray_session import ray_session  # noqa: E402,F401 (the module's Ray session)
 from fipgraph.errors import ConfigError, NonFiniteWeightsError  # noqa: E402
 from fipgraph.models import build_model  # noqa: E402
 from fipgraph.scale.remote import RemoteStore  # noqa: E402
 from fipgraph.scale.shard import PendingNode, StaleSenderError, StoreWriter  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture
