@@ -100,13 +100,32 @@ def _round_trip(ray, tmp: Path, n: int) -> tuple[float, float]:
     return 1e3 * local, 1e3 * remote
 
 
+def _ray_build(config, store_dir: Path) -> tuple[float, float, tuple]:
+    """(seconds, seconds until the first run started on a worker, (nodes, writer ms/node, writer CPU-ms/node,
+    seconds the workers waited)) of one Ray build."""
+    import datetime as dt
+
+    t0, wall0 = time.perf_counter(), time.time()
+    result = build_ray(config, store_dir)
+    seconds = time.perf_counter() - t0
+    assert result.status == "finished", result.failed
+    log_text = result.log_path.read_text()
+    first = re.search(r"^(\S+ \S+) INFO run \S+ on worker pid", log_text, re.M).group(1)
+    started = dt.datetime.strptime(first, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
+    line = [ln for ln in log_text.splitlines() if "nodes merged" in ln][-1]
+    merged, writer_ms, cpu_ms = re.search(r"(\d+) nodes merged, ([\d.]+) ms each.*\(([\d.]+) CPU-ms", line).groups()
+    waited = sum(float(w) for w in re.findall(r"([\d.]+) s waiting for the writer", log_text))
+    return seconds, started, (int(merged), float(writer_ms), float(cpu_ms), waited)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=100)  # as the paper configs in examples/ (100-1000)
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--log", help="copy the Ray build's build.log here (where the time went)")
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of builds, alternating which goes first")
+    ap.add_argument("--log", help="copy the last Ray build's build.log here (where the time went)")
     args = ap.parse_args()
     import ray
 
@@ -114,37 +133,40 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         config = _config(tmp, args.runs, args.steps, args.save_every)
-        print(f"load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
-        t0 = time.perf_counter()
-        build(config, tmp / "seq", progress=False)
-        seq = time.perf_counter() - t0
+        n_params = sum(p.numel() for p in build_model({"name": "cnn5"}).parameters())
+        print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, save_every {args.save_every}, "
+              f"Ray with {args.cpus} CPUs; load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
         t0 = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = build_ray(config, tmp / "ray")
-        par = time.perf_counter() - t0
-        assert result.status == "finished", result.failed
-        log_text = result.log_path.read_text()
-        line = [ln for ln in log_text.splitlines() if "nodes merged" in ln][-1]
-        merged, writer_ms, cpu_ms = re.search(r"(\d+) nodes merged, ([\d.]+) ms each.*\(([\d.]+) CPU-ms", line).groups()
-        waited = sum(float(w) for w in re.findall(r"([\d.]+) s waiting for the writer", log_text))
-        n_params = sum(p.numel() for p in build_model({"name": "cnn5"}).parameters())
-        print(f"load average after the builds: {os.getloadavg()[0]:.1f}")
-        print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, save_every {args.save_every}, "
-              f"Ray with {args.cpus} CPUs")
-        print(f"sequential build          {seq:7.1f} s")
-        print(f"ray build                 {par:7.1f} s   (+ {startup:.1f} s ray.init, not counted)")
-        print(f"ratio sequential / ray    {seq / par:7.2f}x   (with ray.init: {seq / (par + startup):.2f}x)")
-        print(f"merge on the writer       {float(writer_ms):7.2f} ms/node over {merged} nodes "
-              f"(writer process CPU {float(cpu_ms):.2f} ms/node)")
-        print(f"workers waited for writer {waited:7.2f} s in all", flush=True)
+        ratios = []
+        for i in range(args.repeat):
+            for which in (("seq", "ray") if i % 2 == 0 else ("ray", "seq")):
+                load = os.getloadavg()[0]
+                if which == "seq":
+                    t0 = time.perf_counter()
+                    build(config, tmp / f"seq{i}", progress=False)
+                    seq = time.perf_counter() - t0
+                    print(f"[{i}] sequential build  {seq:7.1f} s   (load {load:.1f})", flush=True)
+                else:
+                    par, started, merge = _ray_build(config, tmp / f"ray{i}")
+                    print(f"[{i}] ray build         {par:7.1f} s   (load {load:.1f}; first run on a worker after "
+                          f"{started:.1f} s)", flush=True)
+            ratios.append(seq / par)
+            print(f"[{i}] ratio sequential / ray {seq / par:.2f}x   (with ray.init's {startup:.1f} s: "
+                  f"{seq / (par + startup):.2f}x)", flush=True)
+        print(f"median ratio over {len(ratios)} pairs: {sorted(ratios)[len(ratios) // 2]:.2f}x "
+              f"(all: {', '.join(f'{r:.2f}' for r in ratios)}); load average after: {os.getloadavg()[0]:.1f}")
+        merged, writer_ms, cpu_ms, waited = merge
+        print(f"merge on the writer       {writer_ms:7.2f} ms/node over {merged} nodes "
+              f"(writer process CPU {cpu_ms:.2f} ms/node); workers waited for the writer {waited:.2f} s in all")
         if args.log:
-            shutil.copy(result.log_path, args.log)
+            shutil.copy(tmp / f"ray{args.repeat - 1}" / "build.log", args.log)
+        print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'seq0', tmp / 'ray0')}",
+              flush=True)
         local_ms, remote_ms = _round_trip(ray, tmp, 40)
         print(f"append from a Ray task    {remote_ms:7.2f} ms/node vs {local_ms:.2f} ms/node "
               f"local store.append, both flushed at the end ({remote_ms / local_ms:.2f}x)")
-        print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'seq', tmp / 'ray')}")
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
