@@ -29,7 +29,7 @@ import torch
 import fipgraph
 from fipgraph.models import build_model
 from fipgraph.path import build, load_config
-from fipgraph.scale.ray_executor import build_ray
+from fipgraph.scale.ray_executor import build_ray, connect
 
 CONFIG = """
 name = "bench"
@@ -137,7 +137,7 @@ def main() -> None:
         print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, save_every {args.save_every}, "
               f"Ray with {args.cpus} CPUs; load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        connect(None, num_cpus=args.cpus)  # as `fipgraph build --executor ray` starts a local Ray
         startup = time.perf_counter() - t0
         ratios = []
         for i in range(args.repeat):

@@ -11,6 +11,7 @@ started) and the others go on. Rerunning the same command resumes the whole buil
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -61,6 +62,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
         return ray
     if address is not None:
         _check_reachable(address)
+    else:
+        # Ray starts its workers at nice 15 (its worker_niceness): on a shared machine the runs would then get
+        # a fraction of the CPU a local build gets at the user's niceness. A local Ray is this command's own, so
+        # its workers run at the driver's niceness (a value set by the user wins); a cluster keeps its setting.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=True)
