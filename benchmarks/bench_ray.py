@@ -4,11 +4,14 @@ Prints, measured side by side in one process run (the machine is shared: the loa
 printed with the numbers):
   - wall-clock seconds of the sequential build and of the Ray build (Ray start-up counted apart),
     and their ratio;
-  - merge cost per node: the writer actor's time in append per node during the Ray build, and the
-    round trip a worker sees (RemoteStore.append: weights to numpy, the object store, the actor
-    call, the append) against a plain local store.append of the same network.
+  - merge cost per node: the writer actor's time in append_many per node during the Ray build, the
+    CPU time of the writer's whole process per node (appends plus the store's background encoding
+    and writes: what competes with the workers for the cores), the seconds the workers waited for
+    the writer, and the time a worker spends per RemoteStore.append (weights to numpy, a copy, the
+    object store, the actor call; asynchronous, so settled at the end) against a plain local
+    store.append of the same network.
 
-    python benchmarks/bench_ray.py [--steps 150] [--runs 4] [--cpus 2]
+    python benchmarks/bench_ray.py [--steps 1000] [--save-every 100] [--runs 4] [--cpus 2]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import fipgraph
 from fipgraph.models import build_model
 from fipgraph.path import build, load_config
-from fipgraph.scale.ray_executor import build_ray
+from fipgraph.scale.ray_executor import build_ray, connect
 
 CONFIG = """
 name = "bench"
@@ -37,14 +40,14 @@ split = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
 name = "cnn5"
 [defaults]
 op = "finetune"
-save_every = 10
+save_every = {save_every}
 memory_size = 50
 probe_size = 16
 """
 
 
-def _config(tmp: Path, runs: int, steps: int):
-    text = CONFIG + "".join(f'[[runs]]\nname = "r{i}"\nseed = {i}\nsteps = {steps}\n' for i in range(runs))
+def _config(tmp: Path, runs: int, steps: int, save_every: int):
+    text = CONFIG.format(save_every=save_every) + "".join(f'[[runs]]\nname = "r{i}"\nseed = {i}\nsteps = {steps}\n' for i in range(runs))
     (tmp / "bench.toml").write_text(text)
     return load_config(tmp / "bench.toml")
 
@@ -64,7 +67,8 @@ def _final_weights_equal(a: Path, b: Path) -> bool:
 
 def _round_trip(ray, tmp: Path, n: int) -> tuple[float, float]:
     """ms per node: RemoteStore.append from a Ray task, and store.append in one process (flushed)."""
-    from fipgraph.scale.shard import RemoteStore, StoreWriter
+    from fipgraph.scale.remote import RemoteStore
+    from fipgraph.scale.shard import StoreWriter
 
     model = build_model({"name": "cnn5"})
     with fipgraph.open_store(tmp / "local_rt", mode="a") as store:
@@ -96,42 +100,73 @@ def _round_trip(ray, tmp: Path, n: int) -> tuple[float, float]:
     return 1e3 * local, 1e3 * remote
 
 
+def _ray_build(config, store_dir: Path) -> tuple[float, float, tuple]:
+    """(seconds, seconds until the first run started on a worker, (nodes, writer ms/node, writer CPU-ms/node,
+    seconds the workers waited)) of one Ray build."""
+    import datetime as dt
+
+    t0, wall0 = time.perf_counter(), time.time()
+    result = build_ray(config, store_dir)
+    seconds = time.perf_counter() - t0
+    assert result.status == "finished", result.failed
+    log_text = result.log_path.read_text()
+    first = re.search(r"^(\S+ \S+) INFO run \S+ on worker pid", log_text, re.M).group(1)
+    started = dt.datetime.strptime(first, "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
+    line = [ln for ln in log_text.splitlines() if "nodes merged" in ln][-1]
+    merged, writer_ms, cpu_ms = re.search(r"(\d+) nodes merged, ([\d.]+) ms each.*\(([\d.]+) CPU-ms", line).groups()
+    waited = sum(float(w) for w in re.findall(r"([\d.]+) s waiting for the writer", log_text))
+    return seconds, started, (int(merged), float(writer_ms), float(cpu_ms), waited)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=100)  # as the paper configs in examples/ (100-1000)
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of builds, alternating which goes first")
+    ap.add_argument("--log", help="copy the last Ray build's build.log here (where the time went)")
     args = ap.parse_args()
     import ray
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
-        config = _config(tmp, args.runs, args.steps)
-        print(f"load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
-        t0 = time.perf_counter()
-        build(config, tmp / "seq", progress=False)
-        seq = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = build_ray(config, tmp / "ray")
-        par = time.perf_counter() - t0
-        assert result.status == "finished", result.failed
-        line = [ln for ln in result.log_path.read_text().splitlines() if "nodes merged" in ln][-1]
-        merged, writer_ms = re.search(r"(\d+) nodes merged, ([\d.]+) ms", line).groups()
-        local_ms, remote_ms = _round_trip(ray, tmp, 40)
+        config = _config(tmp, args.runs, args.steps, args.save_every)
         n_params = sum(p.numel() for p in build_model({"name": "cnn5"}).parameters())
-        print(f"load average after: {os.getloadavg()[0]:.1f}")
-        print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, Ray with {args.cpus} CPUs")
-        print(f"sequential build          {seq:7.1f} s")
-        print(f"ray build                 {par:7.1f} s   (+ {startup:.1f} s ray.init, not counted)")
-        print(f"ratio sequential / ray    {seq / par:7.2f}x   (with ray.init: {seq / (par + startup):.2f}x)")
-        print(f"merge on the writer       {float(writer_ms):7.2f} ms/node over {merged} nodes")
-        print(f"append round trip         {remote_ms:7.2f} ms/node from a Ray task vs {local_ms:.2f} ms/node "
-              f"local store.append ({remote_ms / local_ms:.2f}x)")
-        print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'seq', tmp / 'ray')}")
+        print(f"{args.runs} runs x {args.steps} steps of cnn5 ({n_params} params) on digits, save_every {args.save_every}, "
+              f"Ray with {args.cpus} CPUs; load average before: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
+        t0 = time.perf_counter()
+        connect(None, num_cpus=args.cpus)  # as `fipgraph build --executor ray` starts a local Ray
+        startup = time.perf_counter() - t0
+        ratios = []
+        for i in range(args.repeat):
+            for which in (("seq", "ray") if i % 2 == 0 else ("ray", "seq")):
+                load = os.getloadavg()[0]
+                if which == "seq":
+                    t0 = time.perf_counter()
+                    build(config, tmp / f"seq{i}", progress=False)
+                    seq = time.perf_counter() - t0
+                    print(f"[{i}] sequential build  {seq:7.1f} s   (load {load:.1f})", flush=True)
+                else:
+                    par, started, merge = _ray_build(config, tmp / f"ray{i}")
+                    print(f"[{i}] ray build         {par:7.1f} s   (load {load:.1f}; first run on a worker after "
+                          f"{started:.1f} s)", flush=True)
+            ratios.append(seq / par)
+            print(f"[{i}] ratio sequential / ray {seq / par:.2f}x   (with ray.init's {startup:.1f} s: "
+                  f"{seq / (par + startup):.2f}x)", flush=True)
+        print(f"median ratio over {len(ratios)} pairs: {sorted(ratios)[len(ratios) // 2]:.2f}x "
+              f"(all: {', '.join(f'{r:.2f}' for r in ratios)}); load average after: {os.getloadavg()[0]:.1f}")
+        merged, writer_ms, cpu_ms, waited = merge
+        print(f"merge on the writer       {writer_ms:7.2f} ms/node over {merged} nodes "
+              f"(writer process CPU {cpu_ms:.2f} ms/node); workers waited for the writer {waited:.2f} s in all")
+        if args.log:
+            shutil.copy(tmp / f"ray{args.repeat - 1}" / "build.log", args.log)
+        print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'seq0', tmp / 'ray0')}",
+              flush=True)
+        local_ms, remote_ms = _round_trip(ray, tmp, 40)
+        print(f"append from a Ray task    {remote_ms:7.2f} ms/node vs {local_ms:.2f} ms/node "
+              f"local store.append, both flushed at the end ({remote_ms / local_ms:.2f}x)")
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 import fipgraph  # noqa: E402
+from _ray_session import ray_session  # noqa: E402,F401 (the module's Ray session)
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
 from fipgraph.scale.ray_executor import build_ray, writer_name  # noqa: E402
@@ -53,14 +54,6 @@ op = "finetune"
 from = "task1"
 task = 2
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _config(tmp_path: Path, text: str = FOUR_RUNS, overrides: list[str] | None = None):

@@ -3,7 +3,7 @@
 The driver checks the whole config (as a local build does), starts the ``StoreWriter`` actor on its
 own machine, and submits every run whose ``from`` run has finished as a Ray task with the run's
 ``num_cpus``/``num_gpus``. Each task walks its run with the ordinary run engine against a
-``RemoteStore`` (``fipgraph.scale.shard``). A task whose worker dies is retried by Ray and resumes
+``RemoteStore`` (``fipgraph.scale.remote``), which ships nodes without waiting for the writer. A task whose worker dies is retried by Ray and resumes
 from its run's last committed node; a run that raises is marked failed (its dependants are not
 started) and the others go on. Rerunning the same command resumes the whole build.
 """
@@ -11,6 +11,7 @@ started) and the others go on. Rerunning the same command resumes the whole buil
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_ac
 from fipgraph.path.config import BuildConfig
 from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.walk import Limits, RunRecipe, RunResult
-from fipgraph.scale.shard import RemoteStore, StoreWriter, worker_identity
+from fipgraph.scale.remote import RemoteStore
+from fipgraph.scale.shard import StoreWriter, worker_identity
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -60,6 +62,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
         return ray
     if address is not None:
         _check_reachable(address)
+    else:
+        # Ray starts its workers at nice 15 (its worker_niceness): on a shared machine the runs would then get
+        # a fraction of the CPU a local build gets at the user's niceness. A local Ray is this command's own, so
+        # its workers run at the driver's niceness (a value set by the user wins); a cluster keeps its setting.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=True)
@@ -82,11 +89,28 @@ def check_resources(ray: Any, plans: list[Plan]) -> None:
 
 
 class _RayRecipe(RunRecipe):
-    """The run engine unchanged, except that each node ships with the optimizer state that belongs to it."""
+    """The run engine unchanged, except that a batch of nodes ships with the optimizer state of its last node."""
 
     def setup(self) -> None:
         super().setup()
-        self.store.checkpoint_of = self.checkpoint_state
+        self.store.checkpoint_of = self.checkpoint_if_at
+
+    def checkpoint_if_at(self, step: int | None) -> dict | None:
+        """The optimizer state, when the model is still the network saved at ``step`` (else it belongs to no node)."""
+        return self.checkpoint_state() if step == self.step else None
+
+    def run(self) -> RunResult:
+        try:
+            result = super().run()
+        except BaseException:
+            try:  # what the walk saved before it failed is committed, as in a local build
+                self.store.settle()
+            except Exception:  # noqa: BLE001 - the walk's own error is the one to report
+                pass
+            raise
+        self.store.settle()
+        result.last_node = self.store.resolve(result.last_node)  # the writer's id, for runs starting from it
+        return result
 
 
 def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str, resolved: dict, eval_all: bool,
@@ -97,10 +121,12 @@ def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str,
 
     torch.set_num_threads(threads)
     pid, host = worker_identity()
-    ray.get(writer.register.remote(plan.name, pid, host))
-    store = RemoteStore(writer, store_dir)
+    sender = ray.get(writer.register.remote(plan.name, pid, host))
+    store = RemoteStore(writer, store_dir, sender)
     limits = Limits(deadline=deadline, max_steps=None, progress=False)
-    return _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
+    result = _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
+    writer.note.remote(f"run {plan.name}: {store.waited:.2f} s waiting for the writer")  # logged in build.log
+    return result
 
 
 def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
@@ -122,10 +148,12 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     writer = _start_writer(ray, store_dir, durable)
     try:
         deadline = None if max_hours is None else time.time() + 3600 * max_hours
-        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads)
-        ray.get(writer.call.remote("flush"))
-        merged, seconds = ray.get(writer.merge_cost.remote())
-        log.info("build %s: %d nodes merged, %.2f ms each on the writer", config.name, merged, 1e3 * seconds / max(merged, 1))
+        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads,
+                                    writer.who.remote())
+        ray.get(writer.call.remote(None, "flush"))
+        merged, seconds, cpu = ray.get(writer.merge_cost.remote())
+        log.info("build %s: %d nodes merged, %.2f ms each on the writer (%.2f CPU-ms each in the writer's process)",
+                 config.name, merged, 1e3 * seconds / max(merged, 1), 1e3 * cpu / max(merged, 1))
     finally:  # also on Ctrl-C: commit what the writer holds before it goes
         try:
             ray.get(writer.close.remote(), timeout=120)
@@ -166,14 +194,27 @@ def _start_writer(ray: Any, store_dir: Path, durable: bool) -> Any:
     actor = ray.remote(StoreWriter).options(
         name=writer_name(store_dir), num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
-    writer = actor.remote(str(store_dir.resolve()), durable)
-    ray.get(writer.who.remote())  # the store is open (or its error surfaces here)
-    return writer
+    return actor.remote(str(store_dir.resolve()), durable)  # its start overlaps the workers' (see _schedule)
+
+
+def _fits(ray: Any, running: list[Plan], plan: Plan) -> bool:
+    """Whether the cluster has the CPUs/GPUs for ``plan`` beside the runs already submitted. Submitting
+    only what fits matters: Ray lends a task's CPU to another task while it waits in ray.get (here: on
+    the writer), so runs submitted beyond the cluster's CPUs would start and share the cores with the
+    running ones, and the last would then run alone with cores idle."""
+    if not running:
+        return True
+    have = ray.cluster_resources()
+    for key, want in (("CPU", plan.run.num_cpus), ("GPU", plan.run.num_gpus)):
+        if want and sum(getattr(p.run, f"num_{key.lower()}s") for p in running) + want > have.get(key, 0) + 1e-9:
+            return False
+    return True
 
 
 def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: Path, tasks_ref: Any,
-              deadline: float | None, threads: int) -> tuple[list[RunResult], dict[str, str]]:
-    """Submit each run once its ``from`` run has finished; collect results as they come."""
+              deadline: float | None, threads: int, writer_ready: Any) -> tuple[list[RunResult], dict[str, str]]:
+    """Submit each run once its ``from`` run has finished and the cluster has room for it; collect results
+    as they come. ``writer_ready`` is awaited after the first runs are submitted (both start at once)."""
     remote = ray.remote(walk_remote)
     waiting, running, done, failed = list(plans), {}, {}, {}
     while waiting or running:
@@ -185,13 +226,16 @@ def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, sto
             elif dep in done and done[dep].status != "finished":  # stopped at --max-hours: a rerun goes on
                 log.info("run %s: not started, %s stopped before its end", plan.name, dep)
                 waiting.remove(plan)
-            elif dep is None or dep in done:
+            elif (dep is None or dep in done) and _fits(ray, list(running.values()), plan):
                 start_node = done[dep].last_node if dep else plan.start
                 ref = remote.options(num_cpus=plan.run.num_cpus, num_gpus=plan.run.num_gpus, max_retries=MAX_RETRIES,
                                      retry_exceptions=False, name=f"fipgraph:{plan.name}").remote(
                     plan, writer, str(store_dir.resolve()), tasks_ref, config.data.head,
                     resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads)
                 running[ref], _ = plan, waiting.remove(plan)
+        if writer_ready is not None:
+            ray.get(writer_ready)  # the store is open in the writer (or its error surfaces here)
+            writer_ready = None
         if not running:
             break
         ready, _ = ray.wait(list(running), num_returns=1)
@@ -209,8 +253,8 @@ def _mark_failed(ray: Any, writer: Any, plan: Plan, exc: Exception) -> str:
     """runs.status = 'failed' for a run whose task raised (or died more than MAX_RETRIES times)."""
     cause = getattr(exc, "cause", None) or exc
     text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    stored = ray.get(writer.call.remote("find_run", plan.name))
+    stored = ray.get(writer.call.remote(None, "find_run", plan.name))
     if stored is not None:
-        ray.get(writer.call.remote("finish_run", int(stored["run_id"]), "failed", text))
+        ray.get(writer.call.remote(None, "finish_run", int(stored["run_id"]), "failed", text))
     log.error("run %s failed: %s", plan.name, text)
     return text

@@ -1,17 +1,19 @@
-"""The two ends of a Ray build's one store: the writer actor (holds it) and a worker's proxy to it.
+"""The writer end of a Ray build's one store: the actor that holds it, and what crosses to it.
 
-Workers never open the main catalog. A run's Ray task walks with a ``RemoteStore``: every call the
-run engine makes on its store (append, evals, run status, SQL, reads of start nodes, optimizer
-state) becomes one call on the ``StoreWriter`` actor, which the driver pins to its own machine and
-which alone holds the read-write store there. So no shared filesystem is needed: what crosses the
-network per node is its weights as numpy arrays (Ray's object store), its metrics and tags, and the
-run's optimizer state. The writer assigns node ids, so they are unique and stable, and a node's
-parent may be any committed node (e.g. another run's last one).
+Workers never open the main catalog. A run's Ray task walks with a ``RemoteStore``
+(``fipgraph.scale.remote``): every call the run engine makes on its store (append, evals, run
+status, SQL, reads of start nodes, optimizer state) becomes a call on the ``StoreWriter`` actor,
+which the driver pins to its own machine and which alone holds the read-write store there. So no
+shared filesystem is needed: what crosses the network per node is its weights as numpy arrays (Ray's
+object store), its metrics and tags; the run's optimizer state crosses once per batch of nodes. The
+writer assigns node ids, so they are unique and stable, and a node's parent may be any committed node
+(e.g. another run's last one).
 
-A node and the optimizer state that belongs to it arrive in one actor call and are kept together
-(in the writer's memory; on disk at most once a minute and at close), so a Ray retry of a killed
-worker resumes from the last committed node with its optimizer state: no committed node is lost and
-no (run, step) is stored twice.
+Nodes arrive in batches, each with the optimizer state of its last node; the writer appends the
+batch and keeps that state (in memory; on disk at most once a minute and at close), so a Ray retry
+of a killed worker resumes from the last node the writer holds with its optimizer state: no
+committed node is lost and no (run, step) is stored twice. A retried run registers again, and from
+then on the writer refuses what its old worker still had on the way (``StaleSenderError``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import logging
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from fipgraph.device import HostWeights
+from fipgraph.errors import FipgraphError, NodeNotFoundError
 
 log = logging.getLogger("fipgraph.build")
 
@@ -51,8 +55,20 @@ def from_wire(arrays: Mapping[str, Any], spec: dict | None) -> HostWeights:
     return host
 
 
+class PendingNode(int):
+    """A node id a worker's RemoteStore handed out before the writer answered (negative, unique per worker);
+    the writer replaces it by the real id wherever the worker passes it back."""
+
+    def __repr__(self) -> str:
+        return f"PendingNode({int(self)})"
+
+
+class StaleSenderError(FipgraphError):
+    """A call from a run's earlier worker that arrived after the run's retry had registered."""
+
+
 class StoreWriter:
-    """The Ray actor that holds the build's one read-write store (one call at a time)."""
+    """The Ray actor that holds the build's one read-write store (one call at a time, in each caller's order)."""
 
     def __init__(self, store_dir: str, durable: bool) -> None:
         import fipgraph
@@ -60,26 +76,83 @@ class StoreWriter:
 
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
         _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
-        self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host)
+        self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host, sender)
+        self.run_of: dict[str, str] = {}  # sender -> its run's name
+        self.pending: dict[str, dict[int, int]] = {}  # sender -> {pending id: node id}
         self.latest: dict[int, tuple[int, dict]] = {}  # run id -> (node, optimizer state of that node)
         self.written: dict[int, float] = {}  # run id -> when its state was last written to disk
         self.merge_seconds, self.merged, self.closed = 0.0, 0, False
+        self.cpu_at_first: float | None = None  # process CPU time when the first node arrived
 
-    def register(self, name: str, pid: int, host: str) -> None:
-        """A run's task says where it runs (logged; the tests kill that worker)."""
-        self.senders[name] = {"pid": pid, "host": host, "since": time.time()}
+    def register(self, name: str, pid: int, host: str) -> str:
+        """A run's task says where it runs (logged; the tests kill that worker); returns its sender name.
+        An earlier worker of the same run is stale from now on."""
+        old = self.senders.get(name, {}).get("sender")
+        self.pending.pop(old, None)
+        sender = f"{name}@{host}:{pid}:{uuid.uuid4().hex[:8]}"
+        self.senders[name] = {"pid": pid, "host": host, "since": time.time(), "sender": sender}
+        self.run_of[sender] = name
         log.info("run %s on worker pid %d at %s", name, pid, host)
+        return sender
+
+    def note(self, line: str) -> None:
+        """A worker's line for the build log (workers have no log file of their own)."""
+        log.info("%s", line)
 
     def who(self) -> dict[str, dict]:
         return dict(self.senders)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A store method the run engine uses that needs no translation (find_run, sql, ...)."""
-        if method not in _FORWARDED:
+    def _check_sender(self, sender: str | None) -> None:
+        name = self.run_of.get(sender) if sender is not None else None
+        if name is not None and self.senders[name]["sender"] != sender:
+            raise StaleSenderError(f"run {name!r} was retried on another worker; this call of its old worker "
+                                   f"({sender}) is dropped so that no step is stored twice")
+
+    def _resolve(self, sender: str | None, value: Any) -> Any:
+        """Pending ids (also inside a list, tuple or as dict keys) -> the node ids this writer gave them."""
+        if isinstance(value, PendingNode):
+            try:
+                return self.pending[sender][value]
+            except KeyError:
+                raise NodeNotFoundError(f"{value!r} of worker {sender} was never appended (an earlier append "
+                                        "of that worker failed)") from None
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._resolve(sender, v) for v in value)
+        if isinstance(value, dict) and any(isinstance(k, PendingNode) for k in value):
+            return {self._resolve(sender, k): v for k, v in value.items()}
+        return value
+
+    def append_many(self, sender: str | None, batch: list[dict], checkpoint: dict | None) -> list[int]:
+        """Append a worker's nodes in order; keep the optimizer state that belongs to the last one."""
+        t0 = time.perf_counter()
+        if self.cpu_at_first is None:
+            self.cpu_at_first = time.process_time()
+        self._check_sender(sender)
+        ids, out, meta = self.pending.setdefault(sender, {}), [], {}
+        for node in batch:
+            meta = {**node["meta"], "parent": self._resolve(sender, node["meta"].get("parent"))}
+            ids[node["pending"]] = nid = self.store.append(from_wire(node["arrays"], node["spec"]), **meta)
+            out.append(nid)
+        if checkpoint is not None and meta.get("run") is not None:
+            self._keep_state(meta["run"], out[-1], checkpoint)
+        self.merge_seconds += time.perf_counter() - t0
+        self.merged += len(out)
+        return out
+
+    def call(self, sender: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A store method the run engine uses (find_run, sql, ...), ``state_dict`` or ``files.*``."""
+        self._check_sender(sender)
+        args = tuple(self._resolve(sender, a) for a in args)
+        kwargs = {k: self._resolve(sender, v) for k, v in kwargs.items()}
+        if method == "state_dict":
+            return to_wire(self.store.state_dict(args[0]))[0], None
+        if method.startswith("files."):
+            return self._files_call(method[len("files."):], *args)
+        if method not in FORWARDED:
             raise AttributeError(f"StoreWriter does not forward {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 
-    def files_call(self, method: str, *args: Any) -> Any:
+    def _files_call(self, method: str, *args: Any) -> Any:
         """Optimizer state: the latest per run is kept in memory (a retried task resumes from it) and
         written beside the store at most once a minute and at close (as a local build does)."""
         if method == "load_optimizer_state":
@@ -108,22 +181,11 @@ class StoreWriter:
             return {"node": node, "state": state}
         return self.store.files.load_optimizer_state(run_id)
 
-    def append(self, arrays: Mapping[str, Any], spec: dict | None, meta: dict, checkpoint: dict | None) -> int:
-        """Append a worker's node; keep the optimizer state that belongs to it in the same call."""
-        t0 = time.perf_counter()
-        node = self.store.append(from_wire(arrays, spec), **meta)
-        if checkpoint is not None and meta.get("run") is not None:
-            self._keep_state(meta["run"], node, checkpoint)
-        self.merge_seconds += time.perf_counter() - t0
-        self.merged += 1
-        return node
-
-    def state_dict(self, node_id: int) -> tuple[dict[str, Any], dict | None]:
-        return to_wire(self.store.state_dict(node_id))[0], None
-
-    def merge_cost(self) -> tuple[int, float]:
-        """(nodes merged, seconds spent in append on the writer's side)."""
-        return self.merged, self.merge_seconds
+    def merge_cost(self) -> tuple[int, float, float]:
+        """(nodes merged, seconds spent in append_many, CPU seconds of this whole process since the first node
+        arrived: appends, the store's background encoding and writes, the catalog, Ray's own threads).
+        Call it after a flush, so that every node's background work is counted."""
+        return self.merged, self.merge_seconds, time.process_time() - (self.cpu_at_first or time.process_time())
 
     def close(self) -> None:
         """Write every run's latest optimizer state (a rerun of the build resumes with it), then close."""
@@ -134,55 +196,8 @@ class StoreWriter:
         self.store.close()
 
 
-_FORWARDED = {"find_run", "start_run", "set_run_status", "finish_run", "add_evals", "add_evals_many",
-              "flush", "sql", "node", "arch_spec"}
-
-
-class _RemoteFiles:
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
-
-    def load_optimizer_state(self, run_id: int) -> dict | None:
-        return _get(self.actor.files_call.remote("load_optimizer_state", run_id))
-
-    def save_optimizer_state(self, run_id: int, node: int, state: Mapping) -> None:
-        _get(self.actor.files_call.remote("save_optimizer_state", run_id, node, dict(state)))
-
-    def drop_optimizer_state(self, run_id: int) -> None:
-        _get(self.actor.files_call.remote("drop_optimizer_state", run_id))
-
-
-def _get(ref: Any) -> Any:
-    import ray
-
-    return ray.get(ref)
-
-
-class RemoteStore:
-    """What a worker's run engine sees as its store: every call goes to the writer actor."""
-
-    def __init__(self, actor: Any, root: str | Path) -> None:
-        self.actor, self.root = actor, Path(root)
-        self.files = _RemoteFiles(actor)
-        self.checkpoint_of: Callable[[], dict] | None = None  # the run's current optimizer state
-
-    def __getattr__(self, method: str) -> Any:
-        if method not in _FORWARDED:
-            raise AttributeError(method)
-        return lambda *args, **kwargs: _get(self.actor.call.remote(method, *args, **kwargs))
-
-    def append(self, weights: Any, **meta: Any) -> int:
-        arrays, spec = to_wire(weights)
-        checkpoint = self.checkpoint_of() if self.checkpoint_of is not None else None
-        return _get(self.actor.append.remote(arrays, spec, meta, checkpoint))
-
-    def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
-        arrays, _ = _get(self.actor.state_dict.remote(node_id))
-        return dict(from_wire(arrays, None))
-
-    def load_into(self, model: torch.nn.Module, node_id: int) -> torch.nn.Module:
-        model.load_state_dict(self.state_dict(node_id))
-        return model
+FORWARDED = {"find_run", "start_run", "set_run_status", "finish_run", "add_evals", "add_evals_many",
+             "flush", "sql", "node", "arch_spec"}
 
 
 def worker_identity() -> tuple[int, str]:
