@@ -241,6 +241,10 @@ class StackedWalks:
                  torch.get_num_threads())
         try:
             stop = self.loop()
+        except BaseException:
+            for r in self.recipes:  # the nodes taken before the error are still stored
+                r.saver.drain_after_error(r.name)
+            raise
         finally:
             torch.set_num_threads(threads)
         return [r.complete(stop) for r in self.recipes]
