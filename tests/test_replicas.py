@@ -173,6 +173,9 @@ def test_batched_cpu_walks_take_one_group_per_core_only_while_the_machine_is_idl
     monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert replicas_mod.cpu_plan(8, 1) == ((min(8, cores), 1) if cores >= 2 else (1, 1))
     assert replicas_mod.cpu_plan(1, 1) == (1, 1)
+    lenet300, small_mlp = 6.0 * 266_610 * 64, 6.0 * 9_610 * 32  # step_flops at the benchmark's batch sizes
+    assert replicas_mod.cpu_plan(8, 1, lenet300) == ((min(8, cores), 1) if cores >= 2 else (1, 1))
+    assert replicas_mod.cpu_plan(8, 1, small_mlp) == (1, 1)  # mostly Python: the groups would take turns
     monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
     assert replicas_mod.cpu_plan(8, 1) == (1, 1)  # time-sliced threads wait for each other: keep the build's one
     monkeypatch.setattr(replicas_mod, "THREADS", 2)

@@ -49,6 +49,7 @@ BATCHABLE_OPS = ("finetune", "continual", "undirected", "replay")
 ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")  # one optimizer over stacked weights = K optimizers
 THREADS: int | None = None  # intra-op threads per group of a batched CPU step; None: see cpu_plan
 GROUPS: int | None = None  # stacked groups stepped in parallel threads on a CPU; None: see cpu_plan
+MIN_GROUP_FLOPS = 2e7  # a group in its own thread needs this much kernel work per step (see cpu_plan)
 FAST_MLP = True  # MLPs step as chains of batched matmuls (stacked.py); False: vmap for every model
 FUSED_LOSS = True  # finetune/continual: the K walks' S(w) as one batched computation (stacked.fused_terms)
 
@@ -265,7 +266,7 @@ def walk_stacked(recipes: list[ReplicaRun], name: str) -> list[RunResult]:
     evaluation and store write stays on this thread, between steps."""
     threads = torch.get_num_threads()
     on_cpu = recipes[0].device.type == "cpu"
-    n_groups, n_threads = cpu_plan(len(recipes), threads) if on_cpu else (1, threads)
+    n_groups, n_threads = cpu_plan(len(recipes), threads, step_flops(recipes[0])) if on_cpu else (1, threads)
     size = -(-len(recipes) // n_groups)
     groups = [StackedWalks(recipes[i:i + size], name) for i in range(0, len(recipes), size)]
     torch.set_num_threads(n_threads)
@@ -318,19 +319,31 @@ def _loop(groups: list[StackedWalks], recipes: list[ReplicaRun], name: str, pool
     return None
 
 
-def cpu_plan(k: int, current: int) -> tuple[int, int]:
+def cpu_plan(k: int, current: int, flops_per_walk: float = float("inf")) -> tuple[int, int]:
     """(groups stepped in parallel, intra-op threads each) for K batched walks on a CPU.
 
-    While the machine is otherwise idle: one group per core (at most K), one thread each. Else one
-    group on the build's threads: on a busy machine threads that are time-sliced wait for each other
-    (with load 17 on 2 cores, 2 intra-op threads ran 0.3-0.8x as fast as 1). GROUPS / THREADS force it."""
+    While the machine is otherwise idle: one group per core (at most K), one thread each, as long as
+    each group keeps at least MIN_GROUP_FLOPS of kernels per step; below that a step is mostly
+    Python, which holds the GIL, so the groups would take turns (the 64-128-10 MLP: 2 groups ran
+    0.58x as fast as 1). Else one group on the build's threads: on a busy machine threads that are
+    time-sliced wait for each other (with load 17 on 2 cores, 2 intra-op threads ran 0.3-0.8x as fast
+    as 1). GROUPS / THREADS force it."""
     if GROUPS is not None or THREADS is not None:
         groups = max(1, min(k, GROUPS or 1))
         return groups, max(1, THREADS) if THREADS is not None else (1 if groups > 1 else current)
     cores = len(os.sched_getaffinity(0))
-    if k >= 2 and cores >= 2 and os.getloadavg()[0] < cores:
-        return min(k, cores), 1
+    groups = int(min(k, cores, max(1.0, k * flops_per_walk / MIN_GROUP_FLOPS)))
+    if groups >= 2 and os.getloadavg()[0] < cores:
+        return groups, 1
     return 1, current
+
+
+def step_flops(recipe: ReplicaRun) -> float:
+    """Rough matmul work of one walk's step: 6 x parameters x rows (forward + backward). Exact for an
+    MLP; a convolution does more per parameter, so conv nets split later than they could."""
+    rows = (recipe.cfg.batch_size if recipe.objective.uses_task_batch else 0) + \
+        (recipe.cfg.memory_batch_size if recipe.reference is not None else 0)
+    return 6.0 * sum(p.numel() for p in recipe.model.parameters() if p.requires_grad) * rows
 
 
 def _per_weight(value, shape: torch.Size) -> bool:

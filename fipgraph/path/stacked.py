@@ -104,10 +104,10 @@ def fused_terms(recipes: list, logits: torch.Tensor, labels: torch.Tensor, tasks
     first = recipes[0]
     if first.cfg.op not in FUSED_OPS or first.cfg.odist not in BATCHED_ODISTS or model_kind(first.model) != "classifier":
         return None
-    if len({n_scored(t) if t is not None else 0 for t in tasks}) > 1 or len({m is None for m in mems}) > 1:
+    if len({_scored(t) for t in tasks}) > 1 or len({m is None for m in mems}) > 1:
         return None
     logits = logits.float()  # losses in fp32 also under autocast, as in fip_terms
-    n_task = n_scored(tasks[0]) if tasks[0] is not None else 0
+    n_task = _scored(tasks[0])
     k = len(recipes)
     per_walk = torch.zeros(k, device=logits.device)
     if n_task:
@@ -122,3 +122,10 @@ def fused_terms(recipes: list, logits: torch.Tensor, labels: torch.Tensor, tasks
         memory = memory.detach()
     outs = [StepOutput(per_walk[i], {}, None if memory is None else memory[i]) for i in range(k)]
     return per_walk.sum(), outs
+
+
+def _scored(batch: dict | None) -> int:
+    """n_scored of a classifier's batch without its per-example tensor (one label per example)."""
+    if batch is None:
+        return 0
+    return int(batch["labels"].shape[0]) if batch["labels"].dim() == 1 else n_scored(batch)
