@@ -139,6 +139,13 @@ def test_after_an_error_the_nodes_taken_before_it_are_stored_and_a_second_error_
         assert "w: node(s) taken before the error could not be stored" in caplog.text and saver.in_flight == 0
 
 
+def test_a_store_that_reads_the_optimizer_at_each_append_is_never_deferred(deferred):
+    class RayLike:  # fipgraph.scale.shard.RemoteStore ships the run's current optimizer state with each node
+        checkpoint_of = None
+
+    assert NodeSaver(object(), CPU).deferred and not NodeSaver(RayLike(), CPU).deferred
+
+
 def test_an_immediate_device_appends_at_once(tmp_path):
     model = _model()
     with fipgraph.open_store(tmp_path / "s") as store:

@@ -102,7 +102,7 @@ class NodeSaver:
     @property
     def deferred(self) -> bool:
         """Whether saves snapshot now and append later (a Ray worker's store reads the optimizer at the append)."""
-        return self.device.type in DEFERRED_DEVICES and getattr(self.store, "checkpoint_of", None) is None
+        return self.device.type in DEFERRED_DEVICES and not hasattr(self.store, "checkpoint_of")
 
     @property
     def in_flight(self) -> int:
