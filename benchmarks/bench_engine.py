@@ -2,16 +2,19 @@
 
     python benchmarks/bench_engine.py                       # (a) CPU, mlp + lenet300 + cnn5, ~10 min on 2 cores
     python benchmarks/bench_engine.py --models mlp --rounds 1 --steps-scale 0.2   # a quick look
+    python benchmarks/bench_engine.py --modes sequential batched-2groups          # only these modes
     python benchmarks/bench_engine.py --gpu                 # (b) where CUDA exists (refuses without it)
     python benchmarks/bench_engine.py --gpu --device cpu --steps-scale 0.05       # (b)'s code path, smoke test
 
 (a) K = 8 replicas of one run (``replicas = 8``) vs the same 8 walks one at a time, one torch thread
     each as builds run today (``fipgraph build --threads 1``). Both are whole ``fipgraph.path.build``
     calls into a fresh store; the figure is nodes per second of the walking loops (steps, saves and
-    the evaluations inside the loop; data loading and model set-up, the same in both, are left out),
-    with the batched step on one thread and on two (a build picks two only while the machine is
-    otherwise idle: replicas.cpu_threads), which separates the vmap gain from the second core's.
-    Rounds alternate sequential / batched-1thread / batched-2threads; medians are reported.
+    the evaluations inside the loop; data loading and model set-up, the same in both, are left out).
+    Batched modes (MODES): the step as before this change (vmap for every model, one thread), with
+    the MLP forward as batched matmuls on one thread, on two intra-op threads, and as two groups of
+    K/2 stepped in two threads (what a build picks while the machine is otherwise idle:
+    replicas.cpu_plan), which separates the one-core gain from the second core's. Rounds alternate
+    the modes; medians are reported.
 (b) On a GPU: K = 8 and K = 64 replicas vs sequential walks (the sequential rate is measured on 8
     walks: every walk costs the same); a FIP walk's step vs a plain PyTorch training loop with the
     same model, batch size and precision; nodes per second while saving every step.
@@ -54,32 +57,34 @@ CASES = {
 
 class LoopClock:
     """Wall and process-CPU seconds inside the walking loops (RunRecipe.loop one at a time,
-    StackedWalks.loop batched). CPU seconds are the steadier figure on a shared machine; with two
+    replicas._loop batched). CPU seconds are the steadier figure on a shared machine; with two
     threads they also count the time threads spend waiting for each other."""
+
+    TIMED = ((walk_mod.RunRecipe, "loop"), (replicas_mod, "_loop"))
 
     def __init__(self) -> None:
         self.seconds = self.cpu_seconds = 0.0
         self._saved = {}
 
     def _timed(self, fn):
-        def wrapper(obj, *args, **kwargs):
+        def wrapper(*args, **kwargs):
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                return fn(obj, *args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
                 self.cpu_seconds += time.process_time() - c0
         return wrapper
 
     def __enter__(self) -> "LoopClock":
-        for cls in (walk_mod.RunRecipe, replicas_mod.StackedWalks):
-            self._saved[cls] = cls.loop
-            cls.loop = self._timed(cls.loop)
+        for owner, name in self.TIMED:
+            self._saved[owner, name] = getattr(owner, name)
+            setattr(owner, name, self._timed(getattr(owner, name)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for cls, fn in self._saved.items():
-            cls.loop = fn
+        for (owner, name), fn in self._saved.items():
+            setattr(owner, name, fn)
 
 
 def config(case: str, k: int, steps: int, op: str, device: str, precision: str, save_every: int) -> dict:
@@ -90,13 +95,20 @@ def config(case: str, k: int, steps: int, op: str, device: str, precision: str, 
     return {"name": f"bench-{case}", "data": {**c["data"], "seed": 0}, "model": c["model"], "runs": [run]}
 
 
+# mode: (groups, intra-op threads per group, MLPs as batched matmuls); None: the build's own choice
+MODES = {"batched": None, "batched-vmap-1thread": (1, 1, False), "batched-1thread": (1, 1, True),
+         "batched-2threads": (1, 2, True), "batched-2groups": (2, 1, True)}
+DEFAULT_MODES = ["sequential", "batched-vmap-1thread", "batched-1thread", "batched-2groups"]
+
+
 def timed_build(raw: dict, mode: str) -> dict:
-    """One whole build into a fresh store; mode: sequential | batched | batched-1thread | batched-2threads."""
+    """One whole build into a fresh store; mode: sequential or one of MODES."""
     store = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    saved_reason, saved_threads = replicas_mod.static_reason, replicas_mod.THREADS
+    saved = replicas_mod.static_reason, replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP
     if mode == "sequential":
         replicas_mod.static_reason = lambda plan: "benchmark: sequential baseline"
-    replicas_mod.THREADS = {"batched-1thread": 1, "batched-2threads": 2}.get(mode)  # "batched": the build's own choice
+    elif MODES[mode] is not None:
+        replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP = MODES[mode]
     torch.set_num_threads(1)  # builds run one thread by default; a batched CPU step raises it itself
     try:
         t0 = time.perf_counter()
@@ -106,7 +118,7 @@ def timed_build(raw: dict, mode: str) -> dict:
         with fipgraph.open_store(store, "r") as s:
             nodes = int(s.sql("SELECT count(*) AS n FROM nodes WHERE step > 0")["n"][0])
     finally:
-        replicas_mod.static_reason, replicas_mod.THREADS = saved_reason, saved_threads
+        replicas_mod.static_reason, replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP = saved
         shutil.rmtree(store, ignore_errors=True)
     assert result.status == "finished", result.status
     steps = sum(r.steps_done for r in result.runs)
@@ -120,7 +132,8 @@ def cpu_section(args) -> dict:
     for case in args.models:
         steps = max(10, int(CASES[case]["steps"] * args.steps_scale))
         raw = config(case, args.k, steps, args.op, "cpu", "fp32", args.save_every)
-        rows = {m: [] for m in ("sequential", *(f"batched-{t}thread{'s' * (t > 1)}" for t in args.threads))}
+        modes = args.modes or ["sequential", *(f"batched-{t}thread{'s' * (t > 1)}" for t in args.threads)]
+        rows = {m: [] for m in modes}
         for r in range(args.rounds):
             for mode in rows:
                 rows[mode].append(timed_build(raw, mode))
@@ -128,17 +141,14 @@ def cpu_section(args) -> dict:
                 print(f"{case} round {r} {mode}: {row['nodes_per_s']:.2f} nodes/s, {row['nodes_per_cpu_s']:.2f} "
                       f"nodes/CPU-s ({row['loop_s']:.1f} s in loops, load {os.getloadavg()[0]:.1f})", flush=True)
         med = {m: statistics.median(x["nodes_per_s"] for x in v) for m, v in rows.items()}
-        med.setdefault("batched-1thread", float("nan"))
-        med.setdefault("batched-2threads", float("nan"))  # a mode left out with --threads
         cpu = {m: statistics.median(x["nodes_per_cpu_s"] for x in v) for m, v in rows.items()}
-        cpu.setdefault("batched-1thread", float("nan"))
+        base, base_cpu = med.get("sequential", float("nan")), cpu.get("sequential", float("nan"))
+        speedup = {m: v / base for m, v in med.items() if m != "sequential"}
+        cpu_speedup = {m: v / base_cpu for m, v in cpu.items() if m != "sequential"}
         out[case] = {"steps_per_walk": steps, "k": args.k, "rows": rows, "median_nodes_per_s": med,
-                     "speedup_1thread": med["batched-1thread"] / med["sequential"],
-                     "speedup_2threads": med["batched-2threads"] / med["sequential"],
-                     "median_nodes_per_cpu_s": cpu, "cpu_speedup_1thread": cpu["batched-1thread"] / cpu["sequential"]}
-        print(f"== {case}: batched, 1 thread {out[case]['speedup_1thread']:.2f}x sequential "
-              f"({out[case]['cpu_speedup_1thread']:.2f}x per CPU-second), 2 threads "
-              f"{out[case]['speedup_2threads']:.2f}x", flush=True)
+                     "median_nodes_per_cpu_s": cpu, "speedup": speedup, "cpu_speedup": cpu_speedup}
+        print(f"== {case} vs sequential: " + ", ".join(f"{m} {v:.2f}x ({cpu_speedup[m]:.2f}x per CPU-s)"
+                                                       for m, v in speedup.items()), flush=True)
     return out
 
 
@@ -237,13 +247,18 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8, help="replicas (a)")
     p.add_argument("--op", default="finetune", choices=["finetune", "undirected"])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="(a) batched step threads")
+    p.add_argument("--modes", nargs="+", default=None, choices=["sequential", *MODES],
+                   help=f"(a) modes to alternate (default: {' '.join(DEFAULT_MODES)})")
+    p.add_argument("--threads", type=int, nargs="+", default=None, choices=[1, 2],
+                   help="(a) older spelling: sequential + batched-1thread / batched-2threads")
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--steps-scale", type=float, default=1.0, help="scale every case's steps (quick looks)")
     p.add_argument("--gpu", action="store_true", help="run section (b) instead of (a)")
     p.add_argument("--device", default="cuda", help="(b) only: cuda, cuda:N, or cpu for a smoke test")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="(b) only")
     args = p.parse_args()
+    if args.modes is None and args.threads is None:
+        args.modes = DEFAULT_MODES
     meta = {"python": platform.python_version(), "torch": torch.__version__, "cores": len(os.sched_getaffinity(0)),
             "load_before": os.getloadavg(), "op": args.op, "save_every": args.save_every}
     section = gpu_section(args) if args.gpu else cpu_section(args)

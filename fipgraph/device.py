@@ -114,6 +114,21 @@ def host_state_dict(module: torch.nn.Module) -> "HostWeights | torch.nn.Module":
     return host
 
 
+def host_buffer_like(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An empty host tensor shaped like ``tensor``, pinned (page-locked) when ``device`` is CUDA, so a
+    non-blocking copy from the device into it really runs asynchronously and can be reused for every save."""
+    return torch.empty(tuple(tensor.shape), dtype=tensor.dtype, pin_memory=device.type == "cuda")
+
+
+def record_event(device: torch.device) -> "torch.cuda.Event | None":
+    """An event behind the work queued so far on ``device``'s current stream (None where work is synchronous)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()  # no timing: the cheapest kind, and query()/synchronize() are all we need
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
 def grad_scaler(device: torch.device, precision: str) -> "torch.amp.GradScaler | None":
     """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None

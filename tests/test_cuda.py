@@ -1,4 +1,5 @@
-"""Builds on a CUDA device: build → store → evaluate, bf16 autocast, host snapshots of the weights.
+"""Builds on a CUDA device: build → store → evaluate, bf16 autocast, host snapshots of the weights
+(blocking ones for queries, and the pinned non-blocking ones a walk saves its nodes through).
 
 Skipped where ``torch.cuda.is_available()`` is false (CI, this project's CPU machine). Run on a GPU
 machine with ``python -m pytest -q -m cuda tests/test_cuda.py``.
@@ -7,6 +8,7 @@ machine with ``python -m pytest -q -m cuda tests/test_cuda.py``.
 from __future__ import annotations
 
 import importlib
+import time
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ import fipgraph  # noqa: E402
 from fipgraph.device import host_state_dict  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
 from fipgraph.path.evaluate import evaluate_tasks  # noqa: E402
+from fipgraph.path.snapshot import PENDING, NodeSaver  # noqa: E402
 
 build_mod = importlib.import_module("fipgraph.path.build")
 SHORT = ["runs.task1.steps=60", "runs.continual.steps=40", "runs.finetune.steps=20", "save_every=10"]
@@ -79,3 +82,46 @@ def test_host_snapshot_is_an_exact_cpu_copy_with_the_spec():
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # later steps on the device do not reach the snapshot
     assert not torch.equal(next(iter(host.values())), next(model.parameters()).cpu())
+
+
+def test_saving_a_node_does_not_wait_for_the_device_and_keeps_the_weights_at_its_step(tmp_path):
+    model = fipgraph.models.build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [32], "n_classes": 10}})
+    model = model.cuda()
+    device = next(model.parameters()).device
+    with fipgraph.open_store(tmp_path / "s") as store:
+        saver = NodeSaver(store, device)
+        assert saver.deferred
+        expected = {k: v.clone() for k, v in model.state_dict().items()}  # queued before the device's long work
+        torch.cuda._sleep(int(2e9))  # about a second of device work queued ahead of the snapshot's copies
+        t0 = time.perf_counter()
+        assert saver.save(model, parent=None, step=1) is None
+        took = time.perf_counter() - t0
+        job = saver._flight[0]
+        assert not job.event.query()  # the copies wait behind the device's queue; the host did not
+        assert all(t.is_pinned() for t in job.buffers.tensors.values())
+        with torch.no_grad():  # the next step, queued behind the copies
+            for p in model.parameters():
+                p.add_(1.0)
+        saver.poll()  # never waits: the node is still on its way
+        assert saver.in_flight == 1
+        first = saver.drain()
+        got = store.state_dict(first)
+        assert all(torch.equal(got[k], expected[k].cpu()) for k in expected)  # not the later step's weights
+        assert took < 0.5, took
+        buffers = job.buffers
+        saver.save(model, parent=PENDING, step=2)
+        assert saver._flight[0].buffers is buffers  # pinned buffers are reused, not allocated per save
+        second = saver.drain()
+        assert store.node(second)["parent_id"] == first
+        got = store.state_dict(second)
+        assert all(torch.equal(got[k], v.cpu()) for k, v in model.state_dict().items())
+
+
+def test_a_cuda_build_saving_every_step_stores_consecutive_steps(tmp_path):
+    result = _build(tmp_path, "every", 'device="cuda"', "save_every=1")
+    with fipgraph.open_store(tmp_path / "every", "r") as s:
+        steps = s.sql("SELECT step FROM nodes WHERE run_id = ? ORDER BY step", [result.runs[0].run_id])["step"]
+        first, last = s.state_dict(int(s.sql("SELECT node_id FROM nodes WHERE run_id = ? AND step = 1",
+                                             [result.runs[0].run_id])["node_id"][0])), s.state_dict(result.runs[0].last_node)
+    assert list(steps) == list(range(0, 61))  # every step, each once, in order
+    assert any(not torch.equal(first[k], last[k]) for k in first)

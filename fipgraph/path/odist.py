@@ -69,3 +69,36 @@ def kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     logp = F.log_softmax(logits.float(), -1)
     logq = F.log_softmax(ref_logits.float(), -1)
     return F.kl_div(logp, logq, log_target=True, reduction="sum")
+
+
+# The same distances for K walks at once: logits and ref_logits (K, B, C) -> (K,), walk k's distance
+# from its own rows only (replicas.py's fused step); equal to the single forms up to float rounding.
+BATCHED_ODISTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+
+
+def _batched(name: str):
+    def deco(fn):
+        BATCHED_ODISTS[name] = fn
+        return fn
+    return deco
+
+
+@_batched("bhattacharyya")
+def bhattacharyya_batched(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    _check_reference(ref_logits)
+    p, q = logits.float().softmax(-1), ref_logits.float().softmax(-1)
+    eps = (1e-3 * q.amin(dim=(1, 2))).clamp_min(1e-10)  # each walk's own eps, as in the single form
+    return -torch.log(torch.sqrt(p * q + eps[:, None, None]).sum(-1)).sum(-1)
+
+
+@_batched("l2")
+def l2_batched(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    _check_reference(ref_logits)
+    return (logits.float() - ref_logits.float()).pow(2).mean(-1).sum(-1)
+
+
+@_batched("kl")
+def kl_batched(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    _check_reference(ref_logits)
+    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    return (logq.exp() * (logq - logp)).sum(dim=(1, 2))

@@ -4,8 +4,8 @@ Each replica is a run of its own in the store, named ``<run>/s<seed>``, with the
 of that seed would have (so it resumes like one, and a later run with the same seeds starts replica i
 from replica i). The K walks keep their own recipes (``RunRecipe``: model, memory, batches, nodes,
 evaluations, optimizer checkpoint); only the step is shared: their parameters are stacked into one
-(K, ...) tensor per weight, the forward runs once under ``torch.func.vmap`` + ``functional_call``,
-each walk's S(w) comes from the same ``fip_terms`` a single walk uses, and one optimizer steps the
+(K, ...) tensor per weight, the forward runs once (``stacked.py``: batched matmuls for MLPs,
+``torch.func.vmap`` + ``functional_call`` for other models), each walk's S(w) comes from the same ``fip_terms`` a single walk uses, and one optimizer steps the
 stacked weights (Adam, AdamW and SGD are elementwise, so this equals K separate optimizers). Each
 recipe's parameters are views into the stacked tensors, so saving, evaluating and checkpointing
 work on each walk's own network unchanged.
@@ -15,8 +15,9 @@ another order): tests/test_replicas.py checks ≤ 1e-5 relative after 12 steps. 
 give that (per-step hooks on one network, a sparse mask, dropout or buffers, fixed_step's global
 norm, fp16's shared overflow check, text models, walks at different steps) the K walks run one at a
 time, and the log says why. ``--max-steps`` counts a batched step once: the K walks step together.
-On a CPU the batched step takes every core (at most K) while the machine is otherwise idle
-(``cpu_threads``); benchmarks/bench_engine.py measures it against K walks one after another.
+On a CPU with idle cores the K walks split into one stacked group per core, stepped in parallel
+threads, one intra-op thread each (``cpu_plan``); saves and store writes stay on the build's thread.
+benchmarks/bench_engine.py measures it against K walks one after another.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch import nn
@@ -32,9 +34,10 @@ from tqdm.auto import tqdm
 from fipgraph.data.seeds import derive_seed
 from fipgraph.device import move_batch
 from fipgraph.errors import ConfigError
-from fipgraph.models import build_model, forward_logits, model_kind
+from fipgraph.models import build_model, model_kind
 from fipgraph.path.memory import batch_stream
 from fipgraph.path.optim import lr_at, make_optimizer, set_lr
+from fipgraph.path.stacked import fused_terms, stacked_forward
 from fipgraph.path.step import fip_terms, joined_batch
 from fipgraph.path.walk import RunRecipe, RunResult
 
@@ -44,7 +47,11 @@ log = logging.getLogger("fipgraph.build")
 # (EWC's penalty reads the weights; sparsify, lottery, oneshot_prune and LoRA change them or wrap them).
 BATCHABLE_OPS = ("finetune", "continual", "undirected", "replay")
 ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")  # one optimizer over stacked weights = K optimizers
-THREADS: int | None = None  # intra-op threads of a batched CPU step; None: see cpu_threads; benchmarks set 1 or 2
+THREADS: int | None = None  # intra-op threads per group of a batched CPU step; None: see cpu_plan
+GROUPS: int | None = None  # stacked groups stepped in parallel threads on a CPU; None: see cpu_plan
+MIN_GROUP_FLOPS = 2e7  # a group in its own thread needs this much kernel work per step (see cpu_plan)
+FAST_MLP = True  # MLPs step as chains of batched matmuls (stacked.py); False: vmap for every model
+FUSED_LOSS = True  # finetune/continual: the K walks' S(w) as one batched computation (stacked.fused_terms)
 
 
 def replica_runs(run, start, groups: dict) -> list[tuple[object, int | str | None]]:
@@ -129,7 +136,7 @@ def walk_replicas(plans: list, store, store_dir, tasks: list, head: str, limits,
                 stops = [r.stop_reason or "interrupt" for r in results.values() if r.status != "finished"]
                 results[i] = recipes[i].complete(stops[0] if stops else "loop")
         else:
-            for i, res in zip(active, StackedWalks(live, plans[0].group).run()):
+            for i, res in zip(active, walk_stacked(live, plans[0].group)):
                 results[i] = res
     return [results[i] for i in range(len(recipes))]
 
@@ -150,24 +157,13 @@ def _stop_rest(recipes, results: dict, end: int, begun: list[int]) -> list[RunRe
     return [results[j] for j in range(end)]
 
 
-class _Logits(nn.Module):
-    """``forward_logits`` as a module call, so ``functional_call`` can swap in one replica's weights."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return forward_logits(self.net, batch)
-
-
 class StackedWalks:
-    """K recipes at the same step, stepped as one: stacked weights, one vmapped forward, one optimizer."""
+    """K recipes at the same step, stepped as one: stacked weights, one batched forward, one optimizer."""
 
     def __init__(self, recipes: list[ReplicaRun], name: str) -> None:
         self.recipes, self.name, self.k = recipes, name, len(recipes)
         first = recipes[0]
-        self.cfg, self.limits, self.stop = first.cfg, first.limits, first.stop
+        self.cfg = first.cfg
         self.names = [n for n, p in first.model.named_parameters() if p.requires_grad]
         own = [dict(r.model.named_parameters()) for r in recipes]
         self.holder = nn.ParameterList(
@@ -180,8 +176,7 @@ class StackedWalks:
         fused = first.device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in self.holder)
         self.optimizer = make_optimizer(self.cfg, self.holder, **({"fused": True} if fused else {}))
         self.import_state()
-        self.logits = _Logits(first.model)
-        self.batched = torch.func.vmap(self._one, in_dims=(0, 0))
+        self.kind, self.batched = stacked_forward(first.model, self.names, FAST_MLP)
         for r in recipes:
             r.group = self
 
@@ -227,53 +222,13 @@ class StackedWalks:
                                                for key, v in state.items()}
         set_lr(recipe.optimizer, self.optimizer.param_groups[0]["lr"])
 
-    def _one(self, weights: list[torch.Tensor], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One walk's logits and labels (under vmap: weights and batch carry the walk dimension)."""
-        params = {f"net.{n}": w for n, w in zip(self.names, weights)}
-        return torch.func.functional_call(self.logits, params, (batch,), strict=False)
-
-    def run(self) -> list[RunResult]:
-        """Step the K walks to their budget (or a stop), then let each recipe finish or record its stop."""
-        threads = torch.get_num_threads()
-        if self.recipes[0].device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.k, threads))
-        log.info("%s: %d replicas walk batched (vmap over stacked weights, %d threads)", self.name, self.k,
-                 torch.get_num_threads())
-        try:
-            stop = self.loop()
-        finally:
-            torch.set_num_threads(threads)
-        return [r.complete(stop) for r in self.recipes]
-
-    def loop(self) -> str | None:
-        first = self.recipes[0]
-        pin = first.device.type == "cuda"
-        streams = [batch_stream(r.task, r.cfg.batch_size, r.cfg.seed, r.step, pin) if r.objective.uses_task_batch
-                   else None for r in self.recipes]
-        bar = tqdm(total=first.total, initial=first.step, desc=f"{self.name} x{self.k}", unit="step",
-                   disable=not self.limits.progress, dynamic_ncols=True)
-        guarded = False
-        try:
-            while first.step < first.total:
-                if self.stop.requested or self.limits.exhausted():
-                    return "interrupt" if self.stop.requested else "limit"
-                outs = self.step(streams)
-                for r, out in zip(self.recipes, outs):
-                    if r.reference is not None and not guarded and r.step >= 2:
-                        r._check_reference_is_frozen(out)
-                    r.after_step(False)
-                guarded = guarded or first.step >= 2
-                bar.update(1)
-        except KeyboardInterrupt:  # a second Ctrl-C: the weights may be mid-step, nothing more is saved
-            for r in self.recipes:
-                r.saved_step = r.step
-            return "hard-interrupt"
-        finally:
-            bar.close()
-        return None
+    def streams(self) -> list:
+        return [batch_stream(r.task, r.cfg.batch_size, r.cfg.seed, r.step, r.device.type == "cuda")
+                if r.objective.uses_task_batch else None for r in self.recipes]
 
     def step(self, streams: list) -> list:
-        """One optimizer step of every walk: its own batches and memory sample, one batched forward/backward."""
+        """One optimizer step of every walk: its own batches and memory sample, one batched forward/backward.
+        Touches nothing outside this group (no store, no shared counters): groups may step in parallel threads."""
         tasks, mems, refs = [], [], []
         for r, stream in zip(self.recipes, streams):
             r.step += 1
@@ -289,26 +244,109 @@ class StackedWalks:
         stacked = {key: torch.stack([j[key] for j in joined]) for key in joined[0]}  # (K, N, ...)
         with self.recipes[0].amp.autocast():
             logits, labels = self.batched(list(self.holder), stacked)  # (K, P, C), (K, P)
-            outs = [fip_terms(r.model, r.objective, r.odist, r.cfg.lam, logits[k], labels[k], tasks[k], mems[k],
-                              refs[k], r.cols) for k, r in enumerate(self.recipes)]
+            fused = fused_terms(self.recipes, logits, labels, tasks, mems, refs) if FUSED_LOSS else None
+            if fused is None:
+                outs = [fip_terms(r.model, r.objective, r.odist, r.cfg.lam, logits[k], labels[k], tasks[k], mems[k],
+                                  refs[k], r.cols) for k, r in enumerate(self.recipes)]
+            loss, outs = fused if fused is not None else (torch.stack([o.loss for o in outs]).sum(), outs)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.stack([o.loss for o in outs]).sum().backward()  # walks share no weights: each gets its own gradient
+        loss.backward()  # walks share no weights: each gets its own gradient
         self.optimizer.step()
         for r, ref in zip(self.recipes, refs):
             r.steps_done += 1
             r.last_ref_logits = ref
-        self.limits.count()
         return outs
 
 
-def cpu_threads(k: int, current: int) -> int:
-    """Threads for a batched CPU step: every core (at most K) while the machine is otherwise idle, else
-    the build's own. The batched step has work for every core, but on a busy machine threads that are
-    time-sliced wait for each other: with load 17 on 2 cores, 2 threads ran 0.3-0.8x as fast as 1."""
-    if THREADS is not None:
-        return max(1, min(k, THREADS))
+def walk_stacked(recipes: list[ReplicaRun], name: str) -> list[RunResult]:
+    """Step the K walks to their budget (or a stop), then let each recipe finish or record its stop.
+
+    On a CPU with idle cores the walks split into one stacked group per core (``cpu_plan``), stepped
+    in parallel threads (torch kernels release the GIL) with one intra-op thread each; every save,
+    evaluation and store write stays on this thread, between steps."""
+    threads = torch.get_num_threads()
+    on_cpu = recipes[0].device.type == "cpu"
+    n_groups, n_threads = cpu_plan(len(recipes), threads, step_flops(recipes[0])) if on_cpu else (1, threads)
+    size = -(-len(recipes) // n_groups)
+    groups = [StackedWalks(recipes[i:i + size], name) for i in range(0, len(recipes), size)]
+    torch.set_num_threads(n_threads)
+    log.info("%s: %d replicas walk batched (%s; %d group(s) in parallel, %d thread(s) each)", name, len(recipes),
+             groups[0].kind, len(groups), n_threads)
+    # each worker sets its own thread count: a new thread's MKL calls otherwise take every core
+    # (measured: two threads of 512x512 matmuls ran 0.29x as fast as one after another, 0.89x with this)
+    pool = ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="fipgraph-replicas", initializer=torch.set_num_threads,
+                              initargs=(n_threads,)) if len(groups) > 1 else None
+    try:
+        stop = _loop(groups, recipes, name, pool)
+    except BaseException:
+        for r in recipes:  # the nodes taken before the error are still stored
+            r.saver.drain_after_error(r.name)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return [r.complete(stop) for r in recipes]
+
+
+def _loop(groups: list[StackedWalks], recipes: list[ReplicaRun], name: str, pool) -> str | None:
+    first = recipes[0]
+    limits, stop_signal = first.limits, first.stop
+    streams = [g.streams() for g in groups]
+    bar = tqdm(total=first.total, initial=first.step, desc=f"{name} x{len(recipes)}", unit="step",
+               disable=not limits.progress, dynamic_ncols=True)
+    guarded, running = False, []
+    try:
+        while first.step < first.total:
+            if stop_signal.requested or limits.exhausted():
+                return "interrupt" if stop_signal.requested else "limit"
+            running = [pool.submit(g.step, s) for g, s in zip(groups[1:], streams[1:])]
+            outs = groups[0].step(streams[0])
+            for job in running:
+                outs += job.result()
+            running = []
+            limits.count()  # one batched step, however many groups
+            for r, out in zip(recipes, outs):
+                if r.reference is not None and not guarded and r.step >= 2:
+                    r._check_reference_is_frozen(out)
+                r.after_step(False)
+            guarded = guarded or first.step >= 2
+            bar.update(1)
+    except KeyboardInterrupt:  # a second Ctrl-C: the weights may be mid-step, nothing more is saved
+        wait(running)  # the other groups' step ends before anything reads their weights
+        for r in recipes:
+            r.saved_step = r.step
+        return "hard-interrupt"
+    finally:
+        bar.close()
+    return None
+
+
+def cpu_plan(k: int, current: int, flops_per_walk: float = float("inf")) -> tuple[int, int]:
+    """(groups stepped in parallel, intra-op threads each) for K batched walks on a CPU.
+
+    While the machine is otherwise idle: one group per core (at most K), one thread each, as long as
+    each group keeps at least MIN_GROUP_FLOPS of kernels per step; below that a step is mostly
+    Python, which holds the GIL, so the groups would take turns (the 64-128-10 MLP: 2 groups ran
+    0.58x as fast as 1). Else one group on the build's threads: on a busy machine threads that are
+    time-sliced wait for each other (with load 17 on 2 cores, 2 intra-op threads ran 0.3-0.8x as fast
+    as 1). GROUPS / THREADS force it."""
+    if GROUPS is not None or THREADS is not None:
+        groups = max(1, min(k, GROUPS or 1))
+        return groups, max(1, THREADS) if THREADS is not None else (1 if groups > 1 else current)
     cores = len(os.sched_getaffinity(0))
-    return max(current, min(k, cores)) if os.getloadavg()[0] < cores else current
+    groups = int(min(k, cores, max(1.0, k * flops_per_walk / MIN_GROUP_FLOPS)))
+    if groups >= 2 and os.getloadavg()[0] < cores:
+        return groups, 1
+    return 1, current
+
+
+def step_flops(recipe: ReplicaRun) -> float:
+    """Rough matmul work of one walk's step: 6 x parameters x rows (forward + backward). Exact for an
+    MLP; a convolution does more per parameter, so conv nets split later than they could."""
+    rows = (recipe.cfg.batch_size if recipe.objective.uses_task_batch else 0) + \
+        (recipe.cfg.memory_batch_size if recipe.reference is not None else 0)
+    return 6.0 * sum(p.numel() for p in recipe.model.parameters() if p.requires_grad) * rows
 
 
 def _per_weight(value, shape: torch.Size) -> bool:

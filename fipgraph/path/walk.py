@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fipgraph.data.seeds import derive_seed
-from fipgraph.device import check_precision, host_state_dict, move_batch, resolve_device
+from fipgraph.device import check_precision, move_batch, resolve_device
 from fipgraph.errors import FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
 from fipgraph.path.config import refuse_changed_run
@@ -36,6 +36,7 @@ from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, c
 from fipgraph.path.objectives import OBJECTIVES, Context
 from fipgraph.path.odist import get_odist
 from fipgraph.path.optim import lr_at, make_optimizer, set_lr
+from fipgraph.path.snapshot import PENDING, NodeSaver
 from fipgraph.path.sparsity import prunable_names, sparsity_of
 from fipgraph.path.step import Amp, fip_step
 
@@ -132,8 +133,13 @@ class RunRecipe:
     def complete(self, stop: str | None = "loop") -> RunResult:
         """Walk the steps (unless a caller such as a replica group walked them and says why it stopped),
         then finish or record the stop."""
-        if stop == "loop":
-            stop = self.loop()
+        try:
+            if stop == "loop":
+                stop = self.loop()
+            self.settle()
+        except BaseException:
+            self.saver.drain_after_error(self.name)  # the nodes taken before the error are still stored
+            raise
         if stop is None and self.stop.requested:  # e.g. the last node's evaluation was abandoned: finish on the rerun
             stop = "interrupt"
         return self.stopped(stop) if stop is not None else self.finish()
@@ -182,6 +188,7 @@ class RunRecipe:
         steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(self.task.train_loader(cfg.batch_size, 0)))
         self.total = self.objective.total_steps(steps)
         self.optimizer = make_optimizer(cfg, self.model)
+        self.saver = NodeSaver(self.store, self.device)  # on CUDA: pinned snapshots, appended behind the steps
 
     def _start_model(self) -> torch.nn.Module:
         if self.start is None:
@@ -327,6 +334,7 @@ class RunRecipe:
 
     def after_step(self, converged: bool) -> None:
         """Save the node this step made when it is due (tagged, converged, every save_every, the last)."""
+        self.saver.poll()  # nodes whose snapshots have reached the host go to the store now
         tags = self.objective.node_tags(self.step, self.total)
         if tags is not None:
             self.save(self.step, tags, final=True)  # e.g. the end of a lottery round: always stored and evaluated
@@ -354,8 +362,9 @@ class RunRecipe:
             metrics.setdefault(ds, {}).update(extra)
         return metrics
 
-    def save(self, step: int, tags: dict | None = None, final: bool = False) -> int:
-        """Store the network at ``step`` as a child of the last node (evaluated when due)."""
+    def save(self, step: int, tags: dict | None = None, final: bool = False) -> int | None:
+        """Store the network at ``step`` as a child of the last node (evaluated when due); its node id, or
+        None while its snapshot is on the way to the host (``self.parent`` is PENDING until ``settle``)."""
         net = self.objective.export(self.model)  # what is stored: the model itself, or e.g. LoRA merged into a plain copy
         metrics: dict[str, dict[str, float]] = {}
         if final or step % (self.cfg.eval_every or self.cfg.save_every) == 0:
@@ -366,19 +375,26 @@ class RunRecipe:
                 self.stop.requested, metrics = True, {}
                 log.info("%s: evaluation at step %d abandoned (Ctrl-C); the node is stored without it", self.name, step)
         now = self.probe_logits()
-        od = None if self.parent_probe is None or now is None else float(self.odist(now, self.parent_probe)) / now.shape[0]
-        nid = self.store.append(host_state_dict(net), parent=self.parent, run=self.run_id, op=self.cfg.op, step=step,
-                                metrics=metrics or None, tags=tags, output_distance=od)
-        self.parent, self.parent_probe, self.saved_step = nid, now, step
+        distance = None if self.parent_probe is None or now is None else self.odist(now, self.parent_probe)
+        nid = self.saver.save(net, parent=self.parent, distance=distance, distance_per=1 if now is None else now.shape[0],
+                              run=self.run_id, op=self.cfg.op, step=step, metrics=metrics or None, tags=tags)
+        self.parent, self.parent_probe, self.saved_step = PENDING if nid is None else nid, now, step
         if metrics:
             self.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
-            log.info("%s step %d node %d %s", self.name, step, nid,
+            log.info("%s step %d node %s %s", self.name, step, "(on its way)" if nid is None else nid,
                      {k: round(v.get("accuracy", v.get("sparsity", 0.0)), 4) for k, v in metrics.items()})
         # bound what a hard kill can lose, and what the writes cost: a 1 GB Adam state (SmolLM2) took
         # 7 s to write, so a walk saving a node a minute spent a tenth of its time here
         if time.time() - self.last_write > max(60.0, 20 * self.last_write_seconds):
-            self.write_checkpoint(nid)
+            self.write_checkpoint(self.settle())  # the optimizer state belongs to this node: it needs its id
         return nid
+
+    def settle(self) -> int | None:
+        """Append the snapshots still on their way (waits for their copies); the last node's id."""
+        last = self.saver.drain()
+        if self.parent is PENDING:
+            self.parent = last
+        return self.parent
 
     def checkpoint_state(self) -> dict:
         """Optimizer, objective and grad-scaler state as they are now (what a resume restores)."""
@@ -397,6 +413,7 @@ class RunRecipe:
         """A limit or a Ctrl-C: keep the work (a consistent network is saved), mark the run interrupted."""
         if self.saved_step != self.step:
             self.save(self.step)  # stopped between steps: a consistent network, so keep the work
+        self.settle()
         self.store.flush()
         if stop != "hard-interrupt":
             self.write_checkpoint(self.parent)
@@ -411,6 +428,7 @@ class RunRecipe:
         if tags is not None:
             self.step += 1
             self.save(self.step, tags, final=True)  # e.g. the hard projection onto exactly p sparse
+            self.settle()
             if self.stop.requested:  # its evaluation was abandoned: the rerun evaluates it and finishes
                 self.store.flush()
                 self.store.set_run_status(self.run_id, "interrupted")
