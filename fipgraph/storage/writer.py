@@ -288,7 +288,8 @@ class Writer(threading.Thread):
         whole SmolLM2 row would be another 538 MB); returns the bytes its chunk files take."""
         arch_id = job.layout.arch_id
         names = [g.dtype for g in job.layout.groups if g.n_words]
-        before = self.weights.chunk_bytes(arch_id, names, job.row)
+        before = self.weights.chunk_bytes(arch_id, names, job.row, shared_only=True)
+        written, measured = 0, True
         for g in job.layout.groups:
             words = job.rows[g.dtype]
             step = self.weights.chunk_words(arch_id, g.dtype, g.n_words) * CHUNKS_PER_WRITE
@@ -297,12 +298,13 @@ class Writer(threading.Thread):
                 p = parent[g.dtype][lo:hi] if job.encoding != "key" else None
                 gp = grandparent[g.dtype][lo:hi] if job.encoding == "pred" else None
                 part = codec.encode_words(words[lo:hi], p, gp, job.encoding)
-                self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+                n = self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+                written, measured = written + (n or 0), measured and n is not None
                 del part
         if self.weights.durable:
             for name in names:
                 self.weights.sync_rows(arch_id, name, job.row, job.row)
-        return max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
+        return written if measured else max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
 
     def _keep_recent(self, node_id: int, decoded: dict) -> None:
         """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
@@ -330,15 +332,21 @@ class Writer(threading.Thread):
                     run = [item]
             runs.append(run)
             for run in runs:
+                direct = self.weights.is_direct(arch_id, name)
+                if direct:  # each row its own chunk file: write them one by one, sizes known exactly
+                    for row, data, job in run:
+                        job.storage_row[7] += self.weights.write_rows(arch_id, name, row, data[None])
+                    continue
                 before = self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0])
                 # one row: a view, not a copy (np.stack of a 540 MB SmolLM2 row costs 540 MB and ~0.2 s)
                 data = run[0][1][None] if len(run) == 1 else np.stack([data for _, data, _ in run])
-                self.weights.write_rows(arch_id, name, run[0][0], data)
+                written = self.weights.write_rows(arch_id, name, run[0][0], data)
                 del data
                 # growth of the chunk files, shared evenly: exact when rows have chunks of their own
-                grown = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
+                if written is None:
+                    written = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
                 for _, _, job in run:
-                    job.storage_row[7] += grown // len(run)
+                    job.storage_row[7] += written // len(run)
 
     def _commit(self, jobs: list) -> None:
         """One transaction for everything queued since the last commit, in queue order."""
