@@ -204,7 +204,7 @@ class Store:
             if layout.ties:
                 arch_spec["ties"] = layout.ties_spec()
         writer.wait_for_room(sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups))
-        rows = layout.pack(state)
+        rows = layout.pack(state, take=writer.buffers.take)
 
         node_id = self._next_id
         depth = 0

@@ -21,8 +21,9 @@ from fipgraph.storage.chunks import RowChunks
 MAX_ROWS = 2**40
 MAX_CHUNK_WORDS = 2**24  # 64 MiB of float32 per chunk: big rows are split so blosc and memory stay sane
 SMALL_CHUNK_BYTES = 2**18  # rows smaller than this share chunks; 256 KiB keeps the rewrite per append cheap
-BLOSC_BLOCK_BYTES = 2**20  # Blosc block: on Adam residuals 1 MiB blocks were 0.537x raw in 6.3 ms per 4 MB vs
-# 0.562x in 8.2 ms for Blosc's automatic (small) blocks, and decompress 1.5x faster (measured, one thread)
+BLOSC_BLOCK_BYTES = 2**20  # Blosc block of one-row chunks: on Adam residuals 1 MiB blocks were 0.537x raw in
+# 6.3 ms per 4 MB vs 0.562x in 8.2 ms for Blosc's automatic (small) blocks, and decompressed 1.5x faster
+# (measured, one thread); shared small-row chunks keep automatic blocks
 
 
 def _rows_per_chunk(row_bytes: int) -> int:
@@ -59,17 +60,18 @@ class WeightArrays:
             if (self.path / arch_id / name / "zarr.json").exists() or n_words is None:
                 self._arrays[key] = zarr.open_array(self._store, path=f"{arch_id}/{name}", mode="r" if self.read_only else "r+")
             else:
+                rows_per_chunk = _rows_per_chunk(n_words * np.dtype(dtype).itemsize)
                 self._arrays[key] = zarr.create_array(
                     self._store,
                     name=f"{arch_id}/{name}",
                     shape=(MAX_ROWS, n_words),
-                    chunks=(_rows_per_chunk(n_words * np.dtype(dtype).itemsize), _chunk_len(n_words)),
+                    chunks=(rows_per_chunk, _chunk_len(n_words)),
                     dtype=dtype,
                     fill_value=0,
                     # byte shuffle groups the (mostly zero) high bytes of the deltas together for zstd;
                     # level 1: levels 3 and 9 were 1-4 % smaller but 1.6x and 30x slower here
                     compressors=BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle",
-                                           blocksize=BLOSC_BLOCK_BYTES),
+                                           blocksize=BLOSC_BLOCK_BYTES if rows_per_chunk == 1 else 0),
                     config={"write_empty_chunks": True},  # an all-zero delta is still a committed row
                 )
         return self._arrays[key]

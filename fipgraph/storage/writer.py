@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fipgraph.storage import codec
+from fipgraph.storage.buffers import BufferPool
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
@@ -75,8 +76,14 @@ RECENT_MAX_NODES = 4
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
 CHUNKS_PER_WRITE = 2  # chunks zarr compresses concurrently per call (two cores here)
 
+IMMEDIATE_BYTES = 1 << 18  # nodes this large are written as soon as they are encoded (one chunk file per
+# row: batching them saves nothing), so their residual lives in one reused buffer, not one per queued node
+
 STATS_BLOCK = 1 << 16  # float64 elements per block: 512 KiB buffers stay in L2; whole-tensor float64
 # temporaries cost 15-20 ms per 1M-param node in page faults and memory traffic, blocks 4 ms (measured)
+
+
+_scratch = threading.local()  # per-thread float64 blocks of float_stats
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
@@ -85,8 +92,9 @@ def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, n
     xs = layout.float_tensors(rows)
     ps = layout.float_tensors(parent) if parent is not None else [None] * len(xs)
     n = sum(x.numel() for x in xs)
-    x64 = torch.empty(min(STATS_BLOCK, max(n, 1)), dtype=torch.float64)
-    d64 = torch.empty_like(x64)
+    if getattr(_scratch, "x64", None) is None:  # reused: fresh 512 KiB buffers fault in pages every node
+        _scratch.x64, _scratch.d64 = torch.empty(STATS_BLOCK, dtype=torch.float64), torch.empty(STATS_BLOCK, dtype=torch.float64)
+    x64, d64 = _scratch.x64, _scratch.d64
     sq = sq_dist = 0.0
     nonzero = 0
     for x, p in zip(xs, ps):
@@ -127,6 +135,10 @@ class Writer(threading.Thread):
         self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
         self._path_length: dict[int, float] = {}
         self._unwritten: dict[int, dict] = {}  # decoded rows of the batch being written
+        self.buffers = BufferPool(max_pending_bytes)  # snapshot buffers, reused once nothing reads them
+        self._retired: list[np.ndarray] = []  # snapshots dropped from _recent, reusable after this batch
+        self._recyclable: set[int] = set()  # nodes in _recent whose rows are their own snapshot buffers
+        self._residuals: dict[str, np.ndarray] = {}  # one reused residual row per stored array (large nodes)
         self.stalled_seconds = 0.0  # total time producers waited for queue space (saving was the bottleneck)
         self._stall_window = (time.monotonic(), 0.0)  # (start, stalled seconds) since the last report
 
@@ -257,10 +269,12 @@ class Writer(threading.Thread):
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
             grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
             streamed = job.encoding in codec.LOSSLESS and job.nbytes > STREAM_BYTES
+            immediate = not streamed and job.nbytes >= IMMEDIATE_BYTES and job.encoding in codec.LOSSLESS
             if streamed:  # decoded == the snapshot; the residual is made and written a few chunks at a time
                 enc = codec.Encoded({}, job.rows, 0.0)
             else:
-                enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
+                enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance,
+                                   out=self._residuals if immediate else None)
             self._unwritten[job.node_id] = enc.decoded
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
@@ -274,14 +288,20 @@ class Writer(threading.Thread):
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
                                checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
                                job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
-            self._keep_recent(job.node_id, enc.decoded)
+            self._keep_recent(job.node_id, enc.decoded, recyclable=job.encoding in codec.LOSSLESS)
             if streamed:
                 job.storage_row[7] = self._write_streamed(job, parent, grandparent)
+            elif immediate:
+                self._write_runs([(job, enc)])
             else:
                 encoded.append((job, enc))
             job.rows = None  # free the snapshot
         self._write_runs(encoded)
         self._unwritten = {}
+        # only now can nothing read the retired snapshots (a later node of this batch may have used one
+        # as its parent, a keyframe's snapshot is its own stored row): the next appends may refill them
+        self.buffers.give(self._retired)
+        self._retired = []
 
     def _write_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> int:
         """Encode and write a large lossless row CHUNKS_PER_WRITE chunks at a time (the residual of a
@@ -306,15 +326,21 @@ class Writer(threading.Thread):
                 self.weights.sync_rows(arch_id, name, job.row, job.row)
         return written if measured else max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
 
-    def _keep_recent(self, node_id: int, decoded: dict) -> None:
+    def _keep_recent(self, node_id: int, decoded: dict, recyclable: bool) -> None:
         """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
         a chain is encoded against its parent and grandparent); older ones only within recent_bytes.
-        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing."""
+        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing,
+        and when they leave they are retired for reuse (``recyclable``)."""
         self._recent[node_id] = decoded
+        if recyclable:
+            self._recyclable.add(node_id)
         self._recent_size += sum(a.nbytes for a in decoded.values())
         while len(self._recent) > 2 and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
-            _, old = self._recent.popitem(last=False)
+            old_id, old = self._recent.popitem(last=False)
             self._recent_size -= sum(a.nbytes for a in old.values())
+            if old_id in self._recyclable:
+                self._recyclable.discard(old_id)
+                self._retired += old.values()
 
     def _write_runs(self, encoded: list) -> None:
         by_array: dict[tuple[str, str], list] = {}
