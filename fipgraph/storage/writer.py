@@ -1,8 +1,9 @@
 """The background writer: encodes and writes weights, then commits catalog rows in batches.
 
 Training threads only snapshot the weights (one memcpy) and enqueue; this thread does the delta encoding,
-compression, Zarr writes, norms and distances, and commits to DuckDB at most every
-``commit_interval`` seconds. The training thread pays only for the snapshot; on a small machine the
+compression, chunk writes, norms and distances, and commits to DuckDB at most every
+``commit_interval`` seconds (further apart when commits are costly: at most COMMIT_COST_SHARE of the writer's
+time, at most MAX_COMMIT_INTERVAL apart). The training thread pays only for the snapshot; on a small machine the
 writer's CPU still competes with training (measured in benchmarks/RESULTS.md).
 Order is kept: a job commits in the same or a later transaction than every job queued before it.
 Write order makes crashes safe: chunks first, catalog rows (the commit point) last.
@@ -76,6 +77,10 @@ RECENT_MAX_NODES = 4
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
 CHUNKS_PER_WRITE = 2  # chunks zarr compresses concurrently per call (two cores here)
 
+COMMIT_COST_SHARE = 0.1  # a catalog commit (open DuckDB, insert, close: 20-40 ms of CPU measured here) may
+# take at most this share of the writer's time: when saving every step, commits space out beyond commit_interval
+MAX_COMMIT_INTERVAL = 2.0  # ... but never further apart than this (seconds), so readers see nodes promptly
+
 IMMEDIATE_BYTES = 1 << 18  # nodes this large are written as soon as they are encoded (one chunk file per
 # row: batching them saves nothing), so their residual lives in one reused buffer, not one per queued node
 
@@ -123,6 +128,7 @@ class Writer(threading.Thread):
         self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
         self.known_pairs = known_pairs
         self.commit_interval = commit_interval
+        self._interval = commit_interval  # grows with the cost of a commit (see COMMIT_COST_SHARE)
         self.max_pending_bytes = max_pending_bytes
         self.recent_bytes = recent_bytes
         self._recent_size = 0
@@ -221,7 +227,7 @@ class Writer(threading.Thread):
         while True:
             with self._cv:
                 while not self._jobs and not self._stopping and not self._flush_waiters:
-                    timeout = self.commit_interval - (time.monotonic() - last_commit) if batch else None
+                    timeout = self._interval - (time.monotonic() - last_commit) if batch else None
                     if timeout is not None and timeout <= 0:
                         break
                     self._cv.wait(timeout)
@@ -237,10 +243,13 @@ class Writer(threading.Thread):
                         self._pending_bytes -= sum(j.nbytes for j in nodes)
                         self._cv.notify_all()
                     batch += jobs
-                    due = time.monotonic() - last_commit >= self.commit_interval or len(batch) >= 512
+                    due = time.monotonic() - last_commit >= self._interval or len(batch) >= 512
                     if batch and (due or waiters or stop):
+                        started = time.monotonic()
                         self._commit(batch)
                         batch, last_commit = [], time.monotonic()
+                        self._interval = min(max(self.commit_interval, (last_commit - started) / COMMIT_COST_SHARE),
+                                             max(self.commit_interval, MAX_COMMIT_INTERVAL))
             except BaseException as exc:  # surfaced to the producer on its next call
                 log.error("the store's writer failed: %s: %s", type(exc).__name__, exc)
                 with self._cv:
