@@ -44,14 +44,21 @@ def _threads() -> ThreadPoolExecutor:
 class RowChunks:
     """Direct access to the chunk files of one zarr v3 array of one-row chunks, Blosc-compressed."""
 
-    def __init__(self, folder: Path, array) -> None:
+    def __init__(self, folder: Path, chunk_words: int, n_words: int, dtype, blosc: dict) -> None:
+        """``blosc``: the array's blosc codec configuration as zarr.json spells it (cname, clevel,
+        shuffle, blocksize, typesize)."""
         self.folder = folder  # the array's folder (holding zarr.json)
-        self.chunk_words = int(array.chunks[1])
-        self.n_words = int(array.shape[1])
-        self.dtype = np.dtype(array.dtype)
-        blosc = array.compressors[0]
-        self.codec = Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=_SHUFFLE[blosc.shuffle.value],
-                           blocksize=blosc.blocksize, typesize=blosc.typesize or self.dtype.itemsize)
+        self.chunk_words, self.n_words, self.dtype = int(chunk_words), int(n_words), np.dtype(dtype)
+        self.codec = Blosc(cname=blosc["cname"], clevel=blosc["clevel"], shuffle=_SHUFFLE[blosc["shuffle"]],
+                           blocksize=blosc.get("blocksize", 0), typesize=blosc.get("typesize") or self.dtype.itemsize)
+
+    @classmethod
+    def of_array(cls, folder: Path, array) -> "RowChunks":
+        """For an open zarr array (see ``supports``)."""
+        b = array.compressors[0]
+        config = {"cname": b.cname.value, "clevel": b.clevel, "shuffle": b.shuffle.value, "blocksize": b.blocksize,
+                  "typesize": b.typesize}
+        return cls(folder, array.chunks[1], array.shape[1], array.dtype, config)
 
     @staticmethod
     def supports(array) -> bool:

@@ -85,7 +85,7 @@ class WeightArrays:
         key = (arch_id, name)
         if key not in self._direct:
             array = self._array(arch_id, name)
-            self._direct[key] = RowChunks(self.path / arch_id / name, array) if RowChunks.supports(array) else None
+            self._direct[key] = RowChunks.of_array(self.path / arch_id / name, array) if RowChunks.supports(array) else None
         return self._direct[key]
 
     def write_rows(self, arch_id: str, name: str, first_row: int, data: np.ndarray) -> int | None:
