@@ -293,7 +293,7 @@ def bench_read_latency(path: Path, snaps: list[dict], k: int, quick: bool, exact
 def bench_save_overhead(task, quick: bool) -> dict:
     steps, reps = (60, 2) if quick else (200, 3)
     runs = {"nosave": [], "save_loop": [], "save_total": []}
-    append_ms = []
+    append_ms, cpu = [], {"nosave_process": [], "save_process": [], "save_writer_thread": []}
     for rep in range(reps):
         for mode in ("nosave", "save"):
             gc.collect()
@@ -301,7 +301,7 @@ def bench_save_overhead(task, quick: bool) -> dict:
             path = WORK / f"overhead_{rep}"
             store = fipgraph.open_store(path, mode="a") if mode == "save" else None
             prev = None
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), process_cpu()
             for i in range(steps):
                 loss = step()
                 if store is not None:
@@ -311,8 +311,13 @@ def bench_save_overhead(task, quick: bool) -> dict:
             t_loop = time.perf_counter() - t0
             if store is None:
                 runs["nosave"].append(t_loop)
+                cpu["nosave_process"].append(process_cpu() - cpu0)
             else:
+                store.flush()
+                # the writer thread's own CPU: if it exceeds a training step, saving every step is writer-bound
+                cpu["save_writer_thread"].append(time.clock_gettime(time.pthread_getcpuclockid(store._writer.ident)))
                 store.close()  # flush + commit: the build is done when its nodes are durable in the catalog
+                cpu["save_process"].append(process_cpu() - cpu0)
                 runs["save_loop"].append(t_loop)
                 runs["save_total"].append(time.perf_counter() - t0)
                 with fipgraph.open_store(path, mode="r") as r:
@@ -328,7 +333,17 @@ def bench_save_overhead(task, quick: bool) -> dict:
         "ratio_including_flush": median(runs["save_total"]) / base,
         "append_call_ms_median": median(append_ms),
         "append_call_ms_p90": float(np.percentile(append_ms, 90)),
+        "cpu_seconds": cpu,
+        "writer_thread_cpu_ms_per_node": 1e3 * median(cpu["save_writer_thread"]) / steps,
+        "nosave_cpu_ms_per_step": 1e3 * median(cpu["nosave_process"]) / steps,
+        "extra_process_cpu_ms_per_node": 1e3 * (median(cpu["save_process"]) - median(cpu["nosave_process"])) / steps,
     }
+
+
+def process_cpu() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    r = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,7 +373,9 @@ def writer_profile(snaps: list[dict], reps: int) -> dict:
     rows, parent, gp = layout.pack(sd), layout.pack(parent_sd), layout.pack(gp_sd)
     enc = codec.encode(layout, rows, parent, gp, "pred")
     residual = enc.arrays["float32"]
-    blosc = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
+    from fipgraph.storage.weights import BLOSC_BLOCK_BYTES
+
+    blosc = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE, blocksize=BLOSC_BLOCK_BYTES)
     out = {
         "snapshot_pack": _ms(lambda: layout.pack(sd), reps),
         "nonfinite_check_sum": _ms(lambda: [torch.isfinite(t.sum()).all() for t in sd.values()], reps),
@@ -371,6 +388,24 @@ def writer_profile(snaps: list[dict], reps: int) -> dict:
         numcodecs.blosc.set_nthreads(threads)
         out[f"blosc_zstd1_shuffle_{threads}thread"] = _ms(lambda: blosc.encode(residual), reps)
     out["blosc_ratio"] = len(blosc.encode(residual)) / residual.nbytes
+    numcodecs.blosc.set_nthreads(1)
+    # entropy-stage candidates on the same residual (name -> (ms, bytes / raw)); the store uses the first
+    variants = {"zstd1_shuffle_1MiB_blocks (the store's)": blosc,
+                "zstd1_shuffle_auto_blocks (before)": numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE),
+                "lz4_shuffle_1MiB_blocks": numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE,
+                                                           blocksize=BLOSC_BLOCK_BYTES)}
+    out["entropy_variants"] = {k: (_ms(lambda c=c: c.encode(residual), reps), len(c.encode(residual)) / residual.nbytes)
+                               for k, c in variants.items()}
+    try:  # pcodec (pip install pcodec): smaller, but slower at every level that is
+        from pcodec import ChunkConfig, standalone
+
+        for level in (4, 8):
+            cfg = ChunkConfig(compression_level=level)
+            out["entropy_variants"][f"pcodec_level{level}"] = (
+                _ms(lambda: standalone.simple_compress(residual, cfg), reps),
+                len(standalone.simple_compress(residual, cfg)) / residual.nbytes)
+    except ImportError:
+        pass
     return out
 
 
@@ -549,7 +584,10 @@ def bench_big_catalog(quick: bool) -> dict:
 def engine_rows(e: dict, row) -> None:
     prof = e["writer_profile_ms_per_node"]
     for stage, ms in prof.items():
-        if stage != "blosc_ratio":
+        if stage == "entropy_variants":
+            for name, (v_ms, ratio) in ms.items():
+                row(f"entropy stage on one residual row: {name}", f"{v_ms:.2f} ms, {ratio:.3f}x raw")
+        elif stage != "blosc_ratio":
             row(f"writer stage per node (1M params, ms, alone on one thread): {stage}", f"{ms:.2f} ms")
     v = e["verify_on_read"]
     row(f"verify-on-read cost: read all {e['steps'] + 1} nodes in order, verify on / off",
@@ -582,6 +620,11 @@ def table(res: dict) -> str:
                 f"append() call median {o['append_call_ms_median']:.2f} ms", f"<= {TARGETS['save_overhead_max']}x",
                 o["ratio_including_flush"] <= TARGETS["save_overhead_max"])
             row("  training step without saving (ms)", f"{o['nosave_step_ms']:.1f} ms")
+            if "writer_thread_cpu_ms_per_node" in o:
+                row("  writer thread CPU per saved node / extra process CPU per saved node",
+                    f"{o['writer_thread_cpu_ms_per_node']:.1f} ms / {o['extra_process_cpu_ms_per_node']:.1f} ms "
+                    f"vs {o['nosave_cpu_ms_per_step']:.1f} ms CPU per training step (floor of the ratio with one writer "
+                    f"thread: {o['writer_thread_cpu_ms_per_node'] / o['nosave_cpu_ms_per_step']:.2f}x)")
         return "\n".join(lines)
 
     comp = res["compression"]

@@ -130,7 +130,9 @@ def _count(store_dir: Path, run: str) -> int:
 
 
 def test_killed_worker_is_retried_without_lost_or_duplicated_nodes(tmp_path):
-    text = FOUR_RUNS.split("[[runs]]")[0] + '[[runs]]\nname = "long"\nop = "finetune"\nsteps = 400\n'
+    # long enough (a few seconds) that the kill lands mid-run: the driver's commits may be up to
+    # MAX_COMMIT_INTERVAL apart, so 5 visible nodes can lag the worker by a second or two
+    text = FOUR_RUNS.split("[[runs]]")[0] + '[[runs]]\nname = "long"\nop = "finetune"\nsteps = 1600\n'
     config = _config(tmp_path, text)
     local = build(config, tmp_path / "local", progress=False)
     thread, box = _in_thread(build_ray, config, tmp_path / "ray")

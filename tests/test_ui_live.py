@@ -15,7 +15,9 @@ from fipgraph.ui import server as server_mod
 from fipgraph.ui.app import create_app
 from fipgraph.ui.reader import StoreView
 
-BUILD = ["runs.task1.steps=100", "runs.continual.steps=100", "runs.finetune.steps=100", "save_every=5"]
+# a few seconds of build, so that several commits land while the UI reads (they may be up to 2 s apart when
+# commits are costly, e.g. on a loaded machine)
+BUILD = ["runs.task1.steps=300", "runs.continual.steps=300", "runs.finetune.steps=300", "save_every=5"]
 
 
 def test_a_build_runs_while_the_ui_reads_and_new_nodes_show(tmp_path):

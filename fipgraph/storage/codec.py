@@ -54,11 +54,12 @@ def lossless_encoding(chain_depth: int) -> str:
     return "key" if chain_depth == 0 else "diff" if chain_depth == 1 else "pred"
 
 
-def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None) -> np.ndarray:
+def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Zig-zag coded ``words - prediction`` (sign folded into the low bit, so small residuals of
     either sign have zero high bytes), built in one new array a block at a time: whole-row temporaries
     cost ~1.7 s and 1 GB per SmolLM2 node, blocks of 1M words stay in cache."""
-    r = np.empty_like(words)
+    r = np.empty_like(words) if out is None else out
     signed, top = np.dtype(f"i{r.dtype.itemsize}"), r.dtype.itemsize * 8 - 1
     for lo in range(0, r.size, DECODE_BLOCK):
         z = r[lo:lo + DECODE_BLOCK]
@@ -108,8 +109,9 @@ def _lossy(group: Group, encoding: str) -> bool:
 
 
 def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | None, encoding: str,
-           tolerance: float | None = None) -> Encoded:
-    """Encode one node's rows given its parent's and grandparent's decoded rows (None where unused)."""
+           tolerance: float | None = None, out: dict[str, np.ndarray] | None = None) -> Encoded:
+    """Encode one node's rows given its parent's and grandparent's decoded rows (None where unused).
+    ``out``: reusable residual rows by array name (filled in and reused when their size matches)."""
     arrays, decoded, error, step_error = {}, {}, 0.0, None
     for g in layout.groups:
         words = rows[g.dtype]
@@ -126,7 +128,12 @@ def encode(layout: Layout, rows: Rows, parent: Rows | None, grandparent: Rows | 
             decoded[g.dtype], error = recon, max(error, err)
         else:  # diff, pred, and the exact groups (integers, bools) of a lossy node
             gp = grandparent[g.dtype] if encoding == "pred" else None
-            arrays[g.dtype] = _residual(words, parent[g.dtype], gp)
+            buf = None
+            if out is not None:
+                buf = out.get(g.dtype)
+                if buf is None or buf.shape != words.shape or buf.dtype != words.dtype:
+                    buf = out[g.dtype] = np.empty_like(words)
+            arrays[g.dtype] = _residual(words, parent[g.dtype], gp, buf)
             decoded[g.dtype] = words
     return Encoded(arrays, decoded, error, step_error)
 

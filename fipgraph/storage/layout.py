@@ -97,6 +97,10 @@ def _tie_key(t: torch.Tensor) -> tuple:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
+INTERNED_MAX = 256  # architectures remembered by Layout.of (a store rarely sees more than a few)
+_INTERNED: dict = {}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Parameter names, shapes and dtypes of one architecture, in state-dict order.
@@ -120,7 +124,12 @@ class Layout:
             if key is not None:
                 first[key] = k
             params.append((k, tuple(v.shape), str(v.dtype).removeprefix("torch.")))
-        return cls(tuple(params), tuple(ties))
+        layout = cls(tuple(params), tuple(ties))
+        # one instance per architecture: its cached groups, sizes and id are computed once, not on every
+        # append (0.3-0.5 ms of the training thread's time per saved step on a 6-tensor MLP)
+        if len(_INTERNED) > INTERNED_MAX:
+            _INTERNED.clear()
+        return _INTERNED.setdefault(layout, layout)
 
     @classmethod
     def from_spec(cls, params: list, ties: list | None = None) -> "Layout":
@@ -193,15 +202,18 @@ class Layout:
             "Append it without a parent to start a new root, or pass allow_arch_change=True."
         )
 
-    def pack(self, state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Copy a state dict into one contiguous word array per dtype group (the snapshot)."""
+    def pack(self, state: Mapping[str, torch.Tensor], take=None) -> dict[str, np.ndarray]:
+        """Copy a state dict into one contiguous word array per dtype group (the snapshot);
+        ``take(dtype, n)`` supplies the arrays (e.g. reused buffers), else they are new."""
         import torch
 
         rows = {}
         for g in self.groups:
             parts = [state[name].detach().reshape(-1).cpu().contiguous().view(torch.uint8) for name in g.names]
-            flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
-            rows[g.dtype] = flat.numpy().view(g.word).copy() if len(parts) == 1 else flat.numpy().view(g.word)
+            out = take(g.word, g.n_words) if take is not None else np.empty(g.n_words, dtype=g.word)
+            if parts:
+                torch.cat(parts, out=torch.from_numpy(out.view(np.uint8)))
+            rows[g.dtype] = out
         return rows
 
     def unpack(self, rows: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -125,7 +125,7 @@ class RowReader:
     def read_slice(self, wanted: int, node_id: int, info: NodeInfo, name: str, lo: int, hi: int) -> np.ndarray:
         """Words lo..hi of one stored array's row (only the chunks overlapping them are read)."""
         try:
-            return self.weights.array(info.arch_id, name)[info.row, lo:hi]
+            return self.weights.read_words(info.arch_id, name, info.row, lo, hi)
         except Exception as exc:  # truncated or scrambled compressed bytes
             raise self._corrupt(wanted, node_id, self._files(info),
                                 f"its chunks do not decompress ({type(exc).__name__}: {exc})") from exc

@@ -39,8 +39,9 @@ ENCODINGS = {"lossless": "lossless", "int8": "q8", "bounded": "bnd"}
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
     """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``.
 
-    Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s),
-    ``max_pending_bytes`` (1 GiB of snapshots queued before append blocks), ``cache_bytes`` (1 GiB of
+    Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s; the
+    writer spaces commits further, up to 2 s, when one takes over a tenth of that), ``max_pending_bytes`` (1 GiB
+    of snapshots queued before append blocks; also the bound on idle snapshot buffers kept for reuse), ``cache_bytes`` (1 GiB of
     decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
     parents, beyond the last two a chain always needs), ``durable`` (False; True fsyncs chunk files and the catalog before a
     commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
@@ -204,7 +205,7 @@ class Store:
             if layout.ties:
                 arch_spec["ties"] = layout.ties_spec()
         writer.wait_for_room(sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups))
-        rows = layout.pack(state)
+        rows = layout.pack(state, take=writer.buffers.take)
 
         node_id = self._next_id
         depth = 0

@@ -1,8 +1,9 @@
 """The background writer: encodes and writes weights, then commits catalog rows in batches.
 
 Training threads only snapshot the weights (one memcpy) and enqueue; this thread does the delta encoding,
-compression, Zarr writes, norms and distances, and commits to DuckDB at most every
-``commit_interval`` seconds. The training thread pays only for the snapshot; on a small machine the
+compression, chunk writes, norms and distances, and commits to DuckDB at most every
+``commit_interval`` seconds (further apart when commits are costly: at most COMMIT_COST_SHARE of the writer's
+time, at most MAX_COMMIT_INTERVAL apart). The training thread pays only for the snapshot; on a small machine the
 writer's CPU still competes with training (measured in benchmarks/RESULTS.md).
 Order is kept: a job commits in the same or a later transaction than every job queued before it.
 Write order makes crashes safe: chunks first, catalog rows (the commit point) last.
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from fipgraph.storage import codec
+from fipgraph.storage.buffers import BufferPool
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
@@ -75,8 +77,18 @@ RECENT_MAX_NODES = 4
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
 CHUNKS_PER_WRITE = 2  # chunks zarr compresses concurrently per call (two cores here)
 
+COMMIT_COST_SHARE = 0.1  # a catalog commit (open DuckDB, insert, close: 20-40 ms of CPU measured here) may
+# take at most this share of the writer's time: when saving every step, commits space out beyond commit_interval
+MAX_COMMIT_INTERVAL = 2.0  # ... but never further apart than this (seconds), so readers see nodes promptly
+
+IMMEDIATE_BYTES = 1 << 18  # nodes this large are written as soon as they are encoded (one chunk file per
+# row: batching them saves nothing), so their residual lives in one reused buffer, not one per queued node
+
 STATS_BLOCK = 1 << 16  # float64 elements per block: 512 KiB buffers stay in L2; whole-tensor float64
 # temporaries cost 15-20 ms per 1M-param node in page faults and memory traffic, blocks 4 ms (measured)
+
+
+_scratch = threading.local()  # per-thread float64 blocks of float_stats
 
 
 def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, np.ndarray] | None) -> tuple[float, float, float | None]:
@@ -85,8 +97,9 @@ def float_stats(layout: Layout, rows: dict[str, np.ndarray], parent: dict[str, n
     xs = layout.float_tensors(rows)
     ps = layout.float_tensors(parent) if parent is not None else [None] * len(xs)
     n = sum(x.numel() for x in xs)
-    x64 = torch.empty(min(STATS_BLOCK, max(n, 1)), dtype=torch.float64)
-    d64 = torch.empty_like(x64)
+    if getattr(_scratch, "x64", None) is None:  # reused: fresh 512 KiB buffers fault in pages every node
+        _scratch.x64, _scratch.d64 = torch.empty(STATS_BLOCK, dtype=torch.float64), torch.empty(STATS_BLOCK, dtype=torch.float64)
+    x64, d64 = _scratch.x64, _scratch.d64
     sq = sq_dist = 0.0
     nonzero = 0
     for x, p in zip(xs, ps):
@@ -115,6 +128,7 @@ class Writer(threading.Thread):
         self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
         self.known_pairs = known_pairs
         self.commit_interval = commit_interval
+        self._interval = commit_interval  # grows with the cost of a commit (see COMMIT_COST_SHARE)
         self.max_pending_bytes = max_pending_bytes
         self.recent_bytes = recent_bytes
         self._recent_size = 0
@@ -127,6 +141,10 @@ class Writer(threading.Thread):
         self._recent: OrderedDict[int, dict] = OrderedDict()  # decoded rows of the last few nodes (parents)
         self._path_length: dict[int, float] = {}
         self._unwritten: dict[int, dict] = {}  # decoded rows of the batch being written
+        self.buffers = BufferPool(max_pending_bytes)  # snapshot buffers, reused once nothing reads them
+        self._retired: list[np.ndarray] = []  # snapshots dropped from _recent, reusable after this batch
+        self._recyclable: set[int] = set()  # nodes in _recent whose rows are their own snapshot buffers
+        self._residuals: dict[str, np.ndarray] = {}  # one reused residual row per stored array (large nodes)
         self.stalled_seconds = 0.0  # total time producers waited for queue space (saving was the bottleneck)
         self._stall_window = (time.monotonic(), 0.0)  # (start, stalled seconds) since the last report
 
@@ -209,7 +227,7 @@ class Writer(threading.Thread):
         while True:
             with self._cv:
                 while not self._jobs and not self._stopping and not self._flush_waiters:
-                    timeout = self.commit_interval - (time.monotonic() - last_commit) if batch else None
+                    timeout = self._interval - (time.monotonic() - last_commit) if batch else None
                     if timeout is not None and timeout <= 0:
                         break
                     self._cv.wait(timeout)
@@ -225,10 +243,13 @@ class Writer(threading.Thread):
                         self._pending_bytes -= sum(j.nbytes for j in nodes)
                         self._cv.notify_all()
                     batch += jobs
-                    due = time.monotonic() - last_commit >= self.commit_interval or len(batch) >= 512
+                    due = time.monotonic() - last_commit >= self._interval or len(batch) >= 512
                     if batch and (due or waiters or stop):
+                        started = time.monotonic()
                         self._commit(batch)
                         batch, last_commit = [], time.monotonic()
+                        self._interval = min(max(self.commit_interval, (last_commit - started) / COMMIT_COST_SHARE),
+                                             max(self.commit_interval, MAX_COMMIT_INTERVAL))
             except BaseException as exc:  # surfaced to the producer on its next call
                 log.error("the store's writer failed: %s: %s", type(exc).__name__, exc)
                 with self._cv:
@@ -257,10 +278,12 @@ class Writer(threading.Thread):
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
             grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
             streamed = job.encoding in codec.LOSSLESS and job.nbytes > STREAM_BYTES
+            immediate = not streamed and job.nbytes >= IMMEDIATE_BYTES and job.encoding in codec.LOSSLESS
             if streamed:  # decoded == the snapshot; the residual is made and written a few chunks at a time
                 enc = codec.Encoded({}, job.rows, 0.0)
             else:
-                enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance)
+                enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance,
+                                   out=self._residuals if immediate else None)
             self._unwritten[job.node_id] = enc.decoded
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
@@ -274,21 +297,28 @@ class Writer(threading.Thread):
             job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
                                checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
                                job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
-            self._keep_recent(job.node_id, enc.decoded)
+            self._keep_recent(job.node_id, enc.decoded, recyclable=job.encoding in codec.LOSSLESS)
             if streamed:
                 job.storage_row[7] = self._write_streamed(job, parent, grandparent)
+            elif immediate:
+                self._write_runs([(job, enc)])
             else:
                 encoded.append((job, enc))
             job.rows = None  # free the snapshot
         self._write_runs(encoded)
         self._unwritten = {}
+        # only now can nothing read the retired snapshots (a later node of this batch may have used one
+        # as its parent, a keyframe's snapshot is its own stored row): the next appends may refill them
+        self.buffers.give(self._retired)
+        self._retired = []
 
     def _write_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> int:
         """Encode and write a large lossless row CHUNKS_PER_WRITE chunks at a time (the residual of a
         whole SmolLM2 row would be another 538 MB); returns the bytes its chunk files take."""
         arch_id = job.layout.arch_id
         names = [g.dtype for g in job.layout.groups if g.n_words]
-        before = self.weights.chunk_bytes(arch_id, names, job.row)
+        before = self.weights.chunk_bytes(arch_id, names, job.row, shared_only=True)
+        written, measured = 0, True
         for g in job.layout.groups:
             words = job.rows[g.dtype]
             step = self.weights.chunk_words(arch_id, g.dtype, g.n_words) * CHUNKS_PER_WRITE
@@ -297,22 +327,29 @@ class Writer(threading.Thread):
                 p = parent[g.dtype][lo:hi] if job.encoding != "key" else None
                 gp = grandparent[g.dtype][lo:hi] if job.encoding == "pred" else None
                 part = codec.encode_words(words[lo:hi], p, gp, job.encoding)
-                self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+                n = self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+                written, measured = written + (n or 0), measured and n is not None
                 del part
         if self.weights.durable:
             for name in names:
                 self.weights.sync_rows(arch_id, name, job.row, job.row)
-        return max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
+        return written if measured else max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
 
-    def _keep_recent(self, node_id: int, decoded: dict) -> None:
+    def _keep_recent(self, node_id: int, decoded: dict, recyclable: bool) -> None:
         """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
         a chain is encoded against its parent and grandparent); older ones only within recent_bytes.
-        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing."""
+        For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing,
+        and when they leave they are retired for reuse (``recyclable``)."""
         self._recent[node_id] = decoded
+        if recyclable:
+            self._recyclable.add(node_id)
         self._recent_size += sum(a.nbytes for a in decoded.values())
         while len(self._recent) > 2 and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
-            _, old = self._recent.popitem(last=False)
+            old_id, old = self._recent.popitem(last=False)
             self._recent_size -= sum(a.nbytes for a in old.values())
+            if old_id in self._recyclable:
+                self._recyclable.discard(old_id)
+                self._retired += old.values()
 
     def _write_runs(self, encoded: list) -> None:
         by_array: dict[tuple[str, str], list] = {}
@@ -330,15 +367,21 @@ class Writer(threading.Thread):
                     run = [item]
             runs.append(run)
             for run in runs:
+                direct = self.weights.is_direct(arch_id, name)
+                if direct:  # each row its own chunk file: write them one by one, sizes known exactly
+                    for row, data, job in run:
+                        job.storage_row[7] += self.weights.write_rows(arch_id, name, row, data[None])
+                    continue
                 before = self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0])
                 # one row: a view, not a copy (np.stack of a 540 MB SmolLM2 row costs 540 MB and ~0.2 s)
                 data = run[0][1][None] if len(run) == 1 else np.stack([data for _, data, _ in run])
-                self.weights.write_rows(arch_id, name, run[0][0], data)
+                written = self.weights.write_rows(arch_id, name, run[0][0], data)
                 del data
                 # growth of the chunk files, shared evenly: exact when rows have chunks of their own
-                grown = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
+                if written is None:
+                    written = max(0, self.weights.chunk_bytes(arch_id, [name], run[0][0], run[-1][0]) - before)
                 for _, _, job in run:
-                    job.storage_row[7] += grown // len(run)
+                    job.storage_row[7] += written // len(run)
 
     def _commit(self, jobs: list) -> None:
         """One transaction for everything queued since the last commit, in queue order."""
