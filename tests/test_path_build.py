@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,36 @@ def test_last_node_is_evaluated_when_steps_are_not_a_multiple_of_save_every(tmp_
                          f"({', '.join(str(r.last_node) for r in result.runs)}) ORDER BY node_id")
     assert last["step"].tolist() == [25, 13, 7]
     assert last["task1_accuracy"].notna().all()  # was missing: the final save did not evaluate
+
+
+def _llama(hidden: int) -> dict:
+    return {"name": "llama", "kwargs": {"vocab_size": 64, "hidden_size": hidden, "num_hidden_layers": 1,
+                                        "num_attention_heads": 2, "intermediate_size": 32}}
+
+
+@pytest.mark.parametrize("config_hidden, accepted", [(16, True), (32, False)])
+def test_a_run_from_a_stored_hf_node_is_checked_by_layout_not_by_spec_name(config_hidden, accepted):
+    """A pretrained LM (e.g. smollm2) is stored under its expanded "hf" spec, so `from = <node id>` with the
+    config's [model] naming it must compare what the two build, not their names (issue 14: co_cl_30)."""
+    from fipgraph.errors import ConfigError
+    from fipgraph.models import build_model
+    from fipgraph.models.hf import hf_spec
+    from fipgraph.path.config import build_config
+
+    build_mod = importlib.import_module("fipgraph.path.build")  # the module: fipgraph.path.build is the function
+
+    stored = hf_spec(build_model(_llama(16)))
+
+    class NodeStore:  # what plan_runs asks of a store: the start node's model spec
+        def arch_spec(self, node_id):
+            return {"model": stored}
+
+    cfg = build_config({"name": "lm", "data": {"source": "digits"}, "model": _llama(config_hidden),
+                        "defaults": {"device": "cpu"}, "runs": [{"name": "b", "op": "finetune", "from": 7, "steps": 2}]})
+    (plan,) = build_mod.plan_runs(cfg, NodeStore(), None)
+    assert plan.spec == stored and plan.expect["kwargs"]["hidden_size"] == config_hidden
+    if accepted:
+        build_mod.check_plan(plan, [], "single", {})
+    else:
+        with pytest.raises(ConfigError, match="node 7 is a"):
+            build_mod.check_plan(plan, [], "single", {})

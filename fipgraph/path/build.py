@@ -24,6 +24,7 @@ from fipgraph.path.interrupt import StopSignal
 from fipgraph.path.objectives import OBJECTIVES
 from fipgraph.path.replicas import group_plans, replica_runs, walk_replicas
 from fipgraph.path.walk import Limits, RunResult, walk
+from fipgraph.storage.layout import Layout
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -36,6 +37,8 @@ class Plan:
     spec: dict  # model spec of every node of this run
     start: int | str | None  # node id, earlier run name, or None (new network)
     group: str | None = None  # the config run this plan is a replica of (replicas = K): walked as one batch
+    expect: dict | None = None  # the config's [model] when the start node's spec names it differently (a
+    # pretrained LM is stored under its expanded "hf" spec): check_plan compares their layouts
 
 
 @dataclass
@@ -63,6 +66,11 @@ def _same_arch(wanted: dict, found: dict) -> bool:
     return w["name"] == f["name"] and all(f["kwargs"].get(k, v) == v for k, v in w["kwargs"].items())
 
 
+def _arch_mismatch(run_name: str, start, spec: dict, explicit: dict) -> ConfigError:
+    return ConfigError(f"run {run_name!r}: node {start} is a {spec} but the config's model is {explicit}; "
+                       f"start from a node of that architecture, or drop [model] from the config")
+
+
 def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Plan]:
     plans: list[Plan] = []
     specs: dict[str, dict] = {}  # config run name -> model spec
@@ -79,13 +87,24 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
             spec = specs[start]
         else:
             spec = _node_spec(store, int(start))
-            if explicit is not None and not _same_arch(explicit, spec):
-                raise ConfigError(f"run {run.name!r}: node {start} is a {spec} but the config's model is {explicit}; "
-                                  f"start from a node of that architecture, or drop [model] from the config")
+            if explicit is not None and not _same_arch(explicit, spec) and spec["name"] != "hf":
+                raise _arch_mismatch(run.name, start, spec, explicit)
         specs[run.name] = spec
         group = run.name if run.replica_seeds() else None
-        plans += [Plan(one, config.run_name(one), spec, one_start, group) for one, one_start in replica_runs(run, start, groups)]
+        expect = normalize_spec(explicit) if explicit is not None and spec["name"] == "hf" and not _same_arch(explicit, spec) else None
+        plans += [Plan(one, config.run_name(one), spec, one_start, group, expect)
+                  for one, one_start in replica_runs(run, start, groups)]
     return plans
+
+
+def _cached_model(spec: dict, models: dict | None) -> torch.nn.Module:
+    key = json.dumps(spec, sort_keys=True, default=str)
+    model = models.get(key) if models is not None else None
+    if model is None:
+        model = build_model(spec)
+        if models is not None:
+            models[key] = model
+    return model
 
 
 def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -> None:
@@ -94,12 +113,9 @@ def check_plan(plan: Plan, tasks: list, head: str, models: dict | None = None) -
     pretrained LM takes ~17 s to load)."""
     run = plan.run
     check_precision(run.precision, resolve_device(run.device))  # e.g. cuda on a machine without it
-    key = json.dumps(plan.spec, sort_keys=True, default=str)
-    model = models.get(key) if models is not None else None
-    if model is None:
-        model = build_model(plan.spec)
-        if models is not None:
-            models[key] = model
+    model = _cached_model(plan.spec, models)
+    if plan.expect is not None and Layout.of(_cached_model(plan.expect, models).state_dict()) != Layout.of(model.state_dict()):
+        raise _arch_mismatch(run.name, plan.start, plan.spec, plan.expect)
     OBJECTIVES[run.op](run, model)  # e.g. sparsify raises if nothing is prunable
     for i, task in enumerate(tasks[: run.task]):
         batch = task.sample(2, seed=0)
