@@ -6,7 +6,7 @@
       PYTHONPATH=/path/to/other/checkout python benchmarks/ab_save_every_step.py
     done
 
-Prints one JSON line: wall seconds of 200 Adam steps of the 1M-parameter MLP (bench_store.py's workload, one
+Prints one JSON line: wall seconds of 200 (env STEPS) Adam steps of the 1M-parameter MLP (bench_store.py's workload, one
 torch thread) plus flush and close, process CPU per step, the training thread's CPU per step, the median CPU of
 ``append()`` and the writer thread's own CPU per node. CPU seconds are what a loaded machine inflates least.
 ``fipgraph`` is imported before bench_store (which puts this checkout first on sys.path), so PYTHONPATH decides.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_store as B  # noqa: E402
 from fipgraph.data import make_tasks  # noqa: E402
 
-STEPS = 200
+STEPS = int(os.environ.get("STEPS", 200))  # STEPS=1000: the store's close (~0.5 s) amortised as in a real build
 
 
 def main() -> None:

@@ -291,7 +291,7 @@ def bench_read_latency(path: Path, snaps: list[dict], k: int, quick: bool, exact
 # 3: save-every-step build vs no-save build
 # ------------------------------------------------------------------------------------------------
 def bench_save_overhead(task, quick: bool) -> dict:
-    steps, reps = (60, 2) if quick else (200, 3)
+    steps, reps = (60, 2) if quick else (1000, 3)  # 1,000 steps: a build, with the store's close (~0.5 s) amortised as in real builds
     runs = {"nosave": [], "save_loop": [], "save_total": []}
     append_ms, cpu = [], {"nosave_process": [], "save_process": [], "save_writer_thread": []}
     for rep in range(reps):
