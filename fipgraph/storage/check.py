@@ -14,7 +14,6 @@ is not a chunk name at all.
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +84,7 @@ def _catalog_rows(root: Path) -> tuple[dict[int, NodeInfo], dict[str, Layout]]:
         archs = con.execute("SELECT arch_id, spec FROM src.archs").fetchall()
     finally:
         con.close()
-    layouts = {}
-    for arch_id, spec in archs:
-        spec = json.loads(spec)
-        layouts[arch_id] = Layout.from_spec(spec["params"], spec.get("ties"))
+    layouts = {arch_id: Layout.from_arch_spec(spec) for arch_id, spec in archs}
     return {int(r[0]): NodeInfo(*r[1:]) for r in rows}, layouts
 
 

@@ -136,6 +136,12 @@ class Layout:
         return cls(tuple((name, tuple(shape), dtype) for name, shape, dtype in params),
                    tuple((alias, target, int(pos)) for alias, target, pos in (ties or [])))
 
+    @classmethod
+    def from_arch_spec(cls, text: str) -> "Layout":
+        """From the catalog's ``archs.spec`` column (JSON with "params" and optional "ties")."""
+        spec = json.loads(text)
+        return cls.from_spec(spec["params"], spec.get("ties"))
+
     def to_spec(self) -> list:
         return [[name, list(shape), dtype] for name, shape, dtype in self.params]
 

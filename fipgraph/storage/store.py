@@ -155,8 +155,7 @@ class Store:
     def layout(self, arch_id: str) -> Layout:
         if arch_id not in self._layouts:
             spec = self.catalog.query("SELECT spec FROM archs WHERE arch_id = ?", [arch_id])["spec"]
-            spec = json.loads(spec[0])
-            self._layouts[arch_id] = Layout.from_spec(spec["params"], spec.get("ties"))
+            self._layouts[arch_id] = Layout.from_arch_spec(spec[0])
         return self._layouts[arch_id]
 
     # -- writing ---------------------------------------------------------------------------------
