@@ -149,7 +149,7 @@ def test_killed_worker_is_retried_without_lost_or_duplicated_nodes(tmp_path):
     log = (tmp_path / "ray" / "build.log").read_text()
     pids = [int(line.split("worker pid ")[1].split()[0]) for line in log.splitlines() if "run four/long on worker pid" in line]
     assert pids[0] == first and len(pids) >= 2 and pids[-1] != first, pids  # it ran again elsewhere
-    assert 5 <= seen_during < 81  # killed mid-run: neither before a node nor after the last one
+    assert 5 <= seen_during < 1600 // 5 + 1  # killed mid-run: neither before a node nor after the last one
     with fipgraph.open_store(tmp_path / "ray", mode="r") as store:
         dup = store.sql("SELECT run_id, step, count(*) AS n FROM nodes GROUP BY run_id, step HAVING n > 1")
         assert dup.empty, dup
