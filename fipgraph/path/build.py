@@ -77,6 +77,7 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
     groups: dict[str, list[int] | None] = {}  # config run name -> its replica seeds
     for run in config.runs:
         start = run.start if run.start is not None else start_override
+        expect = None
         explicit = run.model or config.model
         if start is None:
             if explicit is None:
@@ -87,11 +88,12 @@ def plan_runs(config: BuildConfig, store, start_override: int | None) -> list[Pl
             spec = specs[start]
         else:
             spec = _node_spec(store, int(start))
-            if explicit is not None and not _same_arch(explicit, spec) and spec["name"] != "hf":
-                raise _arch_mismatch(run.name, start, spec, explicit)
+            if explicit is not None and not _same_arch(explicit, spec):
+                if spec["name"] != "hf":
+                    raise _arch_mismatch(run.name, start, spec, explicit)
+                expect = normalize_spec(explicit)  # compared by the layouts both build, in check_plan
         specs[run.name] = spec
         group = run.name if run.replica_seeds() else None
-        expect = normalize_spec(explicit) if explicit is not None and spec["name"] == "hf" and not _same_arch(explicit, spec) else None
         plans += [Plan(one, config.run_name(one), spec, one_start, group, expect)
                   for one, one_start in replica_runs(run, start, groups)]
     return plans

@@ -83,11 +83,11 @@ class RowChunks:
     def read(self, row: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Words lo..hi of ``row``, reading only the chunks they overlap (a new, writeable array)."""
         hi = self.n_words if hi is None else hi
-        first, last = lo // self.chunk_words, max(lo, hi - 1) // self.chunk_words
+        if hi <= lo:
+            return np.empty(0, dtype=self.dtype)
+        first, last = lo // self.chunk_words, (hi - 1) // self.chunk_words
         out = np.empty((last - first + 1) * self.chunk_words, dtype=self.dtype)
         jobs = [(k, out[(k - first) * self.chunk_words:(k - first + 1) * self.chunk_words]) for k in range(first, last + 1)]
-        if hi <= lo:
-            return out[:0]
         if len(jobs) == 1:
             self._read_one(row, *jobs[0])
         else:
