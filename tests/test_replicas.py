@@ -333,3 +333,22 @@ def test_stacked_linear_gives_autograds_gradients_in_the_weights_own_layout(bias
     x = torch.randn(3, 5, 7, generator=gen)  # a first layer's input needs no gradient: none is computed
     (out,) = torch.autograd.grad(StackedLinear.apply(x, w, b).sum(), [w])
     assert torch.allclose(out, upstream.new_ones(3, 5, 4).transpose(1, 2) @ x)
+
+
+def test_an_error_in_a_group_thread_reaches_the_build_and_stops_the_other_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
+    real, taken = replicas_mod.StackedWalks.step, []
+
+    def step(group, streams):
+        if group.recipes[0].name.endswith("/s2") and group.recipes[0].step == 3:
+            raise RuntimeError("boom in the worker's group")
+        taken.append(group.recipes[0].step)
+        return real(group, streams)
+
+    monkeypatch.setattr(replicas_mod.StackedWalks, "step", step)
+    with pytest.raises(RuntimeError, match="boom in the worker's group"):
+        build(build_config(_raw(steps=400)), tmp_path / "s", progress=False)
+    assert max(taken) < 399  # the build thread's group stopped soon after, not at the end of its walk
+    with fipgraph.open_store(tmp_path / "s", "r") as s:  # the nodes saved before the error are stored
+        steps = s.sql("SELECT r.name, n.step FROM nodes n JOIN runs r USING (run_id)")
+    assert sorted(steps[steps["step"] == 0]["name"]) == [f"r/t1/s{k}" for k in range(3)]
