@@ -233,3 +233,122 @@ def test_groups_in_parallel_threads_resume_bit_for_bit(tmp_path, monkeypatch):
     w, r = _nodes(tmp_path / "w"), _nodes(tmp_path / "r")
     for key in w:
         assert all(torch.equal(w[key][k], r[key][k]) for k in w[key]), key
+
+
+# -- groups stepping freely in parallel threads ----------------------------------------------------
+def test_free_running_groups_agree_on_one_step_to_stop_at():
+    from fipgraph.path.interrupt import GroupStop, StopSignal
+    from fipgraph.path.walk import Limits
+
+    stop = StopSignal()
+    halt = GroupStop(2, 0, 10, Limits(), stop)
+    assert all(halt.begin(0) for _ in range(5)) and all(halt.begin(1) for _ in range(2))  # groups at 5 and 2
+    stop.requested = True  # a Ctrl-C while group 0 is three steps ahead: group 1 catches up, then both stop
+    assert [halt.begin(1) for _ in range(4)] == [True, True, True, False] and not halt.begin(0)
+    assert halt.begun == [5, 5] and halt.reason == "interrupt"
+    capped = GroupStop(2, 4, 10, Limits(max_steps=3), StopSignal())  # --max-steps 3 from step 4
+    assert sum(capped.begin(0) for _ in range(6)) == 3 == sum(capped.begin(1) for _ in range(6))
+    assert capped.begun == [7, 7] and capped.reason == "limit"
+    whole = GroupStop(2, 8, 10, Limits(max_steps=5), StopSignal())  # the budget outlasts the walk
+    assert sum(whole.begin(1) for _ in range(6)) == 2 == sum(whole.begin(0) for _ in range(6))
+    assert whole.reason is None
+    fresh = GroupStop(2, 0, 10, Limits(), StopSignal())
+    fresh.abort()  # an error in one group: no group takes another step
+    assert not fresh.begin(0) and not fresh.begin(1)
+
+
+def test_a_stop_seen_by_one_group_stops_every_walk_at_one_step_and_resumes_batched(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fipgraph.build")
+    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
+    raw = _raw(steps=12)
+    build(build_config(raw), tmp_path / "w", progress=False)
+    real = replicas_mod.StackedWalks.step
+    worker = []
+
+    def step(group, streams):  # a Ctrl-C lands while the worker thread's group (s2 alone) is at step 5
+        out = real(group, streams)
+        if group.recipes[0].name.endswith("/s2") and group.recipes[0].step == 5:
+            worker.append(replicas_mod.threading.current_thread().name)
+            group.recipes[0].stop.requested = True
+        return out
+
+    monkeypatch.setattr(replicas_mod.StackedWalks, "step", step)
+    first = build(build_config(raw), tmp_path / "r", progress=False)
+    monkeypatch.setattr(replicas_mod.StackedWalks, "step", real)
+    assert worker and worker[0].startswith("fipgraph-replicas")  # the group of s2 steps in the pool's thread
+    assert first.status == "interrupted" and [r.status for r in first.runs] == ["interrupted"] * 3
+    with fipgraph.open_store(tmp_path / "r", "r") as s:
+        last = s.sql("SELECT r.name, max(n.step) AS step FROM nodes n JOIN runs r USING (run_id) GROUP BY r.name")
+    assert sorted(last["step"]) == [int(last["step"][0])] * 3 and int(last["step"][0]) >= 5  # one step for all
+    caplog.clear()
+    build(build_config(raw), tmp_path / "r", progress=False)
+    assert "t1: 3 replicas walk batched" in caplog.text  # resumed together, not one at a time
+    w, r = _nodes(tmp_path / "w"), _nodes(tmp_path / "r")
+    for key in w:
+        assert all(torch.equal(w[key][k], r[key][k]) for k in w[key]), key
+
+
+def test_a_ctrl_c_during_an_evaluation_in_a_group_thread_only_requests_the_stop():
+    import signal
+    import threading
+
+    from fipgraph.path.interrupt import StopSignal
+
+    stop, inside, release = StopSignal(), threading.Event(), threading.Event()
+
+    def evaluate_in_group_thread():
+        with stop.immediate():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=evaluate_in_group_thread)
+    thread.start()
+    inside.wait(10)
+    stop._handle(signal.SIGINT, None)  # runs on the main thread, as Python's handlers do: no raise here
+    release.set()
+    thread.join()
+    assert stop.requested
+    fresh = StopSignal()
+    with fresh.immediate(), pytest.raises(KeyboardInterrupt):  # the main thread's own evaluation is abandoned
+        fresh._handle(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_linear_gives_autograds_gradients_in_the_weights_own_layout(bias):
+    from fipgraph.path.stacked import StackedLinear
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 7, generator=gen, requires_grad=True)
+    w = torch.randn(3, 4, 7, generator=gen, requires_grad=True)
+    b = torch.randn(3, 4, generator=gen, requires_grad=True) if bias else None
+    upstream = torch.randn(3, 5, 4, generator=gen)
+    want = torch.stack([h[k] @ w[k].T + (b[k] if bias else 0) for k in range(3)])  # K separate layers
+    got = StackedLinear.apply(h, w, b)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    inputs = [h, w] + ([b] if bias else [])
+    want_grads = torch.autograd.grad(want, inputs, upstream)
+    got_grads = torch.autograd.grad(got, inputs, upstream)
+    for g, e in zip(got_grads, want_grads):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6) and g.is_contiguous()
+    x = torch.randn(3, 5, 7, generator=gen)  # a first layer's input needs no gradient: none is computed
+    (out,) = torch.autograd.grad(StackedLinear.apply(x, w, b).sum(), [w])
+    assert torch.allclose(out, upstream.new_ones(3, 5, 4).transpose(1, 2) @ x)
+
+
+def test_an_error_in_a_group_thread_reaches_the_build_and_stops_the_other_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
+    real, taken = replicas_mod.StackedWalks.step, []
+
+    def step(group, streams):
+        if group.recipes[0].name.endswith("/s2") and group.recipes[0].step == 3:
+            raise RuntimeError("boom in the worker's group")
+        taken.append(group.recipes[0].step)
+        return real(group, streams)
+
+    monkeypatch.setattr(replicas_mod.StackedWalks, "step", step)
+    with pytest.raises(RuntimeError, match="boom in the worker's group"):
+        build(build_config(_raw(steps=400)), tmp_path / "s", progress=False)
+    assert max(taken) < 399  # the build thread's group stopped soon after, not at the end of its walk
+    with fipgraph.open_store(tmp_path / "s", "r") as s:  # the nodes saved before the error are stored
+        steps = s.sql("SELECT r.name, n.step FROM nodes n JOIN runs r USING (run_id)")
+    assert sorted(steps[steps["step"] == 0]["name"]) == [f"r/t1/s{k}" for k in range(3)]

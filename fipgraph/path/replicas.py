@@ -16,7 +16,9 @@ give that (per-step hooks on one network, a sparse mask, dropout or buffers, fix
 norm, fp16's shared overflow check, text models, walks at different steps) the K walks run one at a
 time, and the log says why. ``--max-steps`` counts a batched step once: the K walks step together.
 On a CPU with idle cores the K walks split into one stacked group per core, stepped in parallel
-threads, one intra-op thread each (``cpu_plan``); saves and store writes stay on the build's thread.
+threads, one intra-op thread each (``cpu_plan``); the groups step freely (no meeting after each step)
+and each thread saves and evaluates its own walks, appending to the store one node at a time; they
+agree on one step to stop at (``GroupStop``).
 benchmarks/bench_engine.py measures it against K walks one after another.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
@@ -35,6 +38,7 @@ from fipgraph.data.seeds import derive_seed
 from fipgraph.device import move_batch
 from fipgraph.errors import ConfigError
 from fipgraph.models import build_model, model_kind
+from fipgraph.path.interrupt import GroupStop
 from fipgraph.path.memory import batch_stream
 from fipgraph.path.optim import lr_at, make_optimizer, set_lr
 from fipgraph.path.stacked import fused_terms, stacked_forward
@@ -262,13 +266,16 @@ def walk_stacked(recipes: list[ReplicaRun], name: str) -> list[RunResult]:
     """Step the K walks to their budget (or a stop), then let each recipe finish or record its stop.
 
     On a CPU with idle cores the walks split into one stacked group per core (``cpu_plan``), stepped
-    in parallel threads (torch kernels release the GIL) with one intra-op thread each; every save,
-    evaluation and store write stays on this thread, between steps."""
+    in parallel threads (torch kernels release the GIL) with one intra-op thread each; each group's
+    thread also saves and evaluates its own walks, one append to the store at a time."""
     threads = torch.get_num_threads()
     on_cpu = recipes[0].device.type == "cpu"
     n_groups, n_threads = cpu_plan(len(recipes), threads, step_flops(recipes[0])) if on_cpu else (1, threads)
     size = -(-len(recipes) // n_groups)
     groups = [StackedWalks(recipes[i:i + size], name) for i in range(0, len(recipes), size)]
+    appending = threading.Lock()  # Store.append numbers nodes: one group's append at a time
+    for r in recipes:
+        r.saver.store_lock = appending
     torch.set_num_threads(n_threads)
     log.info("%s: %d replicas walk batched (%s; %d group(s) in parallel, %d thread(s) each)", name, len(recipes),
              groups[0].kind, len(groups), n_threads)
@@ -290,36 +297,52 @@ def walk_stacked(recipes: list[ReplicaRun], name: str) -> list[RunResult]:
 
 
 def _loop(groups: list[StackedWalks], recipes: list[ReplicaRun], name: str, pool) -> str | None:
+    """Step every group to the budget or a stop; the first on this thread, the others in ``pool``'s threads.
+
+    The groups do not meet after each step: each steps and saves its own walks (evaluations included,
+    so the last nodes' evaluations also run on every core), and ``GroupStop`` makes them stop at one step."""
     first = recipes[0]
-    limits, stop_signal = first.limits, first.stop
-    streams = [g.streams() for g in groups]
-    bar = tqdm(total=first.total, initial=first.step, desc=f"{name} x{len(recipes)}", unit="step",
-               disable=not limits.progress, dynamic_ncols=True)
-    guarded, running = False, []
+    start = first.step
+    halt = GroupStop(len(groups), start, first.total, first.limits, first.stop)
+    bar = tqdm(total=first.total, initial=start, desc=f"{name} x{len(recipes)}", unit="step",
+               disable=not first.limits.progress, dynamic_ncols=True)
+    jobs = [pool.submit(_walk_group, g, group, halt, None) for g, group in enumerate(groups) if g]
     try:
-        while first.step < first.total:
-            if stop_signal.requested or limits.exhausted():
-                return "interrupt" if stop_signal.requested else "limit"
-            running = [pool.submit(g.step, s) for g, s in zip(groups[1:], streams[1:])]
-            outs = groups[0].step(streams[0])
-            for job in running:
-                outs += job.result()
-            running = []
-            limits.count()  # one batched step, however many groups
-            for r, out in zip(recipes, outs):
-                if r.reference is not None and not guarded and r.step >= 2:
-                    r._check_reference_is_frozen(out)
-                r.after_step(False)
-            guarded = guarded or first.step >= 2
-            bar.update(1)
+        _walk_group(0, groups[0], halt, bar)
+        for job in jobs:
+            job.result()  # a group's error is raised here
     except KeyboardInterrupt:  # a second Ctrl-C: the weights may be mid-step, nothing more is saved
-        wait(running)  # the other groups' step ends before anything reads their weights
+        halt.abort()
+        wait(jobs)  # the other groups' step ends before anything reads their weights
         for r in recipes:
             r.saved_step = r.step
         return "hard-interrupt"
+    except BaseException:
+        halt.abort()
+        wait(jobs)
+        raise
     finally:
         bar.close()
-    return None
+        first.limits.count(first.step - start)  # a step of all K walks counts once, however many groups
+    return halt.reason
+
+
+def _walk_group(g: int, group: StackedWalks, halt: GroupStop, bar) -> None:
+    """Group ``g``'s steps and its walks' saves until ``halt`` says stop (on the thread that calls it)."""
+    stream, guarded = group.streams(), False
+    try:
+        while halt.begin(g):
+            outs = group.step(stream)
+            for r, out in zip(group.recipes, outs):
+                if r.reference is not None and not guarded and r.step >= 2:
+                    r._check_reference_is_frozen(out)
+                r.after_step(False)
+            guarded = guarded or group.recipes[0].step >= 2
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        halt.abort()  # the other groups stop at their next step
+        raise
 
 
 def cpu_plan(k: int, current: int, flops_per_walk: float = float("inf")) -> tuple[int, int]:

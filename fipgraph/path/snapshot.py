@@ -23,6 +23,7 @@ lose it, and ``drain`` (called when a walk stops or finishes) appends it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -98,6 +99,8 @@ class NodeSaver:
         self.last_id: int | None = None  # the last node this saver appended
         self._flight: collections.deque[_InFlight] = collections.deque()
         self._free: list[HostBuffers] = []
+        # held around each Store.append: several threads saving into one store share one (replica groups)
+        self.store_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
 
     @property
     def deferred(self) -> bool:
@@ -118,7 +121,8 @@ class NodeSaver:
             self.drain()
             od = None if distance is None else float(distance) / distance_per
             parent = self.last_id if parent is PENDING else parent
-            self.last_id = self.store.append(host_state_dict(net), parent=parent, output_distance=od, **meta)
+            with self.store_lock:
+                self.last_id = self.store.append(host_state_dict(net), parent=parent, output_distance=od, **meta)
             return self.last_id
         state = net.state_dict()
         while len(self._flight) >= self.depth:  # the bounded queue is full: wait for the oldest snapshot
@@ -165,7 +169,8 @@ class NodeSaver:
             weights.fipgraph_spec = job.spec
             od = None if job.distance_per is None else float(job.buffers.distance) / job.distance_per
             parent = self.last_id if job.parent is PENDING else job.parent
-            self.last_id = self.store.append(weights, parent=parent, output_distance=od, **job.meta)
+            with self.store_lock:
+                self.last_id = self.store.append(weights, parent=parent, output_distance=od, **job.meta)
         except BaseException:
             self._flight.clear()  # the later snapshots descend from this node: none of them can be stored
             raise

@@ -53,14 +53,41 @@ def mlp_plan(model: nn.Module, names: list[str]) -> Plan | None:
     return plan
 
 
+class StackedLinear(torch.autograd.Function):
+    """``h @ w^T + b`` of K stacked layers: h (K, N, in), w (K, out, in), b (K, out) or None.
+
+    Its backward writes each weight's gradient straight in the weight's (K, out, in) layout. Autograd's
+    own ``bmm`` backward gives it transposed, and AccumulateGrad then copies it into that layout: for 4
+    stacked LeNet-300-100s at batch 64 that made the backward 5.0 ms of CPU instead of 2.6 ms (one
+    thread; the forward is the same). The same products, so the same values up to float rounding."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        return torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w = ctx.saved_tensors
+        grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None  # not for the first layer's input
+        grad_w = torch.bmm(grad.transpose(1, 2), h) if ctx.needs_input_grad[1] else None  # (K, out, in)
+        grad_b = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b
+
+
 def run_mlp(plan: Plan, weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits (K, N, C) of K MLPs with stacked ``weights`` (K, out, in) on their own inputs ``x`` (K, N, ...)."""
+    # under autocast (bf16) the plain ops, whose backward autocast and autograd cast for us
+    own_backward = not torch.is_autocast_enabled(x.device.type)
     h = x
     for op in plan:
         if op[0] == "flatten":
             h = h.flatten(2)
         elif op[0] == "relu":
             h = torch.relu(h)
+        elif own_backward:
+            h = StackedLinear.apply(h, weights[op[1]], None if op[2] is None else weights[op[2]])
         elif op[2] is None:
             h = torch.bmm(h, weights[op[1]].transpose(1, 2))
         else:

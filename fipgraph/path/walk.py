@@ -60,9 +60,9 @@ class Limits:
             return True
         return self.deadline is not None and time.time() >= self.deadline
 
-    def count(self) -> None:
+    def count(self, steps: int = 1) -> None:
         if self.max_steps is not None:
-            self.max_steps -= 1
+            self.max_steps -= steps
 
 
 @dataclass
