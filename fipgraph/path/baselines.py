@@ -18,7 +18,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +45,8 @@ def need_earlier_task(run: Any) -> None:
 
 def lineage(store: Any, node: int) -> list[dict]:
     """``node`` and its ancestors (rows of the nodes table), nearest first."""
+    import pandas as pd  # here, not at module level: every Ray worker imports this module (0.4 s for pandas)
+
     rows: list[dict] = []
     current: Any = node
     while current is not None and not pd.isna(current):
@@ -57,6 +58,8 @@ def lineage(store: Any, node: int) -> list[dict]:
 
 def _trained_task(store: Any, run_id: Any, cache: dict) -> int | None:
     """The task a run trained by cross-entropy (None for runs that train no task, e.g. sparsify)."""
+    import pandas as pd
+
     if run_id is None or pd.isna(run_id):
         return None
     rid = int(run_id)

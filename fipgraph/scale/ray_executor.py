@@ -114,12 +114,15 @@ class _RayRecipe(RunRecipe):
 
 
 def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str, resolved: dict, eval_all: bool,
-                deadline: float | None, threads: int) -> RunResult:
-    """The body of one run's Ray task (on any worker of the cluster)."""
+                deadline: float | None, threads: int, opened: list) -> RunResult:
+    """The body of one run's Ray task (on any worker of the cluster). ``opened`` holds the ref of the writer's
+    ``open`` call, awaited here (in a list, so the task starts before it): Ray orders one caller's actor
+    calls, not calls from different callers, so this worker's first call could otherwise come before it."""
     import ray
     import torch
 
     torch.set_num_threads(threads)
+    ray.get(opened[0])
     pid, host = worker_identity()
     sender = ray.get(writer.register.remote(plan.name, pid, host))
     store = RemoteStore(writer, store_dir, sender)
@@ -140,16 +143,23 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     # a cluster to join is joined first, so a bad --address creates nothing; a local Ray starts after
     # the config's checks (it takes seconds)
     ray = connect(address, num_cpus) if address is not None else _import_ray()
-    with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
-        tasks, plans = _prepare(config, store, start)
-    ray = connect(address, num_cpus)
-    check_resources(ray, plans)
+    # joined already: the writer's process and the workers' imports (seconds each) start beside the checks
+    writer = _start_early(ray, store_dir, len(config.runs)) if ray.is_initialized() else None
+    try:
+        with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
+            tasks, plans = _prepare(config, store, start)
+        ray = connect(address, num_cpus)
+        check_resources(ray, plans)
+    except BaseException:
+        if writer is not None:  # it never opened the store
+            ray.kill(writer)
+        raise
+    writer = writer or _start_writer(ray, store_dir)
     handler = _setup_log(store_dir)
-    writer = _start_writer(ray, store_dir, durable)
     try:
         deadline = None if max_hours is None else time.time() + 3600 * max_hours
-        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads,
-                                    writer.who.remote())
+        opened = writer.open.remote(str(store_dir.resolve()), durable)  # after the driver let the store go
+        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads, opened)
         ray.get(writer.call.remote(None, "flush"))
         merged, seconds, cpu = ray.get(writer.merge_cost.remote())
         log.info("build %s: %d nodes merged, %.2f ms each on the writer (%.2f CPU-ms each in the writer's process)",
@@ -186,15 +196,31 @@ def writer_name(store_dir: str | Path) -> str:
     return f"fipgraph-writer:{Path(store_dir).resolve()}"
 
 
-def _start_writer(ray: Any, store_dir: Path, durable: bool) -> Any:
-    """The writer actor, pinned to this (the driver's) machine: the store lives on its disk."""
+def _start_writer(ray: Any, store_dir: Path) -> Any:
+    """The writer actor, pinned to this (the driver's) machine: the store lives on its disk. It imports
+    what the store needs at once and opens the store when asked (``open``), once the driver lets it go."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(StoreWriter).options(
         name=writer_name(store_dir), num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
-    return actor.remote(str(store_dir.resolve()), durable)  # its start overlaps the workers' (see _schedule)
+    return actor.remote()  # its start overlaps the workers' (see _schedule)
+
+
+def _warm_up() -> None:
+    """Nothing: a worker that runs this has imported this module (torch, the run engine), so a run's task
+    that comes to it starts at once."""
+
+
+def _start_early(ray: Any, store_dir: Path, runs: int) -> Any:
+    """The writer actor, and one warm-up task per run that can start at once (at most one per CPU): a fresh
+    worker process spends seconds importing torch and fipgraph, which then overlap the driver's checks."""
+    writer = _start_writer(ray, store_dir)
+    warm = ray.remote(_warm_up).options(num_cpus=1, max_retries=0, name="fipgraph:warm-up")
+    for _ in range(min(runs, int(ray.available_resources().get("CPU", 0)))):
+        warm.remote()  # not awaited: a worker that fails here fails the run's own task with its error
+    return writer
 
 
 def _fits(ray: Any, running: list[Plan], plan: Plan) -> bool:
@@ -212,11 +238,13 @@ def _fits(ray: Any, running: list[Plan], plan: Plan) -> bool:
 
 
 def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: Path, tasks_ref: Any,
-              deadline: float | None, threads: int, writer_ready: Any) -> tuple[list[RunResult], dict[str, str]]:
+              deadline: float | None, threads: int, opened: Any) -> tuple[list[RunResult], dict[str, str]]:
     """Submit each run once its ``from`` run has finished and the cluster has room for it; collect results
-    as they come. ``writer_ready`` is awaited after the first runs are submitted (both start at once)."""
+    as they come. ``opened`` (the ref of the writer's ``open``) is awaited after the first runs are
+    submitted (both start at once)."""
     remote = ray.remote(walk_remote)
     waiting, running, done, failed = list(plans), {}, {}, {}
+    writer_ready = opened
     while waiting or running:
         for plan in list(waiting):
             dep = plan.start if isinstance(plan.start, str) else None
@@ -231,7 +259,7 @@ def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, sto
                 ref = remote.options(num_cpus=plan.run.num_cpus, num_gpus=plan.run.num_gpus, max_retries=MAX_RETRIES,
                                      retry_exceptions=False, name=f"fipgraph:{plan.name}").remote(
                     plan, writer, str(store_dir.resolve()), tasks_ref, config.data.head,
-                    resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads)
+                    resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads, [opened])
                 running[ref], _ = plan, waiting.remove(plan)
         if writer_ready is not None:
             ray.get(writer_ready)  # the store is open in the writer (or its error surfaces here)

@@ -70,12 +70,13 @@ class StaleSenderError(FipgraphError):
 class StoreWriter:
     """The Ray actor that holds the build's one read-write store (one call at a time, in each caller's order)."""
 
-    def __init__(self, store_dir: str, durable: bool) -> None:
-        import fipgraph
-        from fipgraph.path.build import _setup_log
+    def __init__(self, store_dir: str | None = None, durable: bool = False) -> None:
+        """Opens the store at ``store_dir``; without it the actor only imports what the store needs (seconds
+        of a fresh process), so the driver can start it while it still checks the config, and ``open`` later."""
+        import fipgraph.path.build  # noqa: F401 - the build log's setup, and the store and torch with it
+        import fipgraph.storage.store  # noqa: F401
 
-        self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
-        _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
+        self.store: Any = None
         self.senders: dict[str, dict] = {}  # run name -> the worker that walks it (pid, host, sender)
         self.run_of: dict[str, str] = {}  # sender -> its run's name
         self.pending: dict[str, dict[int, int]] = {}  # sender -> {pending id: node id}
@@ -83,6 +84,16 @@ class StoreWriter:
         self.written: dict[int, float] = {}  # run id -> when its state was last written to disk
         self.merge_seconds, self.merged, self.closed = 0.0, 0, False
         self.cpu_at_first: float | None = None  # process CPU time when the first node arrived
+        if store_dir is not None:
+            self.open(store_dir, durable)
+
+    def open(self, store_dir: str, durable: bool) -> None:
+        """Open the build's store for writing (once the driver, which checked the config against it, let it go)."""
+        import fipgraph
+        from fipgraph.path.build import _setup_log
+
+        self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
+        _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
 
     def register(self, name: str, pid: int, host: str) -> str:
         """A run's task says where it runs (logged; the tests kill that worker); returns its sender name.
@@ -193,7 +204,8 @@ class StoreWriter:
             for run_id in list(self.latest):
                 self._write_state(run_id)
             self.closed = True
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
 
 FORWARDED = {"find_run", "start_run", "set_run_status", "finish_run", "add_evals", "add_evals_many",
