@@ -21,6 +21,7 @@ BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/wiki' THEN 'pretrained (+1 wiki step)'
   WHEN r.name LIKE '%/continual%' THEN 'CL (news)'
   WHEN r.name LIKE '%/cl_co_%' THEN 'CL then Co'
+  WHEN regexp_matches(r.name, '/co_cl_[0-9]+_2$') THEN 'Co then CL, zeros lost (bug, session 3)'
   WHEN r.name LIKE '%/co_cl_%' THEN 'Co then CL'
   WHEN r.name LIKE '%/co_%' THEN 'Co (sparsify)'
   ELSE 'first sparsify try (diverged)' END"""

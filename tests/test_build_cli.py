@@ -200,6 +200,29 @@ def test_store_table_writes_bounded_rows_and_keeps_the_sparse_mask(tmp_path, cap
     assert all(bool((walked[k][z] == 0).all()) for k, z in zeros.items())  # and the walk from it kept them
 
 
+def test_zeros_stay_zero_through_a_chain_of_walks_from_a_sparse_node(tmp_path, capsys):
+    """sparsify -> walk -> walk: the second walk starts from the first walk's node, which is not a sparsify
+    node; the first walk's nodes carry the sparse_mask tag, so the second keeps the same zeros (it lost them)."""
+    text = open(EXAMPLES + "/sparsify.toml").read().split("[[runs]]")[:3]  # dense, sparsify
+    chain = ('[[runs]]\nname = "walk1"\nop = "undirected"\nfrom = "sparsify"\ntask = 1\nlr = 1e-2\nsteps = 10\n\n'
+             '[[runs]]\nname = "walk2"\nop = "undirected"\nfrom = "walk1"\ntask = 1\nlr = 1e-2\nsteps = 10\n')
+    (tmp_path / "chain.toml").write_text("[[runs]]".join(text) + chain)
+    d = str(tmp_path / "s")
+    args = ["build", "--store", d, "--no-progress", str(tmp_path / "chain.toml"), "runs.dense.steps=100",
+            "runs.sparsify.steps=20", "recovery_steps=0", "save_every=5"]
+    assert main(args) == 0, capsys.readouterr().err
+    with fipgraph.open_store(d, "r") as s:
+        last = s.sql("SELECT r.name, max(n.node_id) AS n FROM nodes n JOIN runs r USING (run_id) GROUP BY r.name")
+        last = dict(zip(last["name"], last["n"]))
+        sparse, end = s.state_dict(int(last["sparse/sparsify"])), s.state_dict(int(last["sparse/walk2"]))
+        tag = walk_mod.node_tags_of(s, int(last["sparse/walk1"]))["sparse_mask"]
+    zeros = {k: v == 0 for k, v in sparse.items() if v.dim() == 2}
+    assert sum(int(z.sum()) for z in zeros.values()) / sum(z.numel() for z in zeros.values()) > 0.85
+    assert tag["carried"] and abs(tag["sparsity"] - 0.9) < 0.01 and sorted(tag["params"]) == sorted(zeros)
+    assert all(bool((end[k][z] == 0).all()) for k, z in zeros.items())  # walk2 kept sparsify's zeros
+    assert any(not torch.equal(end[k], sparse[k]) for k in zeros)  # and it did move
+
+
 def test_store_table_is_refused_by_the_ray_executor(tmp_path, capsys):
     """Ray's writer actor opens the store with the defaults: a [store] table there is an error, not lossless rows."""
     d = tmp_path / "s"

@@ -222,8 +222,18 @@ class RunRecipe:
         if not (self.cfg.keep_zeros or (self.cfg.keep_zeros is None and mask_info)):
             return None
         params = dict(model.named_parameters())
-        names = mask_info["params"] if mask_info else self.prunable
-        return [(params[n], (params[n] != 0).to(params[n].dtype)) for n in names]
+        self.keep_names = mask_info["params"] if mask_info else self.prunable
+        return [(params[n], (params[n] != 0).to(params[n].dtype)) for n in self.keep_names]
+
+    def _carried_mask(self, tags: dict | None) -> dict | None:
+        """A run that keeps its start node's zeros tags its nodes ``sparse_mask`` too, so a run started from
+        one of them keeps the same zeros (a second continual walk from a sparse branch stayed sparse only
+        for its first run before)."""
+        if self.keep is None or self.objective.keep is not None or (tags and "sparse_mask" in tags):
+            return tags
+        weights = [w.detach() for w, _ in self.keep]
+        mask = {"params": self.keep_names, "rule": "weight == 0", "sparsity": sparsity_of(weights), "carried": True}
+        return {**(tags or {}), "sparse_mask": mask}
 
     def _read_checkpoint(self) -> dict | None:
         """The optimizer (and objective) state saved with the node this run resumes from, if it matches."""
@@ -377,7 +387,7 @@ class RunRecipe:
         now = self.probe_logits()
         distance = None if self.parent_probe is None or now is None else self.odist(now, self.parent_probe)
         nid = self.saver.save(net, parent=self.parent, distance=distance, distance_per=1 if now is None else now.shape[0],
-                              run=self.run_id, op=self.cfg.op, step=step, metrics=metrics or None, tags=tags)
+                              run=self.run_id, op=self.cfg.op, step=step, metrics=metrics or None, tags=self._carried_mask(tags))
         self.parent, self.parent_probe, self.saved_step = PENDING if nid is None else nid, now, step
         if metrics:
             self.accs = {k: f"{v['accuracy']:.3f}" for k, v in metrics.items() if "accuracy" in v}
