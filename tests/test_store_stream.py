@@ -100,11 +100,22 @@ def test_writer_keeps_recent_parents_within_bytes(tmp_path):
             parent = store.append(s, parent=parent)
             store.flush()
             recent = store._writer._recent
-            assert len(recent) <= 2  # bound of one row: only the two a chain needs stay
+            assert len(recent) == 1  # bound of one row: parent and grandparent do not fit, only the parent stays
             assert store._writer._recent_size == sum(a.nbytes for r in recent.values() for a in r.values())
         branch = store.append(states[0], parent=1)  # node 1 was evicted: re-read from disk
         store.flush()
         assert torch.equal(store.state_dict(branch)["0.weight"], states[0]["0.weight"])
+        encodings = list(store.sql("SELECT encoding FROM storage ORDER BY node_id")["encoding"])
+    assert encodings[:6] == ["key"] + ["diff"] * 5  # no row needs its grandparent
+    with fipgraph.open_store(tmp_path / "u", recent_bytes=2 * row_bytes) as store:  # both fit: predicted rows
+        parent = None
+        for s in states:
+            parent = store.append(s, parent=parent)
+            store.flush()
+            assert len(store._writer._recent) <= 2
+        encodings = list(store.sql("SELECT encoding FROM storage ORDER BY node_id")["encoding"])
+        assert encodings == ["key", "diff"] + ["pred"] * 4
+        assert all(torch.equal(store.state_dict(n)["0.weight"], st["0.weight"]) for n, st in enumerate(states))
     with fipgraph.open_store(tmp_path / "t") as store:  # default: up to 4 recent nodes of this size
         parent = None
         for s in states:
@@ -136,8 +147,8 @@ def test_large_rows_written_chunk_by_chunk_equal_whole_row_writes(tmp_path, smal
     build(tmp_path / "whole", states)
     monkeypatch.setattr(writer, "STREAM_BYTES", 0)  # every node takes the streamed path
     calls = []
-    real = writer.Writer._write_streamed
-    monkeypatch.setattr(writer.Writer, "_write_streamed", lambda self, job, *a: calls.append(job.node_id) or real(self, job, *a))
+    real = writer.Writer._start_streamed
+    monkeypatch.setattr(writer.Writer, "_start_streamed", lambda self, job, *a: calls.append(job.node_id) or real(self, job, *a))
     ids = build(tmp_path / "streamed", states)
     assert calls == ids
     query = "SELECT node_id, encoding, checksum FROM storage ORDER BY node_id"

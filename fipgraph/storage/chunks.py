@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,13 @@ def _threads() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(PARALLEL_CHUNKS, thread_name_prefix="fipgraph-chunks")
     return _pool
+
+
+def submit_chunks(fn, items) -> list[Future]:
+    """``fn(item)`` for each item on the chunk threads (both cores; numpy and Blosc release the GIL), started
+    now, results in order. ``fn`` must not itself use the chunk threads (RowChunks.write of one chunk does not)."""
+    pool = _threads()
+    return [pool.submit(fn, item) for item in items]
 
 
 class RowChunks:

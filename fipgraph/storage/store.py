@@ -43,9 +43,22 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     writer spaces commits further, up to 2 s, when one takes over a tenth of that), ``max_pending_bytes`` (1 GiB
     of snapshots queued before append blocks; also the bound on idle snapshot buffers kept for reuse), ``cache_bytes`` (1 GiB of
     decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
-    parents, beyond the last two a chain always needs), ``durable`` (False; True fsyncs chunk files and the catalog before a
+    parents, beyond the last one or two a chain needs; rows whose two newest do not fit are encoded against
+    the parent alone), ``durable`` (False; True fsyncs chunk files and the catalog before a
     commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
     return Store(path, mode, **options)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
+    """Raise NonFiniteWeightsError naming the first parameter with NaN/Inf values. A sum is finite unless
+    some element is NaN/Inf (or it overflows): one fast reduction, the elementwise count (3.5 ms per 1M
+    floats) only when the sum is not finite."""
+    for name, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t.sum()).all():
+            bad = int(t.numel() - torch.isfinite(t).sum())
+            if bad:
+                raise NonFiniteWeightsError(f"parameter {name!r} has {bad} NaN/Inf values of {t.numel()}; "
+                                            "nothing was stored. Pass allow_nonfinite=True to store it anyway")
 
 
 class Store:
@@ -171,30 +184,14 @@ class Store:
         """Add a network as a node (child of ``parent``) and return its id; the write commits in the background."""
         writer = self._writable()
         state = state_dict_of(weights)
-        layout = Layout.of(state)
         parent_info = None if parent is None else self._info(parent)
-        same_arch = parent_info is not None and parent_info.arch_id == layout.arch_id
-        if parent_info is not None and not same_arch:
-            parent_layout = self.layout(parent_info.arch_id)
-            same_ties = sorted(t[:2] for t in layout.ties) == sorted(t[:2] for t in parent_layout.ties)
-            if sorted(layout.params) == sorted(parent_layout.params) and same_ties:  # e.g. safetensors sorts its keys
-                state = {name: state[name] for name in parent_layout.names}
-                layout, same_arch = parent_layout, True
-            elif layout.ties and layout.untied() == parent_layout:  # a chain begun before ties were recognised
-                layout, same_arch = parent_layout, True
+        state, layout, same_arch = self._layout_against_parent(state, parent_info)
         if parent_info is not None and not same_arch and not allow_arch_change:
             layout.check_matches(self.layout(parent_info.arch_id), f"parent node {parent}")
         if run is not None and int(run) not in self._run_names.values():
             raise FipgraphError(f"no run {run} in store {self.root}; create it with store.start_run(name, op, config)")
         if not allow_nonfinite:
-            for name, t in state.items():
-                # a sum is finite unless some element is NaN/Inf (or it overflows): one fast reduction,
-                # the elementwise count (3.5 ms per 1M floats) only when the sum is not finite
-                if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t.sum()).all():
-                    bad = int(t.numel() - torch.isfinite(t).sum())
-                    if bad:
-                        raise NonFiniteWeightsError(f"parameter {name!r} has {bad} NaN/Inf values of {t.numel()}; "
-                                                    "nothing was stored. Pass allow_nonfinite=True to store it anyway")
+            _check_finite(state)
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         evals = [(ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
         tags_json = to_json(dict(tags)) if tags is not None else None
@@ -207,14 +204,8 @@ class Store:
         rows = layout.pack(state, take=writer.buffers.take)
 
         node_id = self._next_id
-        depth = 0
-        if same_arch and parent_info.chain_depth + 1 < self.keyframe_every:
-            depth = parent_info.chain_depth + 1
-        encoding = codec.lossless_encoding(depth)
-        if depth and self.encoding == "q8":
-            encoding = "q8"
-        elif depth and self.encoding == "bnd":
-            encoding = "bnd" if depth == 1 else "bndp"
+        depth = parent_info.chain_depth + 1 if same_arch and parent_info.chain_depth + 1 < self.keyframe_every else 0
+        encoding = self._encoding_at(depth, row_bytes=sum(a.nbytes for a in rows.values()))
         row = self._next_row.get(layout.arch_id, 0)
         node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
                         arch_id=layout.arch_id, n_params=layout.n_params, tags=tags_json)
@@ -228,6 +219,34 @@ class Store:
         self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
         self._pending.add(node_id)
         return node_id
+
+    def _layout_against_parent(self, state: dict, parent_info: NodeInfo | None) -> tuple[dict, Layout, bool]:
+        """(state, layout, same architecture as the parent): a state whose names only come in another order
+        (e.g. safetensors sorts its keys), or a chain begun before ties were recognised, takes the parent's."""
+        layout = Layout.of(state)
+        if parent_info is None or parent_info.arch_id == layout.arch_id:
+            return state, layout, parent_info is not None
+        parent_layout = self.layout(parent_info.arch_id)
+        same_ties = sorted(t[:2] for t in layout.ties) == sorted(t[:2] for t in parent_layout.ties)
+        if sorted(layout.params) == sorted(parent_layout.params) and same_ties:
+            return {name: state[name] for name in parent_layout.names}, parent_layout, True
+        if layout.ties and layout.untied() == parent_layout:
+            return state, parent_layout, True
+        return state, layout, False
+
+    def _encoding_at(self, depth: int, row_bytes: int) -> str:
+        """The row encoding of a node ``depth`` rows after its chain's keyframe, under the store's encoding.
+        Predicting from parent and grandparent ("pred", "bndp": 10 % fewer bytes than from the parent alone)
+        needs both rows in the writer's memory: only when they fit in ``recent_bytes``. Larger rows (e.g.
+        SmolLM2's 538 MB at the default 512 MiB) are encoded against the parent, so a build holds one row
+        less (measured in benchmarks/RESULTS.md, issue 14)."""
+        two_rows_fit = 2 * row_bytes <= self._writer.recent_bytes
+        if depth and self.encoding == "q8":
+            return "q8"
+        if depth and self.encoding == "bnd":
+            return "bndp" if depth > 1 and two_rows_fit else "bnd"
+        encoding = codec.lossless_encoding(depth)
+        return "diff" if encoding == "pred" and not two_rows_fit else encoding
 
     def _committed(self, jobs: list[NodeJob]) -> None:
         for job in jobs:

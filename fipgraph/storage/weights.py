@@ -139,6 +139,12 @@ class WeightArrays:
             self._direct[key] = RowChunks(self.path / arch_id / name, m.chunk_len, m.n_words, m.dtype, m.blosc) if m.one_row else None
         return self._direct[key]
 
+    def row_chunks(self, arch_id: str, name: str, dtype, n_words: int) -> RowChunks | None:
+        """The array's one-row chunk files for direct writes, the array created first if it is new (so
+        threads writing its chunks never race to create it); None when its rows share chunks."""
+        self._array(arch_id, name, dtype, n_words)
+        return self.direct(arch_id, name)
+
     def write_rows(self, arch_id: str, name: str, first_row: int, data: np.ndarray) -> int | None:
         """Write consecutive rows (data: (n_rows, n_words)); returns the compressed bytes written when
         the chunks are the rows' own (None when rows share chunks: then only the files' sizes tell)."""

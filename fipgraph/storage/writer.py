@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ import torch
 
 from fipgraph.storage import codec
 from fipgraph.storage.buffers import BufferPool
+from fipgraph.storage.chunks import submit_chunks
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
@@ -285,6 +287,9 @@ class Writer(threading.Thread):
                 enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance,
                                    out=self._residuals if immediate else None)
             self._unwritten[job.node_id] = enc.decoded
+            # a large row's chunks are encoded and written on the chunk threads while this thread computes
+            # its statistics and checksum (SmolLM2: 1.4 s -> 1.0 s per node, measured in RESULTS.md, issue 14)
+            written = self._start_streamed(job, parent, grandparent) if streamed else None
             l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
             parent_len = 0.0
             if job.parent_id is not None:
@@ -299,7 +304,7 @@ class Writer(threading.Thread):
                                job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
             self._keep_recent(job.node_id, enc.decoded, recyclable=job.encoding in codec.LOSSLESS)
             if streamed:
-                job.storage_row[7] = self._write_streamed(job, parent, grandparent)
+                job.storage_row[7] = written()
             elif immediate:
                 self._write_runs([(job, enc)])
             else:
@@ -312,39 +317,59 @@ class Writer(threading.Thread):
         self.buffers.give(self._retired)
         self._retired = []
 
-    def _write_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> int:
-        """Encode and write a large lossless row CHUNKS_PER_WRITE chunks at a time (the residual of a
-        whole SmolLM2 row would be another 538 MB); returns the bytes its chunk files take."""
+    def _start_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> Callable[[], int]:
+        """Start encoding and writing a large lossless row chunk by chunk (the residual of a whole SmolLM2
+        row would be another 538 MB): each chunk's residual, compression and file write is one task on the
+        chunk threads, so the residual runs on both cores too. Returns the wait for the bytes its chunk
+        files take (it must be called before the snapshot or its parents are handed back for reuse)."""
         arch_id = job.layout.arch_id
         names = [g.dtype for g in job.layout.groups if g.n_words]
         before = self.weights.chunk_bytes(arch_id, names, job.row, shared_only=True)
-        written, measured = 0, True
+        sizes: list = []
         for g in job.layout.groups:
+            if not g.n_words:
+                continue
             words = job.rows[g.dtype]
-            step = self.weights.chunk_words(arch_id, g.dtype, g.n_words) * CHUNKS_PER_WRITE
-            for lo in range(0, g.n_words, step):
+            p = parent[g.dtype] if job.encoding != "key" else None
+            gp = grandparent[g.dtype] if job.encoding == "pred" else None
+            direct = self.weights.row_chunks(arch_id, g.dtype, words.dtype, g.n_words)
+            step = self.weights.chunk_words(arch_id, g.dtype, g.n_words) * (1 if direct else CHUNKS_PER_WRITE)
+
+            def write(lo: int, g=g, words=words, p=p, gp=gp, direct=direct, step=step) -> int | None:
                 hi = min(lo + step, g.n_words)
-                p = parent[g.dtype][lo:hi] if job.encoding != "key" else None
-                gp = grandparent[g.dtype][lo:hi] if job.encoding == "pred" else None
-                part = codec.encode_words(words[lo:hi], p, gp, job.encoding)
-                n = self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
-                written, measured = written + (n or 0), measured and n is not None
-                del part
-        if self.weights.durable:
-            for name in names:
-                self.weights.sync_rows(arch_id, name, job.row, job.row)
-        return written if measured else max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
+                part = codec.encode_words(words[lo:hi], None if p is None else p[lo:hi],
+                                          None if gp is None else gp[lo:hi], job.encoding)
+                if direct is not None:
+                    return direct.write(job.row, lo, part)
+                return self.weights.write_slice(arch_id, g.dtype, job.row, lo, part, g.n_words)
+
+            starts = range(0, g.n_words, step)
+            sizes += submit_chunks(write, starts) if direct is not None else [write(lo) for lo in starts]
+
+        def wait() -> int:
+            done = [s.result() if isinstance(s, Future) else s for s in sizes]
+            if self.weights.durable:
+                for name in names:
+                    self.weights.sync_rows(arch_id, name, job.row, job.row)
+            if None in done:  # rows sharing chunks: only the files' growth tells
+                return max(0, self.weights.chunk_bytes(arch_id, names, job.row) - before)
+            return sum(done)
+
+        return wait
 
     def _keep_recent(self, node_id: int, decoded: dict, recyclable: bool) -> None:
         """Remember a node's decoded rows as a likely parent. The last two always stay (the next node of
-        a chain is encoded against its parent and grandparent); older ones only within recent_bytes.
+        a chain is encoded against its parent and grandparent), only the last one for rows whose two do
+        not fit in recent_bytes (encoded against the parent alone); older ones only within recent_bytes.
         For lossless rows these are the snapshot arrays themselves, so keeping them copies nothing,
         and when they leave they are retired for reuse (``recyclable``)."""
         self._recent[node_id] = decoded
         if recyclable:
             self._recyclable.add(node_id)
-        self._recent_size += sum(a.nbytes for a in decoded.values())
-        while len(self._recent) > 2 and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
+        nbytes = sum(a.nbytes for a in decoded.values())
+        self._recent_size += nbytes
+        chain_needs = 2 if 2 * nbytes <= self.recent_bytes else 1  # rows this large are encoded against the parent alone
+        while len(self._recent) > chain_needs and (self._recent_size > self.recent_bytes or len(self._recent) > RECENT_MAX_NODES):
             old_id, old = self._recent.popitem(last=False)
             self._recent_size -= sum(a.nbytes for a in old.values())
             if old_id in self._recyclable:
