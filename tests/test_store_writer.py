@@ -89,7 +89,9 @@ def test_producer_blocks_on_a_byte_bounded_queue_and_the_build_log_says_so(tmp_p
                 parent = store.append({"w": torch.full((64 * 1024,), float(i))}, parent=parent)
             appended = time.monotonic() - t0
         assert max(peak) <= 2 * node_bytes  # never more queued than the bound
-        assert appended > 0.3  # the producer waited for the writer (12 nodes x 50 ms, two in flight)
+        # the producer waited for the writer: 12 unblocked appends take ~5 ms, 12 nodes at 50 ms per write batch
+        # of at most two nodes ~0.3 s (0.27 s once on a loaded machine: the bound is three batches)
+        assert appended > 0.15
         assert store._writer.stalled_seconds > 0.2
         assert any("saving is the bottleneck" in r.getMessage() for r in caplog.records)
         store.flush()
