@@ -99,7 +99,7 @@ def train_step(model, opt, gen) -> None:
     opt.step()
 
 
-def phase_build(work: Path, steps: int, sync: int) -> dict:
+def phase_build(work: Path, steps: int, sync: int, keyframe_every: int) -> dict:
     import copy
 
     import torch
@@ -119,7 +119,7 @@ def phase_build(work: Path, steps: int, sync: int) -> dict:
     out = {"raw_bytes_per_node": raw, "loadavg_start": os.getloadavg()}
     with PeakRSS() as rss:
         out["baseline_rss"] = rss.now()  # model + reference + optimizer state
-        with fipgraph.open_store(work / "store") as store:
+        with fipgraph.open_store(work / "store", keyframe_every=keyframe_every) as store:
             parent, ids, sync_s, append_s, train_s = None, [], [], [], []
             for i in range(sync + steps):
                 t = time.perf_counter()
@@ -246,7 +246,7 @@ def run_phase(name: str, work: Path, args) -> dict:
     """One phase in a fresh interpreter (its own peak RSS), results through a JSON file."""
     result = work / f"{name}.json"
     cmd = [sys.executable, __file__, "--phase", name, "--work", str(work), "--steps", str(args.steps),
-           "--sync", str(args.sync), "--out", str(result)]
+           "--sync", str(args.sync), "--keyframe-every", str(args.keyframe_every), "--out", str(result)]
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text())
 
@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50, help="saved steps of the build phase")
     p.add_argument("--sync", type=int, default=6, help="nodes appended and committed one by one first")
+    p.add_argument("--keyframe-every", type=int, default=32, help="the store's keyframe_every: a read decodes up to "
+                   "this many rows (4: every read <= 2 s on 2 cores, at more bytes)")
     p.add_argument("--only", choices=["profile"], default=None)
     p.add_argument("--keep", action="store_true", help="keep the scratch store")
     p.add_argument("--phase", help=argparse.SUPPRESS)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.phase:  # a child process
         phases = {"prepare": lambda: phase_prepare(args.work),
-                  "build": lambda: phase_build(args.work, args.steps, args.sync),
+                  "build": lambda: phase_build(args.work, args.steps, args.sync, args.keyframe_every),
                   "read_all": lambda: phase_read_all(args.work),
                   "read_one": lambda: phase_read_one(args.work, params=False),
                   "read_params": lambda: phase_read_one(args.work, params=True),

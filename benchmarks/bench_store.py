@@ -420,8 +420,9 @@ def verify_cost(path: Path, reps: int) -> dict:
                 for nid in range(len(store)):
                     store.state_dict(nid)
                 times[verify].append(time.perf_counter() - t0)
-    return {"read_all_s_verify": min(times[True]), "read_all_s_no_verify": min(times[False]),
-            "ratio": min(times[True]) / min(times[False]), "reps": reps}
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    return {"read_all_s_verify": on, "read_all_s_no_verify": off, "ratio": on / off, "reps": reps,
+            "all_s": {"verify": times[True], "no_verify": times[False]}}
 
 
 def durable_cost(snaps: list[dict], reps: int) -> dict:
@@ -476,7 +477,9 @@ def bench_engine(task, quick: bool) -> dict:
     log(f"writer profile: {res['writer_profile_ms_per_node']}")
     path = WORK / "verify"
     append_chain(path, snaps)
-    res["verify_on_read"] = verify_cost(path, reps)
+    os.sync()  # the kernel's writeback of the fresh chunk files otherwise lands in some timed reads (1.0-3.1 s for
+    # the same 201 reads, either setting, measured)
+    res["verify_on_read"] = verify_cost(path, 2 * reps)
     shutil.rmtree(path)
     log(f"verify on read: {res['verify_on_read']}")
     res["durable"] = durable_cost(snaps, 1 if quick else 2)
@@ -590,8 +593,10 @@ def engine_rows(e: dict, row) -> None:
         elif stage != "blosc_ratio":
             row(f"writer stage per node (1M params, ms, alone on one thread): {stage}", f"{ms:.2f} ms")
     v = e["verify_on_read"]
-    row(f"verify-on-read cost: read all {e['steps'] + 1} nodes in order, verify on / off",
-        f"{v['read_all_s_verify']:.2f} s / {v['read_all_s_no_verify']:.2f} s = {v['ratio']:.3f}x", "<= 1.05x",
+    hash_ms, read_ms = e["writer_profile_ms_per_node"]["checksum_xxh3"], 1e3 * v["read_all_s_no_verify"] / (e["steps"] + 1)
+    row(f"verify-on-read cost: read all {e['steps'] + 1} nodes in order, verify on / off (medians)",
+        f"{v['read_all_s_verify']:.2f} s / {v['read_all_s_no_verify']:.2f} s = {v['ratio']:.3f}x; the xxh3 check alone "
+        f"{hash_ms:.2f} ms of {read_ms:.1f} ms per node read = {100 * hash_ms / read_ms:.1f} %", "<= 1.05x",
         v["ratio"] <= 1.05)
     d = e["durable"]
     row("append + flush throughput: default / durable=True / numpy.save+fsync (raw MB/s)",

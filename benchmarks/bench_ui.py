@@ -120,7 +120,14 @@ def screenshot_store(store: Path, out: str | None, node: int | None, hover: int 
             if node is not None:
                 pos = page.evaluate(f"window.fipgraph.graph.screenPos({node})")
                 page.mouse.click(pos["x"], pos["y"])
-                page.wait_for_selector(f"#node-panel[data-node='{node}']")
+                # a click picks the nearest drawn node, the newest on a tie: in a dense store a later node can sit
+                # on the same pixel (e.g. a walk's first step), and then that node's panel opens
+                panel = page.wait_for_selector("#node-panel", state="visible", timeout=120_000)
+                shown = panel.get_attribute("data-node")
+                if shown is None:
+                    raise SystemExit(f"node {node}: the panel shows an error: {panel.inner_text()[:500]}")
+                if shown != str(node):
+                    print(f"node {node} shares its pixel with node {shown}: the panel shows node {shown}")
             if hover is not None:
                 pos = page.evaluate(f"window.fipgraph.graph.screenPos({hover})")
                 page.mouse.move(pos["x"], pos["y"])
