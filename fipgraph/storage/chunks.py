@@ -40,6 +40,18 @@ def _threads() -> ThreadPoolExecutor:
     return _pool
 
 
+def read_frame(path: Path, decoded_bytes: int) -> bytes:
+    """A chunk file's Blosc frame, checked against its header before decompressing: a truncated or foreign
+    file raises (ValueError) instead of being decoded from bytes past its end."""
+    with open(path, "rb") as f:
+        frame = f.read()
+    nbytes, _, cbytes = BLOSC_HEADER.unpack_from(frame) if len(frame) >= BLOSC_HEADER.size else (0, 0, -1)
+    if cbytes != len(frame) or nbytes != decoded_bytes:
+        raise ValueError(f"chunk file {path} is {len(frame)} bytes holding {nbytes} decoded bytes; its Blosc "
+                         f"header says {cbytes} bytes and this chunk needs {decoded_bytes} (truncated or not a chunk)")
+    return frame
+
+
 def submit_chunks(fn, items) -> list[Future]:
     """``fn(item)`` for each item on the chunk threads (both cores; numpy and Blosc release the GIL), started
     now, results in order. ``fn`` must not itself use the chunk threads (RowChunks.write of one chunk does not)."""
@@ -104,10 +116,4 @@ class RowChunks:
 
     def _read_one(self, row: int, k: int, out: np.ndarray) -> None:
         path = self.path(row, k)
-        with open(path, "rb") as f:
-            frame = f.read()
-        nbytes, _, cbytes = BLOSC_HEADER.unpack_from(frame) if len(frame) >= BLOSC_HEADER.size else (0, 0, -1)
-        if cbytes != len(frame) or nbytes != out.nbytes:
-            raise ValueError(f"chunk file {path} is {len(frame)} bytes holding {nbytes} decoded bytes; its Blosc "
-                             f"header says {cbytes} bytes and this row needs {out.nbytes} (truncated or not a chunk)")
-        self.codec.decode(frame, out=out)
+        self.codec.decode(read_frame(path, out.nbytes), out=out)

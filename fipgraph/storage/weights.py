@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fipgraph.storage.catalog import fsync_path
-from fipgraph.storage.chunks import RowChunks
+from fipgraph.storage.chunks import RowChunks, read_frame
 
 if TYPE_CHECKING:  # zarr is imported when an array is created or read through it
     import zarr
@@ -212,14 +212,15 @@ class WeightArrays:
 
     def _read_direct(self, arch_id: str, name: str, row: int) -> np.ndarray:
         """One row of a chunk shared by several rows, decompressed from its chunk files (a missing file
-        raises: never the fill value)."""
+        raises: never the fill value; a truncated one raises before decompressing)."""
         from numcodecs import blosc
 
         m = self.meta(arch_id, name)
         out = np.empty(m.n_words, dtype=m.dtype)
         within = row % m.rows_per_chunk
+        chunk_bytes = m.rows_per_chunk * m.chunk_len * m.dtype.itemsize
         for k, f in enumerate(self.row_files(arch_id, name, row)):
-            chunk = np.frombuffer(blosc.decompress(f.read_bytes()), dtype=m.dtype)
+            chunk = np.frombuffer(blosc.decompress(read_frame(f, chunk_bytes)), dtype=m.dtype)
             out[k * m.chunk_len:(k + 1) * m.chunk_len] = chunk.reshape(m.rows_per_chunk, m.chunk_len)[within]
         return out
 
