@@ -115,7 +115,7 @@ def screenshot_store(store: Path, out: str | None, node: int | None, hover: int 
                   f"{page.evaluate('window.fipgraph.graph.drawnCount')} nodes drawn")
             # a store without recorded PCA: the page polls until the server's own fit is done
             page.wait_for_function("window.fipgraph.state.graph.layout === window.fipgraph.state.graph.layout_requested"
-                                   " || /PCA (failed|needs)|fits PCA itself/.test(window.fipgraph.state.graph.layout_note)",
+                                   " || /PCA (failed|needs)|PCA itself|several architectures/.test(window.fipgraph.state.graph.layout_note)",
                                    timeout=120_000)
             if node is not None:
                 pos = page.evaluate(f"window.fipgraph.graph.screenPos({node})")

@@ -245,6 +245,21 @@ def test_pca_placer_refits_as_a_build_grows_and_places_newcomers(store_path):
     assert fresh._thread is None and "several architectures" in fresh.status()
 
 
+def test_pca_placer_leaves_stores_of_large_models_to_recorded_pca(store_path):
+    """Nodes × parameters over max_weights: no fit (it would read every weight of every node for minutes);
+    the status says how to record coordinates instead. A basis fitted while the store was small is kept."""
+    big = PcaPlacer(lambda: fipgraph.open_store(store_path, mode="r"), max_weights=1000)
+    big.start([0, 1, 2], ["a"] * 3, [400] * 3)  # 1,200 weights
+    assert big._thread is None and big.estimator is None
+    assert "too many weights" in big.status() and "fipgraph pca --store" in big.status() and "1,200" in big.status()
+    grown = PcaPlacer(lambda: fipgraph.open_store(store_path, mode="r"), max_weights=1000)
+    grown.start([0, 1], ["a"] * 2, [400] * 2)
+    grown.wait(60)
+    assert grown.estimator.nodes_ == [0, 1]
+    grown.start(list(range(6)), ["a"] * 6, [400] * 6)  # doubled, but too big to refit: the basis stays
+    assert grown._thread.is_alive() is False and grown.error is None and grown.estimator.nodes_ == [0, 1]
+
+
 def test_closing_the_view_waits_for_its_background_threads(store_path, monkeypatch):
     """Shutting the UI down waits for the PCA fit and the warm-up (they read the store) before the
     store closes, starts no new fit, and a fit cut short by the shutdown is not reported as a crash."""

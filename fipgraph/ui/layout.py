@@ -17,6 +17,9 @@ from fipgraph.errors import FipgraphError
 # the gram route of WeightPCA handles a few thousand nodes in seconds; beyond that a fit would run
 # for minutes on a laptop, so the UI asks the user to record coordinates with `fipgraph pca`
 PCA_FIT_MAX_NODES = 4000
+# ... and up to this many weights in all (nodes × parameters): the fit reads every weight of every node,
+# so 8 nodes of a 135M-parameter LM already take minutes; such stores record PCA over a few layers
+PCA_FIT_MAX_WEIGHTS = 10**9
 # nodes placed by transform per request: each reads one node's weights (~1-10 ms)
 TRANSFORM_PER_REQUEST = 500
 # a request waits this long for a fit it started, so a small store opens in PCA at once
@@ -80,9 +83,11 @@ class PcaPlacer:
     with the current estimator. Amortised, that reads each node's weights a constant number of times.
     """
 
-    def __init__(self, open_reader, max_nodes: int = PCA_FIT_MAX_NODES) -> None:
+    def __init__(self, open_reader, max_nodes: int = PCA_FIT_MAX_NODES,
+                 max_weights: int = PCA_FIT_MAX_WEIGHTS) -> None:
         self._open_reader = open_reader  # a fresh read-only Store for the fit thread
         self.max_nodes = max_nodes
+        self.max_weights = max_weights
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()  # set by close(): a fit that fails because the UI shut down is no error
@@ -102,19 +107,28 @@ class PcaPlacer:
             return "weight-space PCA needs at least 2 nodes; lineage shown"
         return "computing weight-space PCA in the background; lineage shown until it is done"
 
-    def start(self, node_ids: list[int], arch_ids: list[str]) -> None:
-        """Begin a fit over `node_ids` unless one is running, the current one still fits, or none can be done."""
+    def start(self, node_ids: list[int], arch_ids: list[str], n_params: list[int] | None = None) -> None:
+        """Begin a fit over `node_ids` unless one is running, the current one still fits, or none can be done.
+        `n_params` (per node) bounds the weights a fit would read (max_weights)."""
         with self._lock:
             fitted = len(self.estimator.nodes_) if self.estimator is not None else 0
             busy = self._thread is not None and self._thread.is_alive()
             if self._closing.is_set() or self.error or busy or (fitted and len(node_ids) < 2 * fitted):
                 return  # extend() places the newcomers
             self._too_few = len(node_ids) < 2
-            if self._too_few or (fitted and (len(node_ids) > self.max_nodes or len(set(arch_ids)) > 1)):
+            weights = int(sum(n_params)) if n_params is not None else 0
+            too_big = len(node_ids) > self.max_nodes or weights > self.max_weights or len(set(arch_ids)) > 1
+            if self._too_few or (fitted and too_big):
                 return  # a basis that still serves beats none: keep extending it
             if len(node_ids) > self.max_nodes:
                 self.error = (f"{len(node_ids):,} nodes and no recorded PCA coordinates: the UI fits PCA itself up to "
                               f"{self.max_nodes:,} nodes. Record them once with `fipgraph pca --store …`; lineage shown")
+                return
+            if weights > self.max_weights:
+                self.error = (f"{len(node_ids):,} nodes of {weights / len(node_ids):,.0f} parameters and no recorded PCA "
+                              f"coordinates: too many weights for the UI to fit PCA itself ({weights:,} > "
+                              f"{self.max_weights:,}). Record them once with `fipgraph pca --store … --params …` "
+                              "(a few layers); lineage shown")
                 return
             if len(set(arch_ids)) > 1:
                 self.error = ("the store holds several architectures; record PCA coordinates per architecture with "

@@ -146,7 +146,8 @@ class StoreView:
             extra.append(f"{quote_ident(self.check_metric(color))} AS _color")
         version = self.version()
         # a node appended without an op takes its run's (shapes are drawn by op)
-        df = self.store.sql("SELECT w.node_id, w.parent_id, w.run_id, coalesce(w.op, r.op) AS op, w.step, w.arch_id"
+        df = self.store.sql("SELECT w.node_id, w.parent_id, w.run_id, coalesce(w.op, r.op) AS op, w.step, w.arch_id,"
+                            " w.n_params"
                             + "".join(", " + e for e in extra)
                             + " FROM wide w LEFT JOIN runs r USING (run_id) ORDER BY w.node_id")
         ids = df["node_id"].to_numpy(np.int64)
@@ -180,7 +181,7 @@ class StoreView:
                     note += (f"; {moved} newer node(s) have none yet and sit at their nearest placed ancestor — "
                              f"run `fipgraph pca --store {shlex.quote(str(self.path))}` to place them")
                 return x, y, "pca", note + _unplaced(x), ["PC1", "PC2"]
-            self.pca.start(ids.tolist(), df["arch_id"].tolist())
+            self.pca.start(ids.tolist(), df["arch_id"].tolist(), df["n_params"].fillna(0).tolist())
             self.pca.wait()
             if self.pca.estimator is not None:
                 self.pca.extend(self.store, ids.tolist())
