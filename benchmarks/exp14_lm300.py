@@ -21,10 +21,9 @@ BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/wiki' THEN 'pretrained (+1 wiki step)'
   WHEN r.name LIKE '%/continual%' THEN 'CL (news)'
   WHEN r.name LIKE '%/cl_co_%' THEN 'CL then Co'
-  WHEN regexp_matches(r.name, '/co_cl_[0-9]+_2$') THEN 'Co then CL, zeros lost (bug, session 3)'
   WHEN r.name LIKE '%/co_cl_%' THEN 'Co then CL'
   WHEN r.name LIKE '%/co_%' THEN 'Co (sparsify)'
-  ELSE 'first sparsify try (diverged)' END"""
+  ELSE 'other' END"""
 
 
 def record(store_path: str) -> None:
@@ -91,7 +90,10 @@ def report(store_path: str) -> None:
                                    json_extract(n.tags, '$.distance_before_projection') AS distance_before,
                                    json_extract(n.tags, '$.step_cap_hit') AS cap_hit
                             FROM nodes n JOIN runs r USING (run_id)
-                            WHERE json_extract(n.tags, '$.projection') IS NOT NULL ORDER BY n.node_id""")
+                            -- the projection node: tagged "projection", or "final_projection" when no recovery
+                            -- steps follow it (then it is the run's last node, and projection_step = its step)
+                            WHERE CAST(json_extract(n.tags, '$.projection_step') AS INTEGER) = n.step
+                            ORDER BY n.node_id""")
         print("\n## sparsify projections (stopping rule)\n" + _md(tags))
 
 
