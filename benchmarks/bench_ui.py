@@ -113,9 +113,10 @@ def screenshot_store(store: Path, out: str | None, node: int | None, hover: int 
             page.wait_for_function("window.fipgraph && window.fipgraph.ready", timeout=120_000)
             print(f"{store}: ready in {page.evaluate('window.fipgraph.timings.total_ms') / 1000:.2f} s, "
                   f"{page.evaluate('window.fipgraph.graph.drawnCount')} nodes drawn")
-            # a store without recorded PCA: the page polls until the server's own fit is done
+            # a store without recorded PCA: the page polls until the server's own fit is done, or the server
+            # says why it will not fit one (PcaPlacer.status: only a running fit says "computing")
             page.wait_for_function("window.fipgraph.state.graph.layout === window.fipgraph.state.graph.layout_requested"
-                                   " || /PCA (failed|needs)|PCA itself|several architectures/.test(window.fipgraph.state.graph.layout_note)",
+                                   " || !/computing weight-space PCA/.test(window.fipgraph.state.graph.layout_note)",
                                    timeout=120_000)
             if node is not None:
                 pos = page.evaluate(f"window.fipgraph.graph.screenPos({node})")

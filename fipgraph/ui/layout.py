@@ -116,26 +116,32 @@ class PcaPlacer:
             if self._closing.is_set() or self.error or busy or (fitted and len(node_ids) < 2 * fitted):
                 return  # extend() places the newcomers
             self._too_few = len(node_ids) < 2
-            weights = int(sum(n_params)) if n_params is not None else 0
-            too_big = len(node_ids) > self.max_nodes or weights > self.max_weights or len(set(arch_ids)) > 1
-            if self._too_few or (fitted and too_big):
+            if self._too_few:
+                return
+            cannot = self._cannot_fit(node_ids, arch_ids, n_params)
+            if cannot and fitted:
                 return  # a basis that still serves beats none: keep extending it
-            if len(node_ids) > self.max_nodes:
-                self.error = (f"{len(node_ids):,} nodes and no recorded PCA coordinates: the UI fits PCA itself up to "
-                              f"{self.max_nodes:,} nodes. Record them once with `fipgraph pca --store …`; lineage shown")
-                return
-            if weights > self.max_weights:
-                self.error = (f"{len(node_ids):,} nodes of {weights / len(node_ids):,.0f} parameters and no recorded PCA "
-                              f"coordinates: too many weights for the UI to fit PCA itself ({weights:,} > "
-                              f"{self.max_weights:,}). Record them once with `fipgraph pca --store … --params …` "
-                              "(a few layers); lineage shown")
-                return
-            if len(set(arch_ids)) > 1:
-                self.error = ("the store holds several architectures; record PCA coordinates per architecture with "
-                              "`fipgraph pca --nodes …`; lineage shown")
+            if cannot:
+                self.error = cannot
                 return
             self._thread = threading.Thread(target=self._fit, args=(list(node_ids),), daemon=True, name="ui-pca")
             self._thread.start()
+
+    def _cannot_fit(self, node_ids: list[int], arch_ids: list[str], n_params: list[int] | None) -> str | None:
+        """Why the UI leaves PCA over these nodes to `fipgraph pca` (None: it fits it itself)."""
+        n = len(node_ids)
+        if n > self.max_nodes:
+            return (f"{n:,} nodes and no recorded PCA coordinates: the UI fits PCA itself up to "
+                    f"{self.max_nodes:,} nodes. Record them once with `fipgraph pca --store …`; lineage shown")
+        weights = int(sum(n_params)) if n_params is not None else 0
+        if weights > self.max_weights:
+            return (f"{n:,} nodes of {weights / n:,.0f} parameters and no recorded PCA coordinates: too many weights "
+                    f"for the UI to fit PCA itself ({weights:,} > {self.max_weights:,}). Record them once with "
+                    "`fipgraph pca --store … --params …` (a few layers); lineage shown")
+        if len(set(arch_ids)) > 1:
+            return ("the store holds several architectures; record PCA coordinates per architecture with "
+                    "`fipgraph pca --nodes …`; lineage shown")
+        return None
 
     def wait(self, seconds: float = PCA_WAIT_S) -> None:
         """Give a first fit up to `seconds` to finish (a small store then opens in PCA at once)."""
