@@ -38,10 +38,10 @@ import torch
 
 import fipgraph
 from fipgraph.path import build
-from fipgraph.path.config import build_config
+from fipgraph.path.config.schema import build_config
 
-replicas_mod = importlib.import_module("fipgraph.path.replicas")
-walk_mod = importlib.import_module("fipgraph.path.walk")
+replicas_mod = importlib.import_module("fipgraph.path.engine.replicas")
+walk_mod = importlib.import_module("fipgraph.path.engine.recipe")
 RESULTS = Path(__file__).parent / "results"
 
 # model, data and batch per case; steps are per walk (scaled by --steps-scale)

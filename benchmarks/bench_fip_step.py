@@ -26,10 +26,10 @@ import torch
 
 from fipgraph.models import build_model
 from fipgraph.path import FrozenReference, build, get_odist, load_config
-from fipgraph.path.config import build_config
-from fipgraph.path.memory import cat_batches
-from fipgraph.path.objectives import OBJECTIVES
-from fipgraph.path.step import fip_step
+from fipgraph.path.config.schema import build_config
+from fipgraph.path.engine.memory import cat_batches
+from fipgraph.path.ops import OBJECTIVES
+from fipgraph.path.engine.step import fip_step
 
 MODELS = {
     "mlp": {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [128], "n_classes": 10}},

@@ -5,7 +5,7 @@ torch.set_num_threads(1)
 from fipgraph import open_store
 from fipgraph.models import build_model
 from fipgraph.data.tasks import make_tasks
-from fipgraph.path.baselines import diagonal_fisher
+from fipgraph.path.ops.ewc import diagonal_fisher
 store_dir, head = sys.argv[1], sys.argv[2]
 st = open_store(store_dir, mode="r")
 tasks = make_tasks("mnist", [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]], head=head)

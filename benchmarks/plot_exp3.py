@@ -98,7 +98,7 @@ def path_diagnostics(store: str, run: str, p: float) -> None:
 
     from fipgraph.data import make_tasks
     from fipgraph.models import model_from_node
-    from fipgraph.path.sparsity import magnitude_masks, prunable_names
+    from fipgraph.path.ops.sparsity import magnitude_masks, prunable_names
 
     torch.set_num_threads(1)
     test = next(iter(make_tasks("mnist", [list(range(10))])[0].test_loader(10000)))  # the 10,000 test images

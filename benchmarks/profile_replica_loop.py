@@ -21,8 +21,8 @@ import time
 
 import bench_engine as be
 
-replicas = importlib.import_module("fipgraph.path.replicas")
-walk = importlib.import_module("fipgraph.path.walk")
+replicas = importlib.import_module("fipgraph.path.engine.replicas")
+walk = importlib.import_module("fipgraph.path.engine.recipe")
 
 WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
@@ -87,7 +87,7 @@ def main() -> None:
     timed(walk.RunRecipe, "probe_logits")
     timed(walk.RunRecipe, "train_step")
     timed(replicas.StackedWalks, "streams")
-    from fipgraph.path import snapshot
+    from fipgraph.path.engine import snapshot
     from fipgraph.storage import writer
     timed(writer.Writer, "_commit", "writer: catalog commit")
     timed(writer.Writer, "_write_weights", "writer: encode + write weights")

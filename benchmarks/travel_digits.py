@@ -23,8 +23,8 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from fipgraph.data import make_tasks
 from fipgraph.models import build_model
-from fipgraph.path.odist import bhattacharyya
-from fipgraph.path.optim import FixedStep
+from fipgraph.path.ops.odist import bhattacharyya
+from fipgraph.path.engine.optim import FixedStep
 from fipgraph.query.robustness import coherence, representation_diversity
 
 SPEC = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [128], "n_classes": 10}}

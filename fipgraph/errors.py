@@ -67,3 +67,9 @@ class CorruptNodeError(FipgraphError, OSError):
 
 class WriterError(FipgraphError, RuntimeError):
     """The store's background writer failed; nodes queued after the failure were not saved."""
+
+
+def need(ok: bool, msg: str) -> None:
+    """Raise ``ConfigError(msg)`` unless ``ok``: the one guard config checks use (msg names key, value, fix)."""
+    if not ok:
+        raise ConfigError(msg)

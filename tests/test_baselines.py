@@ -17,10 +17,10 @@ from fipgraph.data.task import Task  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
 build_mod = importlib.import_module("fipgraph.path.build")  # the module (the package re-exports the function)
-from fipgraph.path.baselines import task_end_nodes  # noqa: E402
-from fipgraph.path.config import build_config  # noqa: E402
-from fipgraph.path.pruning import lottery_levels  # noqa: E402
-from fipgraph.path.sparsity import magnitude_masks  # noqa: E402
+from fipgraph.path.ops.ancestry import task_end_nodes  # noqa: E402
+from fipgraph.path.config.schema import build_config  # noqa: E402
+from fipgraph.path.ops.lottery import lottery_levels  # noqa: E402
+from fipgraph.path.ops.sparsity import magnitude_masks  # noqa: E402
 
 PRUNABLE = ["body.1.weight", "head.weight"]  # the digits MLP's Linear weights
 

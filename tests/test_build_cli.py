@@ -16,7 +16,7 @@ EXAMPLES = str(Path(__file__).parents[1] / "examples")
 import fipgraph  # noqa: E402
 from fipgraph.cli import main  # noqa: E402
 from fipgraph.models import build_model  # noqa: E402
-from fipgraph.path import walk as walk_mod  # noqa: E402
+from fipgraph.path.engine import recipe as walk_mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ torch.set_num_threads(1)
 
 from fipgraph.models import build_model  # noqa: E402
 from fipgraph.path import FrozenReference, RunConfig, fip_loss, fip_step, get_odist  # noqa: E402
-from fipgraph.path.memory import n_scored  # noqa: E402
-from fipgraph.path.objectives import OBJECTIVES  # noqa: E402
+from fipgraph.path.engine.memory import n_scored  # noqa: E402
+from fipgraph.path.ops import OBJECTIVES  # noqa: E402
 
 
 def _llama():

@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.cuda,
 import fipgraph  # noqa: E402
 from fipgraph.device import host_state_dict  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
-from fipgraph.path.evaluate import evaluate_tasks  # noqa: E402
-from fipgraph.path.snapshot import PENDING, NodeSaver  # noqa: E402
+from fipgraph.path.engine.evaluate import evaluate_tasks  # noqa: E402
+from fipgraph.path.engine.snapshot import PENDING, NodeSaver  # noqa: E402
 
 build_mod = importlib.import_module("fipgraph.path.build")
 SHORT = ["runs.task1.steps=60", "runs.continual.steps=40", "runs.finetune.steps=20", "save_every=10"]

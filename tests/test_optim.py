@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules of a run (fipgraph/path/optim.py), on real digits builds."""
+"""Optimizers and learning-rate schedules of a run (fipgraph/path/engine/optim.py), on real digits builds."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ torch.set_num_threads(1)
 import fipgraph  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
-from fipgraph.path.config import RunConfig  # noqa: E402
-from fipgraph.path.optim import lr_at  # noqa: E402
+from fipgraph.path.config.schema import RunConfig  # noqa: E402
+from fipgraph.path.engine.optim import lr_at  # noqa: E402
 
 SHORT = ["runs.task1.steps=30", "runs.continual.steps=6", "runs.finetune.steps=3", "save_every=1"]
 

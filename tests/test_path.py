@@ -14,9 +14,9 @@ from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.models import build_model, forward_logits  # noqa: E402
 from fipgraph.path import FrozenReference, fip_loss, fip_step, get_odist  # noqa: E402
 from fipgraph.path.config import build_config, load_config, parse_overrides  # noqa: E402
-from fipgraph.path.memory import cat_batches  # noqa: E402
-from fipgraph.path.objectives import OBJECTIVES, register_objective  # noqa: E402
-from fipgraph.path.sparsity import magnitude_masks, prunable_names  # noqa: E402
+from fipgraph.path.engine.memory import cat_batches  # noqa: E402
+from fipgraph.path.ops import OBJECTIVES, register_objective  # noqa: E402
+from fipgraph.path.ops.sparsity import magnitude_masks, prunable_names  # noqa: E402
 
 
 def _mlp(seed: int = 0) -> nn.Module:

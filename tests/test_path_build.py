@@ -14,10 +14,10 @@ EXAMPLES = str(Path(__file__).parents[1] / "examples")
 import fipgraph  # noqa: E402
 from fipgraph.models import forward_logits  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
-from fipgraph.path import walk as walk_mod  # noqa: E402
-from fipgraph.path.memory import FrozenReference  # noqa: E402
-from fipgraph.path.sparsity import prunable_names  # noqa: E402
-from fipgraph.path.walk import LiveReferenceError  # noqa: E402
+from fipgraph.path.engine import recipe as walk_mod  # noqa: E402
+from fipgraph.path.engine.memory import FrozenReference  # noqa: E402
+from fipgraph.path.ops.sparsity import prunable_names  # noqa: E402
+from fipgraph.path.engine.recipe import LiveReferenceError  # noqa: E402
 
 
 def _state_distance(a: dict, b: dict) -> float:
@@ -146,7 +146,7 @@ def test_a_run_from_a_stored_hf_node_is_checked_by_layout_not_by_spec_name(confi
     from fipgraph.errors import ConfigError
     from fipgraph.models import build_model
     from fipgraph.models.hf import hf_spec
-    from fipgraph.path.config import build_config
+    from fipgraph.path.config.schema import build_config
 
     build_mod = importlib.import_module("fipgraph.path.build")  # the module: fipgraph.path.build is the function
 

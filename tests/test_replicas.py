@@ -16,9 +16,9 @@ torch.set_num_threads(1)
 import fipgraph  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build  # noqa: E402
-from fipgraph.path.config import build_config  # noqa: E402
+from fipgraph.path.config.schema import build_config  # noqa: E402
 
-replicas_mod = importlib.import_module("fipgraph.path.replicas")
+replicas_mod = importlib.import_module("fipgraph.path.engine.replicas")
 build_mod = importlib.import_module("fipgraph.path.build")  # the module (the package re-exports the function)
 REL_TOL = 1e-5  # batched (vmap) matmuls sum in another order than K separate ones: float rounding only
 
@@ -212,7 +212,7 @@ def test_groups_in_parallel_threads_and_both_forwards_match_separate_walks(tmp_p
 
 @pytest.mark.parametrize("name", ["bhattacharyya", "l2", "kl"])
 def test_batched_odists_equal_the_single_forms_walk_by_walk(name):
-    from fipgraph.path.odist import BATCHED_ODISTS, get_odist
+    from fipgraph.path.ops.odist import BATCHED_ODISTS, get_odist
 
     gen = torch.Generator().manual_seed(0)
     logits, ref = torch.randn(4, 16, 10, generator=gen), torch.randn(4, 16, 10, generator=gen) * 3
@@ -237,8 +237,8 @@ def test_groups_in_parallel_threads_resume_bit_for_bit(tmp_path, monkeypatch):
 
 # -- groups stepping freely in parallel threads ----------------------------------------------------
 def test_free_running_groups_agree_on_one_step_to_stop_at():
-    from fipgraph.path.interrupt import GroupStop, StopSignal
-    from fipgraph.path.walk import Limits
+    from fipgraph.path.engine.interrupt import GroupStop, StopSignal
+    from fipgraph.path.engine.recipe import Limits
 
     stop = StopSignal()
     halt = GroupStop(2, 0, 10, Limits(), stop)
@@ -292,7 +292,7 @@ def test_a_ctrl_c_during_an_evaluation_in_a_group_thread_only_requests_the_stop(
     import signal
     import threading
 
-    from fipgraph.path.interrupt import StopSignal
+    from fipgraph.path.engine.interrupt import StopSignal
 
     stop, inside, release = StopSignal(), threading.Event(), threading.Event()
 
@@ -315,7 +315,7 @@ def test_a_ctrl_c_during_an_evaluation_in_a_group_thread_only_requests_the_stop(
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_stacked_linear_gives_autograds_gradients_in_the_weights_own_layout(bias):
-    from fipgraph.path.stacked import StackedLinear
+    from fipgraph.path.engine.stacked import StackedLinear
 
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(3, 5, 7, generator=gen, requires_grad=True)

@@ -21,11 +21,12 @@ from fipgraph.cli import main  # noqa: E402
 from fipgraph.data.seeds import derive_seed  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
-from fipgraph.path.config import build_config  # noqa: E402
-from fipgraph.path import walk as walk_mod  # noqa: E402
+from fipgraph.path.config.schema import build_config  # noqa: E402
+from fipgraph.path.engine import recipe as walk_mod  # noqa: E402
 build_mod = importlib.import_module("fipgraph.path.build")  # the module (the package re-exports the function)
-from fipgraph.path.config import identity_diff  # noqa: E402
-from fipgraph.path.objectives import OBJECTIVES, SparsifyConfig  # noqa: E402
+from fipgraph.path.config.schema import identity_diff  # noqa: E402
+from fipgraph.path.ops import OBJECTIVES  # noqa: E402
+from fipgraph.path.ops.sparsify import SparsifyConfig  # noqa: E402
 
 SHORT = ["runs.task1.steps=20", "runs.continual.steps=20", "runs.finetune.steps=10", "save_every=10", "probe_size=8"]
 

@@ -20,10 +20,10 @@ import fipgraph  # noqa: E402
 from fipgraph.errors import NonFiniteWeightsError  # noqa: E402
 from fipgraph.models import build_model  # noqa: E402
 from fipgraph.path import build  # noqa: E402
-from fipgraph.path.config import build_config  # noqa: E402
-from fipgraph.path.snapshot import PENDING, NodeSaver  # noqa: E402
+from fipgraph.path.config.schema import build_config  # noqa: E402
+from fipgraph.path.engine.snapshot import PENDING, NodeSaver  # noqa: E402
 
-snapshot_mod = importlib.import_module("fipgraph.path.snapshot")
+snapshot_mod = importlib.import_module("fipgraph.path.engine.snapshot")
 CPU = torch.device("cpu")
 SPEC = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [32], "n_classes": 10}}
 

@@ -15,7 +15,7 @@ import fipgraph  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.models import model_from_node  # noqa: E402
 from fipgraph.path import build, load_config  # noqa: E402
-from fipgraph.path.sparsity import cubic_sparsity, lambda_factor, prunable_names  # noqa: E402
+from fipgraph.path.ops.sparsity import cubic_sparsity, lambda_factor, prunable_names  # noqa: E402
 
 # digits MLP (64-128-10), dense 300 Adam steps; sparsify to 90 % with the op's defaults (cubic ramp over a quarter
 # of the cap, then λ x2 every fifth of the ramp, tolerance 1e-3), Adam 1e-3, λ = 1

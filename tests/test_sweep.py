@@ -11,7 +11,7 @@ import pytest
 import fipgraph
 from fipgraph.errors import ConfigError
 from fipgraph.path import load_config
-from fipgraph.path.sweep import parse_sweep
+from fipgraph.path.config.sweep import parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The travel op (fipgraph/path/travel.py): it leaves the start's neighbourhood while accuracy holds; Algorithm 3
+"""The travel op (fipgraph/path/ops/travel.py): it leaves the start's neighbourhood while accuracy holds; Algorithm 3
 as written does not. Digits, MLP 64-128-10, fixed-length steps of 0.01."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ torch.set_num_threads(1)
 import fipgraph  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
 from fipgraph.path import build  # noqa: E402
-from fipgraph.path.config import build_config  # noqa: E402
-from fipgraph.path.objectives import OBJECTIVES  # noqa: E402
-from fipgraph.path.travel import TravelConfig, node_distances, random_direction, travel_loss  # noqa: E402
+from fipgraph.path.config.schema import build_config  # noqa: E402
+from fipgraph.path.ops import OBJECTIVES  # noqa: E402
+from fipgraph.path.ops.travel import TravelConfig, node_distances, random_direction, travel_loss  # noqa: E402
 
 WALK = {"task": 1, "optimizer": "fixed_step", "lr": 0.01, "steps": 1500, "save_every": 500,
         "memory_size": 500, "memory_batch_size": 32}

@@ -19,11 +19,11 @@ from fipgraph.data import make_tasks
 from fipgraph.device import check_precision, resolve_device
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.models import build_model, forward_logits, normalize_spec
-from fipgraph.path.config import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
-from fipgraph.path.interrupt import StopSignal
-from fipgraph.path.objectives import OBJECTIVES
-from fipgraph.path.replicas import group_plans, replica_runs, walk_replicas
-from fipgraph.path.walk import Limits, RunResult, walk
+from fipgraph.path.config.schema import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
+from fipgraph.path.engine.interrupt import StopSignal
+from fipgraph.path.ops import OBJECTIVES
+from fipgraph.path.engine.replicas import group_plans, replica_runs, walk_replicas
+from fipgraph.path.engine.recipe import Limits, RunResult, walk
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.sidecar import StoreFiles
 
@@ -154,7 +154,7 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
     """Run (or resume) every run of ``config`` into the store at ``store_dir``.
 
     Ctrl-C anywhere (loading data and models, a step, an evaluation, the final save) stops cleanly:
-    the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.interrupt``).
+    the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.engine.interrupt``).
     ``durable`` fsyncs each node's files and the catalog before its commit (survives a power loss)."""
     limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
                     max_steps=max_steps, progress=progress)

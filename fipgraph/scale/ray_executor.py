@@ -20,9 +20,9 @@ from typing import Any
 import fipgraph
 from fipgraph.errors import ConfigError, WriterLockedError
 from fipgraph.path.build import BuildResult, Plan, _prepare, _setup_log, last_accuracies, resolved_config
-from fipgraph.path.config import BuildConfig
-from fipgraph.path.interrupt import StopSignal
-from fipgraph.path.walk import Limits, RunRecipe, RunResult
+from fipgraph.path.config.schema import BuildConfig
+from fipgraph.path.engine.interrupt import StopSignal
+from fipgraph.path.engine.recipe import Limits, RunRecipe, RunResult
 from fipgraph.scale.remote import RemoteStore
 from fipgraph.scale.shard import StoreWriter, worker_identity
 from fipgraph.storage.sidecar import StoreFiles

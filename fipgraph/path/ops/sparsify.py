@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fipgraph.errors import ConfigError
-from fipgraph.path.evaluate import evaluate_tasks
-from fipgraph.path.objectives import Objective, SparseTargetConfig, _need, register_objective
-from fipgraph.path.sparsity import (cubic_sparsity, distance_to_sparse, lambda_factor, magnitude_masks,
-                                    prunable_names, sparsity_of)
+from fipgraph.errors import ConfigError, need
+from fipgraph.path.engine.evaluate import evaluate_tasks
+from fipgraph.path.ops.base import Objective, SparseTargetConfig, register_objective
+from fipgraph.path.ops.sparsity import (cubic_sparsity, distance_to_sparse, lambda_factor, magnitude_masks,
+                                        prunable_names, sparsity_of)
 
 log = logging.getLogger("fipgraph.build")
 
@@ -56,15 +56,15 @@ class SparsifyConfig(SparseTargetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(self.tolerance > 0, f"tolerance={self.tolerance} must be > 0, e.g. 1e-3")
-        _need(self.sparsity_schedule in ("cubic", "constant"),
+        need(self.tolerance > 0, f"tolerance={self.tolerance} must be > 0, e.g. 1e-3")
+        need(self.sparsity_schedule in ("cubic", "constant"),
               f"sparsity_schedule={self.sparsity_schedule!r}; use 'cubic' or 'constant'")
-        _need(self.lambda_schedule in ("grow", "constant"), f"lambda_schedule={self.lambda_schedule!r}; use 'grow' or 'constant'")
-        _need(self.schedule_steps is None or self.schedule_steps >= 0, f"schedule_steps={self.schedule_steps} must be >= 0")
-        _need(self.lambda_growth >= 1.0, f"lambda_growth={self.lambda_growth} must be >= 1 (1 = constant λ)")
-        _need(self.lambda_period is None or self.lambda_period >= 1, f"lambda_period={self.lambda_period} must be >= 1")
-        _need(self.lambda_max > 0, f"lambda_max={self.lambda_max} must be > 0")
-        _need(self.recovery_steps >= 0, f"recovery_steps={self.recovery_steps} must be >= 0 (0 = end at the projection)")
+        need(self.lambda_schedule in ("grow", "constant"), f"lambda_schedule={self.lambda_schedule!r}; use 'grow' or 'constant'")
+        need(self.schedule_steps is None or self.schedule_steps >= 0, f"schedule_steps={self.schedule_steps} must be >= 0")
+        need(self.lambda_growth >= 1.0, f"lambda_growth={self.lambda_growth} must be >= 1 (1 = constant λ)")
+        need(self.lambda_period is None or self.lambda_period >= 1, f"lambda_period={self.lambda_period} must be >= 1")
+        need(self.lambda_max > 0, f"lambda_max={self.lambda_max} must be > 0")
+        need(self.recovery_steps >= 0, f"recovery_steps={self.recovery_steps} must be >= 0 (0 = end at the projection)")
 
 
 def _warn(msg: str) -> None:
@@ -100,7 +100,7 @@ class Sparsify(Objective):
     def check(cls, run: Any) -> None:
         ramp = run.options.schedule_steps
         if run.steps is not None and ramp is not None:
-            _need(run.steps > ramp, f"run {run.name!r}: steps={run.steps} (the walk's cap) must exceed schedule_steps={ramp}; "
+            need(run.steps > ramp, f"run {run.name!r}: steps={run.steps} (the walk's cap) must exceed schedule_steps={ramp}; "
                                     f"raise steps, e.g. steps={4 * ramp}")
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:

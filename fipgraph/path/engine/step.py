@@ -14,7 +14,7 @@ from torch import nn
 
 from fipgraph.device import autocast, grad_scaler
 from fipgraph.models import forward_logits, model_kind
-from fipgraph.path.memory import Batch, cat_batches, n_scored
+from fipgraph.path.engine.memory import Batch, cat_batches, n_scored
 
 
 @dataclass

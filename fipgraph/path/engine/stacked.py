@@ -21,11 +21,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from fipgraph.models import forward_logits, model_kind
-from fipgraph.path.memory import n_scored
-from fipgraph.path.odist import BATCHED_ODISTS
-from fipgraph.path.step import StepOutput
+from fipgraph.path.engine.memory import n_scored
+from fipgraph.path.ops.odist import BATCHED_ODISTS
+from fipgraph.path.engine.step import StepOutput
 
-FUSED_OPS = ("finetune", "continual")  # S(w) = odist(memory) + λ·CE(task batch): computed for K walks at once
 Plan = list[tuple]  # ("flatten",) | ("relu",) | ("linear", weight index, bias index or None)
 
 
@@ -129,7 +128,7 @@ def fused_terms(recipes: list, logits: torch.Tensor, labels: torch.Tensor, tasks
     K walks of one config share op, λ, odist, head columns and batch sizes, so each term is one
     batched op instead of K small ones (on an MLP the K calls cost more than the batched matmuls)."""
     first = recipes[0]
-    if first.cfg.op not in FUSED_OPS or first.cfg.odist not in BATCHED_ODISTS or model_kind(first.model) != "classifier":
+    if not first.objective.can_fuse or first.cfg.odist not in BATCHED_ODISTS or model_kind(first.model) != "classifier":
         return None
     if len({_scored(t) for t in tasks}) > 1 or len({m is None for m in mems}) > 1:
         return None

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fipgraph.models import forward_logits
-from fipgraph.path.memory import Batch
+from fipgraph.path.engine.memory import Batch
 from fipgraph.query.scoring import head_slice, score_batches  # one scorer for build and query time
 
 

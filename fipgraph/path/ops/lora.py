@@ -19,7 +19,7 @@ from torch import nn
 from fipgraph.data.seeds import derive_seed
 from fipgraph.errors import ConfigError
 from fipgraph.models import model_kind
-from fipgraph.path.objectives import Objective, OpConfig, register_objective
+from fipgraph.path.ops.base import Objective, OpConfig, register_objective
 
 
 def _matches(module_names: list[str], key: str) -> bool:

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError
-from fipgraph.path.objectives import Context, Undirected, UndirectedConfig, register_objective
+from fipgraph.path.ops.base import Context, UndirectedConfig, register_objective
+from fipgraph.path.ops.undirected import Undirected
 
 
 @dataclass
@@ -82,6 +83,8 @@ def node_distances(w: torch.Tensor, w_start: torch.Tensor, earlier: list[torch.T
 @register_objective("travel", config=TravelConfig)
 class Travel(Undirected):
     """Undirected FIP that travels: odist to the frozen start + λ·(−⟨w − w_start, v⟩); see the module docstring."""
+
+    can_batch = False  # its distance terms and direction read each network's own weights
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         super().__init__(run, model)

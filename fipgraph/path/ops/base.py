@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fipgraph.errors import ConfigError
-from fipgraph.path.fields import check_types
+from fipgraph.errors import need
+from fipgraph.path.config.fields import check_types
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -52,10 +51,6 @@ class OpConfig:
         check_types(self, "")
 
 
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
 
 @dataclass
 class SparseTargetConfig(OpConfig):
@@ -66,8 +61,8 @@ class SparseTargetConfig(OpConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(self.prune_scope in ("global", "layer"), f"prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
-        _need(0.0 <= self.sparsity < 1.0, f"sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
+        need(self.prune_scope in ("global", "layer"), f"prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
+        need(0.0 <= self.sparsity < 1.0, f"sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
 
 
 @dataclass
@@ -77,8 +72,8 @@ class UndirectedConfig(OpConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(self.h_attack in ("fgsm", "noise"), f"h_attack={self.h_attack!r}; use 'fgsm' or 'noise'")
-        _need(self.h_epsilon > 0, f"h_epsilon={self.h_epsilon} must be > 0")
+        need(self.h_attack in ("fgsm", "noise"), f"h_attack={self.h_attack!r}; use 'fgsm' or 'noise'")
+        need(self.h_epsilon > 0, f"h_epsilon={self.h_epsilon} must be > 0")
 
 
 def register_objective(name: str, config: type[OpConfig] = OpConfig) -> Callable[[type["Objective"]], type["Objective"]]:
@@ -126,6 +121,9 @@ class Objective:
     uses_memory: ClassVar[bool] = False  # memory buffers of earlier (or anchoring) tasks enter every step
     uses_odist: ClassVar[bool] = True  # memory enters as odist to the frozen start network; False = memory_loss
     uses_task_batch: ClassVar[bool] = False  # cross-entropy batches of the run's task
+    # capabilities the batched engine reads (engine/replicas.py, engine/stacked.py):
+    can_batch: ClassVar[bool] = False  # S(w) from the logits alone, no hook acting on one network between steps
+    can_fuse: ClassVar[bool] = False  # S(w) = odist(memory) + λ·CE(task batch): one batched computation for K walks
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         self.run = run
@@ -194,61 +192,3 @@ class Objective:
     def finish(self, model: nn.Module) -> dict[str, Any] | None:
         """Change the model in place after the last step; return tags for one extra final node."""
         return None
-
-
-@register_objective("finetune")
-class Finetune(Objective):
-    """Plain cross-entropy on the new task, no constraint: the baseline that forgets."""
-
-    uses_task_batch = True
-
-    def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
-
-
-@register_objective("continual")
-class Continual(Objective):
-    """Algorithm 1: learn task i (CE) while odist holds the outputs on tasks 1..i-1's memory."""
-
-    uses_memory = True
-    uses_task_batch = True
-
-    @classmethod
-    def check(cls, run: Any) -> None:
-        where = f"run {run.name!r}"
-        _need(run.task >= 2, f"{where}: continual on task {run.task} has no earlier task to remember; train task 1 with op='finetune' first")
-        _need(run.start is not None, f"{where}: continual needs a start network trained on the earlier tasks; set from = a run name or node id")
-
-    def memory_tasks(self, task: int) -> list[int]:
-        return list(range(1, task))
-
-    def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
-
-
-@register_objective("undirected", config=UndirectedConfig)
-class Undirected(Objective):
-    """Algorithm 3: L = 0; walk wherever odist on the memory stays small (H is evaluated per node)."""
-
-    uses_memory = True
-
-    def node_metrics(self, model, step):
-        """H on one test batch of each evaluated task, with the perturbation drawn for this step."""
-        from fipgraph.data.seeds import derive_seed
-        from fipgraph.device import move_batch
-        from fipgraph.path.evaluate import robustness_h
-
-        ctx, out = self.ctx, {}
-        gen = torch.Generator().manual_seed(derive_seed(self.run.seed, "robustness", step))
-        for ds, task in (ctx.seen or {}).items():
-            batch = move_batch(next(iter(task.test_loader(self.run.eval_batch_size))), ctx.device)
-            h = robustness_h(model, batch, ctx.odist, self.options.h_attack, self.options.h_epsilon, gen)
-            if h is not None:
-                out[ds] = {"H": h}
-        return out
-
-
-# The baselines register themselves on import; importing them here makes OBJECTIVES complete
-# wherever it is read (config validation, the walk, the CLI).
-from fipgraph.path import baselines, lora, pruning, sparsify, travel  # noqa: E402,F401
-from fipgraph.path.sparsify import Sparsify, SparsifyConfig  # noqa: E402,F401  (re-exported)

@@ -2,14 +2,14 @@
 
 ``RunRecipe`` holds what a run needs (model on its device, frozen reference, objective, optimizer,
 the last saved node); each phase is one short method, and everything op-specific is a hook of the
-objective (``fipgraph.path.objectives``), never a branch on the op's name here.
+objective (``fipgraph.path.ops.base``), never a branch on the op's name here.
 
 Steps are numbered from the start node (step 0). A node is saved every ``save_every`` steps, at the
 last step and whenever the walk stops early, so a rerun resumes from the last node with no step
 stored twice. The optimizer state of the last saved node (and the objective's own resume state,
 e.g. LoRA's adapters) is kept beside the store (``<store>/optim/run-<id>.pt``: written when the walk
 stops, and at a save at most once a minute) and restored when it matches the node a rerun resumes
-from. Ctrl-C (``fipgraph.path.interrupt``): during set-up and evaluation it abandons that phase at
+from. Ctrl-C (``fipgraph.path.engine.interrupt``): during set-up and evaluation it abandons that phase at
 once; between steps it saves the current network as a node and stops; a second one stops at once.
 """
 
@@ -29,16 +29,16 @@ from fipgraph.data.seeds import derive_seed
 from fipgraph.device import check_precision, move_batch, resolve_device
 from fipgraph.errors import FipgraphError
 from fipgraph.models import build_model, forward_logits, model_from_node
-from fipgraph.path.config import refuse_changed_run
-from fipgraph.path.evaluate import evaluate_tasks, head_slice
-from fipgraph.path.interrupt import StopSignal
-from fipgraph.path.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
-from fipgraph.path.objectives import OBJECTIVES, Context
-from fipgraph.path.odist import get_odist
-from fipgraph.path.optim import lr_at, make_optimizer, set_lr
-from fipgraph.path.snapshot import PENDING, NodeSaver
-from fipgraph.path.sparsity import prunable_names, sparsity_of
-from fipgraph.path.step import Amp, fip_step
+from fipgraph.path.config.schema import refuse_changed_run
+from fipgraph.path.engine.evaluate import evaluate_tasks, head_slice
+from fipgraph.path.engine.interrupt import StopSignal
+from fipgraph.path.engine.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
+from fipgraph.path.ops import OBJECTIVES, Context
+from fipgraph.path.ops.odist import get_odist
+from fipgraph.path.engine.optim import lr_at, make_optimizer, set_lr
+from fipgraph.path.engine.snapshot import PENDING, NodeSaver
+from fipgraph.path.ops.sparsity import prunable_names, sparsity_of
+from fipgraph.path.engine.step import Amp, fip_step
 
 log = logging.getLogger("fipgraph.build")
 

@@ -23,7 +23,7 @@ import threading
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from fipgraph.path.walk import Limits
+    from fipgraph.path.engine.recipe import Limits
 
 
 class StopSignal:

@@ -38,18 +38,16 @@ from fipgraph.data.seeds import derive_seed
 from fipgraph.device import move_batch
 from fipgraph.errors import ConfigError
 from fipgraph.models import build_model, model_kind
-from fipgraph.path.interrupt import GroupStop
-from fipgraph.path.memory import batch_stream
-from fipgraph.path.optim import lr_at, make_optimizer, set_lr
-from fipgraph.path.stacked import fused_terms, stacked_forward
-from fipgraph.path.step import fip_terms, joined_batch
-from fipgraph.path.walk import RunRecipe, RunResult
+from fipgraph.path.engine.interrupt import GroupStop
+from fipgraph.path.engine.memory import batch_stream
+from fipgraph.path.engine.optim import lr_at, make_optimizer, set_lr
+from fipgraph.path.engine.stacked import fused_terms, stacked_forward
+from fipgraph.path.engine.step import fip_terms, joined_batch
+from fipgraph.path.engine.recipe import RunRecipe, RunResult
+from fipgraph.path.ops import OBJECTIVES
 
 log = logging.getLogger("fipgraph.build")
 
-# Ops whose step is S(w) from the logits alone, with no hook that acts on one network between steps
-# (EWC's penalty reads the weights; sparsify, lottery, oneshot_prune and LoRA change them or wrap them).
-BATCHABLE_OPS = ("finetune", "continual", "undirected", "replay")
 ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")  # one optimizer over stacked weights = K optimizers
 THREADS: int | None = None  # intra-op threads per group of a batched CPU step; None: see cpu_plan
 GROUPS: int | None = None  # stacked groups stepped in parallel threads on a CPU; None: see cpu_plan
@@ -88,8 +86,9 @@ def group_plans(plans: list) -> list[list]:
 def static_reason(plan) -> str | None:
     """Why this config's walks cannot be batched, as far as the config and the model tell (None = they can)."""
     cfg = plan.run
-    if cfg.op not in BATCHABLE_OPS:
-        return f"op {cfg.op!r} acts on each network between steps (batched ops: {', '.join(BATCHABLE_OPS)})"
+    if not OBJECTIVES[cfg.op].can_batch:  # e.g. EWC's penalty reads the weights; sparsify and LoRA change or wrap them
+        batched = ", ".join(name for name, op in OBJECTIVES.items() if op.can_batch)
+        return f"op {cfg.op!r} acts on each network between steps (batched ops: {batched})"
     if cfg.optimizer not in ELEMENTWISE_OPTIMIZERS:
         return f"optimizer {cfg.optimizer!r} normalises by each walk's own gradient norm"
     if cfg.precision == "fp16":

@@ -17,6 +17,8 @@ import tomllib
 from typing import Any
 
 from fipgraph.errors import ConfigError
+from fipgraph.path.config.overrides import apply_overrides
+from fipgraph.path.config.schema import shared_keys
 
 
 def parse_sweep(pair: str) -> tuple[str, list]:
@@ -87,25 +89,23 @@ def _toml_key(key: str) -> str:
 
 def _reaches(key: str, run: dict, default_op: str | None) -> bool:
     """Does sweep key ``key`` change run ``run`` directly?"""
-    from fipgraph.path.config import _shared_keys
-    from fipgraph.path.objectives import all_option_names, option_names
+    from fipgraph.path.ops import all_option_names, option_names
 
     key = _toml_key(key)
     if key.startswith("runs."):
         target = key.split(".")[1]
         return target == run.get("name")
-    if "." in key or key not in _shared_keys() | all_option_names() or key == "name":
+    if "." in key or key not in shared_keys() | all_option_names() or key == "name":
         raise ConfigError(f"sweep {key}: only run settings can be swept (seed, lr, an op's option, or "
                           f"runs.NAME.key); {key!r} is build-wide, so run one build per value instead")
     op = run.get("op", default_op)
-    return key in _shared_keys() or key in option_names(op)
+    return key in shared_keys() or key in option_names(op)
 
 
 def expand(raw: dict, sweep: dict[str, list]) -> dict:
     """``raw`` (TOML layout) with each run copied per combination of the sweep values that reach it."""
     if not sweep:
         return raw
-    from fipgraph.path.config import apply_overrides
 
     runs, default_op = raw.get("runs", []), raw.get("defaults", {}).get("op")
     reach: dict[str, list[str]] = {}

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, ClassVar
 
-from fipgraph.errors import ConfigError
-from fipgraph.path.fields import check_types
-from fipgraph.path.optim import OPTIMIZERS, SCHEDULES
+from fipgraph.errors import ConfigError, need
+from fipgraph.path.config.fields import check_types
+from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
 
-
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
 
 
 @dataclass
@@ -35,13 +28,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "data")
-        _need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
+        need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
         if isinstance(self.source, list):  # chained sources: the task sequence is the source list
-            _need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
+            need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
                   f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")
             self.split = None
             return
-        _need(len(self.split) >= 1, f"data.split={self.split!r} is empty; give one class list per task")
+        need(len(self.split) >= 1, f"data.split={self.split!r} is empty; give one class list per task")
 
     @property
     def n_tasks(self) -> int | None:
@@ -102,51 +95,51 @@ class RunConfig:
         "save_every", "eval_every", "seed", "prunable", "keep_zeros", "probe_size", "precision")
 
     def __post_init__(self) -> None:
-        from fipgraph.path.objectives import OBJECTIVES
-        from fipgraph.path.odist import ODISTS
+        from fipgraph.path.ops import OBJECTIVES
+        from fipgraph.path.ops.odist import ODISTS
 
         where = f"run {self.name!r}"
         check_types(self, where, skip=("options",))
-        _need(self.op in OBJECTIVES, f"{where}: unknown op {self.op!r}; choose one of {sorted(OBJECTIVES)}")
+        need(self.op in OBJECTIVES, f"{where}: unknown op {self.op!r}; choose one of {sorted(OBJECTIVES)}")
         self.options = _make_options(OBJECTIVES[self.op], self.options, where)
         if self.steps is None and self.epochs is None:
             self.steps = self.DEFAULT_STEPS
-        _need(self.optimizer in OPTIMIZERS, f"{where}: unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
-        _need(self.odist in ODISTS, f"{where}: unknown odist {self.odist!r}; choose one of {sorted(ODISTS)}")
-        _need(self.task >= 1, f"{where}: task={self.task}; tasks are numbered from 1")
+        need(self.optimizer in OPTIMIZERS, f"{where}: unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        need(self.odist in ODISTS, f"{where}: unknown odist {self.odist!r}; choose one of {sorted(ODISTS)}")
+        need(self.task >= 1, f"{where}: task={self.task}; tasks are numbered from 1")
         self._check_schedule(where)
-        _need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
+        need(self.lam >= 0, f"{where}: lambda (lam)={self.lam} must be >= 0")
         for key in ("batch_size", "memory_batch_size", "save_every", "eval_batch_size"):
-            _need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
-        _need(self.num_cpus >= 0 and self.num_gpus >= 0,
+            need(getattr(self, key) >= 1, f"{where}: {key}={getattr(self, key)} must be >= 1")
+        need(self.num_cpus >= 0 and self.num_gpus >= 0,
               f"{where}: num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; Ray resources must be >= 0")
-        _need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
-        _need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
-        _need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
-        _need(self.steps is None or self.steps >= 1, f"{where}: steps={self.steps} must be >= 1")
-        _need(self.epochs is None or self.epochs > 0, f"{where}: epochs={self.epochs} must be > 0")
+        need(self.probe_size >= 0, f"{where}: probe_size={self.probe_size} must be >= 0 (0 = no edge output_distance)")
+        need(self.eval_every is None or self.eval_every >= 1, f"{where}: eval_every={self.eval_every} must be >= 1")
+        need((self.steps is None) != (self.epochs is None), f"{where}: give exactly one of steps={self.steps} and epochs={self.epochs}")
+        need(self.steps is None or self.steps >= 1, f"{where}: steps={self.steps} must be >= 1")
+        need(self.epochs is None or self.epochs > 0, f"{where}: epochs={self.epochs} must be > 0")
         _check_device_words(self.device, self.precision, where)
         self._check_replicas(where)
         objective = OBJECTIVES[self.op]
         if objective.uses_memory:
-            _need(self.memory_size >= 1, f"{where}: memory_size={self.memory_size}: {self.op} needs a memory buffer; set memory_size >= 1 (paper: 500)")
+            need(self.memory_size >= 1, f"{where}: memory_size={self.memory_size}: {self.op} needs a memory buffer; set memory_size >= 1 (paper: 500)")
         objective.check(self)
 
     def _check_schedule(self, where: str) -> None:
-        _need(self.lr > 0, f"{where}: lr={self.lr} must be > 0")
-        _need(self.lr_schedule in SCHEDULES, f"{where}: unknown lr_schedule {self.lr_schedule!r}; choose one of {list(SCHEDULES)}")
-        _need(0 <= self.lr_min <= self.lr, f"{where}: lr_min={self.lr_min} must be in [0, lr={self.lr}]")
-        _need((self.lr_schedule == "cyclic") == (self.lr_cycle is not None),
+        need(self.lr > 0, f"{where}: lr={self.lr} must be > 0")
+        need(self.lr_schedule in SCHEDULES, f"{where}: unknown lr_schedule {self.lr_schedule!r}; choose one of {list(SCHEDULES)}")
+        need(0 <= self.lr_min <= self.lr, f"{where}: lr_min={self.lr_min} must be in [0, lr={self.lr}]")
+        need((self.lr_schedule == "cyclic") == (self.lr_cycle is not None),
               f"{where}: lr_cycle={self.lr_cycle} with lr_schedule={self.lr_schedule!r}; give lr_cycle (steps per cycle) exactly when the schedule is 'cyclic'")
-        _need(self.lr_cycle is None or self.lr_cycle >= 1, f"{where}: lr_cycle={self.lr_cycle} must be >= 1")
+        need(self.lr_cycle is None or self.lr_cycle >= 1, f"{where}: lr_cycle={self.lr_cycle} must be >= 1")
 
     def _check_replicas(self, where: str) -> None:
-        _need(self.replicas >= 1, f"{where}: replicas={self.replicas} must be >= 1 (the number of walks, each with its own seed)")
+        need(self.replicas >= 1, f"{where}: replicas={self.replicas} must be >= 1 (the number of walks, each with its own seed)")
         if self.seeds is None:
             return
-        _need(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+        need(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
               f"{where}: seeds={self.seeds} must be a non-empty list of distinct seeds, e.g. [0, 1, 2]")
-        _need(self.replicas in (1, len(self.seeds)),
+        need(self.replicas in (1, len(self.seeds)),
               f"{where}: replicas={self.replicas} but seeds={self.seeds} has {len(self.seeds)}; give one of them, or make them agree")
         self.replicas = len(self.seeds)
 
@@ -180,7 +173,7 @@ def _make_options(objective: Any, given: Any, where: str) -> Any:
     given = dict(given or {})
     allowed = sorted(objective.Config.__dataclass_fields__)
     unknown = sorted(set(given) - set(allowed))
-    _need(not unknown, f"{where}: op {objective.name!r} has no settings {unknown}; its own settings are {allowed}")
+    need(not unknown, f"{where}: op {objective.name!r} has no settings {unknown}; its own settings are {allowed}")
     try:
         return objective.Config(**given)
     except ConfigError as exc:
@@ -191,9 +184,9 @@ def _check_device_words(device: str | None, precision: str | None, where: str) -
     """Spelling only: whether this machine has the device is checked when the build starts."""
     from fipgraph.device import PRECISIONS, is_device_name
 
-    _need(device is None or is_device_name(device),
+    need(device is None or is_device_name(device),
           f"{where}: unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    _need(precision is None or precision.strip().lower() in PRECISIONS,
+    need(precision is None or precision.strip().lower() in PRECISIONS,
           f"{where}: unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
@@ -204,7 +197,7 @@ def identity_diff(stored: dict[str, Any], resolved: dict[str, Any], run: RunConf
     resuming a run stored before it existed: a key a stored config lacks counts as its default, or,
     for a setting whose default changed the op's behaviour, as the value the op's config class lists
     in ``LEGACY`` (what runs stored before the setting existed did)."""
-    from fipgraph.path.fields import field_defaults
+    from fipgraph.path.config.fields import field_defaults
 
     diff = [k for k in BUILD_IDENTITY if stored.get(k) != resolved.get(k)]
     defaults = {**field_defaults(RunConfig), **field_defaults(type(run.options)), "from": None,
@@ -218,7 +211,7 @@ def identity_diff(stored: dict[str, Any], resolved: dict[str, Any], run: RunConf
 def refuse_changed_run(name: str, stored: dict[str, Any], resolved: dict[str, Any], run: RunConfig) -> None:
     """ConfigError when a stored run of this name is not this run (see ``identity_diff``)."""
     changed = identity_diff(stored, resolved, run)
-    _need(not changed, f"run {name!r} is already in the store with a different config (differs in {changed}); "
+    need(not changed, f"run {name!r} is already in the store with a different config (differs in {changed}); "
                        f"rerun with the same settings to resume it, or pass --run NEWNAME for a new run")
 
 
@@ -240,17 +233,17 @@ class BuildConfig:
         check_types(self, "config", skip=("data", "runs"))
         _check_store_options(self.store)
         _check_device_words(self.device, self.precision, "config")
-        _need(len(self.runs) >= 1, "the config has no [[runs]]; add at least one")
+        need(len(self.runs) >= 1, "the config has no [[runs]]; add at least one")
         for run in self.runs:  # a run without its own device/precision takes the build's
             run.device = self.device if run.device is None else run.device
             run.precision = (self.precision if run.precision is None else run.precision).strip().lower()
         seen: set[str] = set()
         for run in self.runs:
-            _need(run.name not in seen, f"run name {run.name!r} is used twice; names must be unique")
+            need(run.name not in seen, f"run name {run.name!r} is used twice; names must be unique")
             n = self.data.n_tasks
-            _need(n is None or run.task <= n, f"run {run.name!r}: task={run.task} but the data has {n} tasks")
+            need(n is None or run.task <= n, f"run {run.name!r}: task={run.task} but the data has {n} tasks")
             if isinstance(run.start, str):
-                _need(run.start in seen, f"run {run.name!r}: from={run.start!r} is not an earlier run; use one of {sorted(seen)} or a node id")
+                need(run.start in seen, f"run {run.name!r}: from={run.start!r} is not an earlier run; use one of {sorted(seen)} or a node id")
             seen.add(run.name)
 
     def run_name(self, run: RunConfig) -> str:
@@ -267,113 +260,42 @@ def _check_store_options(options: dict[str, Any]) -> None:
     from fipgraph.storage.store import ENCODINGS  # imports torch: only for a config that has a [store] table
 
     bad = sorted(set(options) - set(STORE_OPTIONS))
-    _need(not bad, f"[store] has unknown keys {bad}; allowed: {list(STORE_OPTIONS)}")
+    need(not bad, f"[store] has unknown keys {bad}; allowed: {list(STORE_OPTIONS)}")
     enc = options.get("encoding", "lossless")
-    _need(enc in ENCODINGS, f"[store] encoding={enc!r}; choose one of {sorted(ENCODINGS)}")
+    need(enc in ENCODINGS, f"[store] encoding={enc!r}; choose one of {sorted(ENCODINGS)}")
     tol = options.get("tolerance", 0.1)
-    _need(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
+    need(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
           f"[store] tolerance={tol!r} must be a positive number (max error / RMS step, encoding='bounded'), e.g. 0.1")
     every = options.get("keyframe_every", 32)
-    _need(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
+    need(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
           f"[store] keyframe_every={every!r} must be an integer >= 1, e.g. 32")
 
 
-def _set(tree: dict, dotted: str, value: Any) -> dict:
-    """Set ``tree[a][b]... = value`` for "a.b...."; inside [[runs]] a key is a run name or an index."""
-    keys = dotted.split(".")
-    node: Any = tree
-    for k in keys[:-1]:
-        if isinstance(node, list):
-            match = [r for r in node if isinstance(r, dict) and r.get("name") == k]
-            if not match and k.isdigit() and int(k) < len(node):
-                match = [node[int(k)]]
-            _need(bool(match), f"override {dotted!r}: no run {k!r}; use runs.<name or index>.<key>, "
-                               f"names: {[r.get('name') for r in node if isinstance(r, dict)]}")
-            node = match[0]
-        elif isinstance(node, dict):
-            node = node.setdefault(k, {})
-        else:
-            raise ConfigError(f"override {dotted!r}: {k!r} is inside a plain value, not a table")
-    _need(isinstance(node, dict), f"override {dotted!r}: {keys[-2] if len(keys) > 1 else dotted!r} is not a table")
-    node[keys[-1]] = value
-    return node
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """key=value strings; values are TOML literals (1e-3, true, [1, 2]) or else plain strings."""
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        _need(bool(sep and key), f"override {pair!r} is not key=value; e.g. lr=0.01 or runs.task1.steps=50")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
-def _shared_keys() -> set[str]:
+def shared_keys() -> set[str]:
     """Keys of a [[runs]] entry that every op has (TOML spelling: from, lambda)."""
     return {f.name for f in dataclasses.fields(RunConfig)} - {"start", "lam", "options"} | {"from", "lambda"}
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A bare run setting (lr=0.01) applies to every run (an op's own setting: to every run of that op);
-    dotted keys address one place."""
-    from fipgraph.path.objectives import OBJECTIVES, all_option_names, option_names
-
-    raw = copy.deepcopy(raw)
-    default_op = raw.get("defaults", {}).get("op")
-    for key, value in overrides.items():
-        if "." not in key and key in _shared_keys() and key != "name":
-            for run in raw.get("runs", []):
-                _set_length(run, key, value, overrides)
-        elif "." not in key and key in all_option_names():
-            runs = [r for r in raw.get("runs", []) if r.get("op", default_op) in OBJECTIVES
-                    and key in option_names(r.get("op", default_op))]
-            owners = sorted(op for op in OBJECTIVES if key in option_names(op))
-            _need(bool(runs), f"override {key}={value!r}: no run has an op with that setting (it belongs to {owners})")
-            for run in runs:
-                run[key] = value
-        elif key.startswith("runs.") and key.rsplit(".", 1)[-1] in _LENGTH:
-            prefix, last = key.rsplit(".", 1)
-            _set_length(_set(raw, key, value), last, value, overrides, prefix + ".")
-        else:
-            _set(raw, key, value)
-    return raw
-
-
-_LENGTH = {"steps": "epochs", "epochs": "steps"}  # a run's length: exactly one of the two
-
-
-def _set_length(run: dict, key: str, value: Any, overrides: dict, prefix: str = "") -> None:
-    """Set one run key; an overridden steps (epochs) replaces the run's epochs (steps) unless both are overridden."""
-    run[key] = value
-    other = _LENGTH.get(key)
-    if other and other not in overrides and prefix + other not in overrides:
-        run.pop(other, None)
-
-
 def _run_kwargs(i: int, run: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """One [[runs]] entry merged with [defaults], split into shared settings and the op's own (``options``)."""
-    from fipgraph.path.objectives import OBJECTIVES, all_option_names, option_names
+    from fipgraph.path.ops import OBJECTIVES, all_option_names, option_names
 
-    _need("name" in run or "name" in defaults, f"runs[{i}] needs a name and an op")
+    need("name" in run or "name" in defaults, f"runs[{i}] needs a name and an op")
     defaults = dict(defaults)
     if "epochs" in run and "steps" not in run:  # the run's own length wins over the defaults' other one
         defaults.pop("steps", None)
     if "steps" in run and "epochs" not in run:
         defaults.pop("epochs", None)
     merged = {**defaults, **run}
-    _need("name" in merged and "op" in merged, f"runs[{i}] needs a name and an op")
+    need("name" in merged and "op" in merged, f"runs[{i}] needs a name and an op")
     op = merged["op"]
-    _need(isinstance(op, str) and op in OBJECTIVES, f"runs[{i}]: unknown op {op!r}; choose one of {sorted(OBJECTIVES)}")
+    need(isinstance(op, str) and op in OBJECTIVES, f"runs[{i}]: unknown op {op!r}; choose one of {sorted(OBJECTIVES)}")
     own, others = set(option_names(op)), all_option_names() - set(option_names(op))
     wrong = sorted(k for k in run if k in others and k not in own)
-    _need(not wrong, f"run {merged['name']!r}: {wrong} are settings of other ops, not of {op!r}; its own are {sorted(own)}")
-    bad = sorted(set(merged) - _shared_keys() - all_option_names())
-    _need(not bad, f"runs[{i}]: unknown keys {bad}; allowed: {sorted(_shared_keys() | own)}")
-    kwargs = {k: v for k, v in merged.items() if k in _shared_keys()}  # [defaults] of other ops are dropped
+    need(not wrong, f"run {merged['name']!r}: {wrong} are settings of other ops, not of {op!r}; its own are {sorted(own)}")
+    bad = sorted(set(merged) - shared_keys() - all_option_names())
+    need(not bad, f"runs[{i}]: unknown keys {bad}; allowed: {sorted(shared_keys() | own)}")
+    kwargs = {k: v for k, v in merged.items() if k in shared_keys()}  # [defaults] of other ops are dropped
     kwargs["options"] = {k: v for k, v in merged.items() if k in own}
     if "from" in kwargs:
         kwargs["start"] = kwargs.pop("from")
@@ -387,35 +309,15 @@ def build_config(raw: dict[str, Any]) -> BuildConfig:
     raw = copy.deepcopy(raw)
     known = {f.name for f in dataclasses.fields(BuildConfig)} | {"defaults"}
     unknown = set(raw) - known
-    _need(not unknown, f"unknown top-level config keys {sorted(unknown)}; allowed: {sorted(known)}")
+    need(not unknown, f"unknown top-level config keys {sorted(unknown)}; allowed: {sorted(known)}")
     defaults = raw.pop("defaults", {})
-    _need(isinstance(defaults, dict), f"[defaults] must be a table, got {defaults!r}")
+    need(isinstance(defaults, dict), f"[defaults] must be a table, got {defaults!r}")
     runs = [RunConfig(**_run_kwargs(i, run, defaults)) for i, run in enumerate(raw.pop("runs", []))]
     try:
         data = DataConfig(**raw.pop("data", {}))
         return BuildConfig(data=data, runs=runs, **raw)
     except TypeError as exc:
         raise ConfigError(f"bad config: {exc}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                sweeps: list[str] | None = None) -> BuildConfig:
-    """Read a TOML config (None = the embedded default), apply key=value overrides, then expand its
-    [sweep] table and the ``sweeps`` ("key=v1,v2") into one run per combination (``fipgraph.path.sweep``)."""
-    from fipgraph.path import sweep
-
-    if path is None:
-        text = resources.files("fipgraph.path").joinpath("default.toml").read_text()
-    else:
-        p = Path(path)
-        _need(p.is_file(), f"config file {str(p)!r} not found; give a TOML path or no argument for the default build")
-        text = p.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path or 'default.toml'}: {exc}") from None
-    swept = sweep.sweep_keys(raw, sweeps)
-    return build_config(sweep.expand(apply_overrides(raw, parse_overrides(overrides or [])), swept))
 
 
 def config_to_dict(config: BuildConfig) -> dict[str, Any]:
