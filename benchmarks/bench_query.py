@@ -110,7 +110,7 @@ def bench_read(path: Path, n: int = 20) -> float:
 def bench_perplexity(quick: bool) -> dict:
     from fipgraph.models import build_model
     from fipgraph.query import perplexity
-    from fipgraph.query.evaluate import mask_tokens
+    from fipgraph.query.evaluation import mask_tokens
 
     spec = {"name": "bert", "kwargs": {"vocab_size": 8000, "hidden_size": 128, "num_hidden_layers": 2,
                                        "num_attention_heads": 2, "intermediate_size": 512}}

@@ -250,7 +250,7 @@ def cmd_robustness(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from fipgraph.query._common import node_or_run
-    from fipgraph.query.interpolate import interpolate, plot_interpolation
+    from fipgraph.query.interpolation import interpolate, plot_interpolation
 
     with _reading(args) as store:
         a, b = node_or_run(store, args.a, "A"), node_or_run(store, args.b, "B")

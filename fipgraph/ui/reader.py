@@ -266,7 +266,7 @@ class StoreView:
 
     def _where(self, where: list[dict], condition: str | None) -> str | None:
         """Constraints [{column, op, value}] (and an optional raw SQL condition) as one SQL condition."""
-        from fipgraph.query.select import where_sql
+        from fipgraph.query.selection import where_sql
 
         metrics = self.metric_columns() + [c for c in self.columns() if c in ("op", "run_id", "arch_id")]
         parts = [where_sql({c["column"]: (c["op"], c["value"])}, metrics) for c in where or []]

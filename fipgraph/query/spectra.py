@@ -88,7 +88,7 @@ def spectrum(store, node: int, dataset: Any, k: int = 20, *, n_examples: int = 6
     from fipgraph.data import concat_batches
     from fipgraph.device import resolve_device
     from fipgraph.models import model_from_node
-    from fipgraph.query.evaluate import query_batches
+    from fipgraph.query.evaluation import query_batches
 
     if k < 1:
         raise ConfigError(f"k={k}; ask for at least one eigenvalue")

@@ -21,7 +21,7 @@ from torch import nn
 from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.query._common import (check_metric, check_same_arch, flat_vector, float_param_names, sql_quote_ident,
                                     wide_columns)
-from fipgraph.query.select import select
+from fipgraph.query.selection import select
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -104,7 +104,7 @@ def _disagreement_pick(store, ids: list[int], k: int, query: Any, model: nn.Modu
     """Greedy: start from the most accurate node on `query`, then repeatedly add the node whose
     predictions disagree most (mean over current members) with the members chosen so far."""
     from fipgraph.models import forward_logits, model_from_node
-    from fipgraph.query.evaluate import query_batches
+    from fipgraph.query.evaluation import query_batches
     from fipgraph.query.scoring import to_device
 
     check_same_arch(store, ids)

@@ -19,7 +19,7 @@ from torch import nn
 from fipgraph.device import resolve_device
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import check_same_arch, resolve_nodes
-from fipgraph.query.evaluate import empty_model, query_batches
+from fipgraph.query.evaluation import empty_model, query_batches
 from fipgraph.query.scoring import node_heads, score_batches, task_columns, to_device
 
 
