@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError, FipgraphError
-from fipgraph.query._common import (check_metric, check_same_arch, flat_vector, float_param_names, sql_quote_ident,
-                                    wide_columns)
+from fipgraph.query._common import check_metric, check_same_arch, flat_vector, float_param_names, wide_columns
 from fipgraph.query.selection import select
+from fipgraph.storage.sql import quote_ident
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -157,7 +157,7 @@ def _spread_pick(store, where, k: int, metric: str | None, max_drop: float | Non
     col = _resolve_column(store, metric or "accuracy", "metric", "spread ensembles bound the candidates' "
                           "accuracy; evaluate them first (`fipgraph evaluate`) or pass metric= a column")
     ids, _ = _candidates(store, where, 1, require=col)
-    q = f"select node_id, {sql_quote_ident(col)} as m from wide where node_id in ({', '.join(map(str, ids))})"
+    q = f"select node_id, {quote_ident(col)} as m from wide where node_id in ({', '.join(map(str, ids))})"
     acc = store.sql(q).set_index("node_id")["m"]
     best = float(acc.max())
     kept = [i for i in ids if max_drop is None or float(acc[i]) >= best - max_drop]

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from fipgraph.errors import ConfigError, FipgraphError
-from fipgraph.query._common import as_list, sql_quote_ident, wide_columns
+from fipgraph.query._common import as_list, wide_columns
+from fipgraph.storage.sql import quote_ident
 from fipgraph.query.catalog import query_rows
 
 OPS = {">=": ">=", ">": ">", "<=": "<=", "<": "<", "==": "=", "=": "=", "!=": "<>",
@@ -39,7 +40,7 @@ def _check_column(name: str, cols: Sequence[str] | None) -> str:
             f"unknown metric/column {name!r}; the wide view has {list(cols)}. Evaluate it first "
             "(fipgraph evaluate / perplexity / pca) or use one of those names"
         )
-    return sql_quote_ident(name)
+    return quote_ident(name)
 
 
 def where_sql(where: dict | str | None, cols: Sequence[str]) -> str:

@@ -28,6 +28,7 @@ from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
 from fipgraph.storage.sidecar import StoreFiles
+from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
 
@@ -332,13 +333,42 @@ class Store:
         writer.put(OpJob(CatalogOp("set_run_status", (int(run_id), status))))
 
     def find_run(self, name: str) -> dict | None:
+        """The runs row named ``name`` (config decoded), or None."""
+        return self._run_where("name", name)
+
+    def run_by_id(self, run_id: int) -> dict | None:
+        """The runs row ``run_id`` (config decoded), or None."""
+        return self._run_where("run_id", int(run_id))
+
+    def _run_where(self, column: str, value) -> dict | None:
         self.flush()
-        df = self.catalog.query("SELECT * FROM runs WHERE name = ?", [name])
+        df = self.catalog.query(f"SELECT * FROM runs WHERE {column} = ?", [value])
         if df.empty:
             return None
         run = df.iloc[0].to_dict()
         run["config"] = json.loads(run["config"]) if run["config"] else {}
         return run
+
+    # -- named reads of the run engine (fipgraph.storage.protocol.EngineStore) ---------------------------
+    def last_node(self, run_id: int) -> NodeAt | None:
+        """The run's node furthest along its walk (the rule: ``fipgraph.storage.sql``), or None."""
+        return self._node_at(LAST_NODE_OF_RUN_ID, [int(run_id)])
+
+    def first_tagged(self, run_id: int, tag: str) -> NodeAt | None:
+        """The run's first node (by step) whose tags hold ``tag: true``, or None."""
+        return self._node_at(FIRST_TAGGED, [int(run_id), tag_path(tag)])
+
+    def _node_at(self, query: str, params: list) -> NodeAt | None:
+        df = self.sql(query, params)
+        if df.empty:
+            return None
+        return NodeAt(int(df["node_id"][0]), int(df["step"][0]), decode_tags(df["tags"][0]))
+
+    def node_tags(self, node_id: int) -> dict:
+        return decode_tags(self.node(node_id).get("tags"))
+
+    def has_evals(self, node_id: int) -> bool:
+        return int(self.sql("SELECT count(*) AS n FROM evals WHERE node_id = ?", [int(node_id)])["n"][0]) > 0
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every appended node and evaluation is committed. Raises WriterError if the

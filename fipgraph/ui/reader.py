@@ -19,6 +19,7 @@ import pandas as pd
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.storage import open_store
+from fipgraph.storage.sql import decode_tags, quote_ident
 from fipgraph.ui.console import SqlConsole, jsonable
 from fipgraph.ui.layout import PcaPlacer, lineage_layout, place_at_ancestors
 
@@ -30,10 +31,6 @@ PCA_X, PCA_Y = "pca_pc1", "pca_pc2"  # what `fipgraph pca` records (dataset "pca
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL")
 NOT_A_METRIC = {"node_id", "parent_id", "run_id"}
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def rounded(values: np.ndarray, digits: int = 6) -> list:
@@ -217,7 +214,7 @@ class StoreView:
         props = self.store.catalog.query_arrow("SELECT * FROM nodes WHERE node_id = ?", [int(node_id)]).to_pylist()[0]
         metrics = {c: jsonable(v) for c, v in rec.items() if c not in props and _present(v)}
         props = {c: jsonable(v) for c, v in props.items() if c != "tags"}
-        tags = json.loads(rec["tags"]) if isinstance(rec.get("tags"), str) else None
+        tags = decode_tags(rec.get("tags")) or None
         children = self.store.sql("SELECT node_id FROM nodes WHERE parent_id = ? ORDER BY node_id", [int(node_id)])
         run = None
         if _present(rec.get("run_id")):

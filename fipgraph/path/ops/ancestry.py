@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fipgraph.errors import ConfigError
@@ -42,11 +41,10 @@ def _trained_task(store: Any, run_id: Any, cache: dict) -> int | None:
     if rid not in cache:
         from fipgraph.path.ops.base import OBJECTIVES
 
-        df = store.sql("SELECT op, config FROM runs WHERE run_id = ?", [rid])
+        run = store.run_by_id(rid)
         task = None
-        if not df.empty and df["op"][0] in OBJECTIVES and OBJECTIVES[df["op"][0]].uses_task_batch:
-            config = json.loads(df["config"][0]) if df["config"][0] else {}
-            task = (config.get("run") or {}).get("task")
+        if run is not None and run["op"] in OBJECTIVES and OBJECTIVES[run["op"]].uses_task_batch:
+            task = (run["config"].get("run") or {}).get("task")
         cache[rid] = task
     return cache[rid]
 
