@@ -8,6 +8,7 @@ Layout of a store directory (see store/README.md):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -26,15 +27,15 @@ from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
-from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
+from fipgraph.storage.options import ENCODINGS, StoreOptions
+from fipgraph.storage.reader import NodeInfo, RowReader
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
-from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
+from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
-ENCODINGS = {"lossless": "lossless", "int8": "q8", "bounded": "bnd"}
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
@@ -63,35 +64,29 @@ def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
 
 
 class Store:
-    def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
-                 keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
-                 tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
+    def __init__(self, path: str | Path = "store", mode: str = "a", options: StoreOptions | None = None,
+                 **keywords: Any) -> None:
+        """``options``, or the same as keywords (``encoding="int8"``; they override ``options``'s): see StoreOptions."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
-        if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
-            raise ValueError(f"tolerance (max error per weight / its tensor's RMS step, for encoding='bounded') "
-                             f"must be a positive number, got {tolerance!r}")
-        if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
-            raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
+        self.options = opts = dataclasses.replace(options or StoreOptions(), **keywords)  # checked here, once
+        durable = opts.durable
         self.root, self.mode = Path(path), mode
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
-        self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[encoding], keyframe_every, float(tolerance)
+        self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[opts.encoding], opts.keyframe_every, float(opts.tolerance)
         self._lock = None
         if mode == "a":
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = WriterLock(self.root / "writer.lock").acquire()
         try:
             self._check_marker(create=mode == "a")
-            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout,
+            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=opts.lock_timeout,
                                    durable=durable)
             self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
-            self._reader = RowReader(self.weights, self.layout, self._info, self.root, cache_bytes=cache_bytes)
+            self._reader = RowReader(self.weights, self.layout, self._info, self.root, cache_bytes=opts.cache_bytes)
             self._new_ensembles: set[str] = set()
             self._load_index()
         except BaseException:
@@ -107,8 +102,8 @@ class Store:
             self._next_row = dict(zip(rows["arch_id"], rows["r"].astype(int) + 1))
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
-                                  commit_interval=commit_interval, max_pending_bytes=max_pending_bytes,
-                                  recent_bytes=recent_bytes)
+                                  commit_interval=opts.commit_interval, max_pending_bytes=opts.max_pending_bytes,
+                                  recent_bytes=opts.recent_bytes)
             self._writer.start()
             exit_hook.track(self)
 

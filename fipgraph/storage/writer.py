@@ -29,6 +29,7 @@ from fipgraph.storage.chunks import submit_chunks
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.options import DEFAULT_RECENT_BYTES
 from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
 
@@ -72,8 +73,6 @@ log = logging.getLogger("fipgraph.build.store")
 STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
-DEFAULT_RECENT_BYTES = 512 << 20  # decoded rows of recent nodes the writer keeps as parents (beyond the two
-# a chain needs): a branch off a recent node then needs no read from disk
 RECENT_MAX_NODES = 4
 
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
