@@ -14,7 +14,7 @@ from fipgraph.errors import ConfigError
 from fipgraph.models import build_model
 from fipgraph.query import Ensemble, perplexity, spectrum
 from fipgraph.query import spectra as spectrum_mod  # the module (the package exports the function)
-from fipgraph.query.evaluation import mask_tokens
+from fipgraph.query.evaluation import mask_for_scoring
 from fipgraph.query.robustness import adversarial_report, coherence, representation_diversity
 
 torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def test_masked_lm_perplexity_equals_transformers_loss(tmp_path):
     st, ids = _store_with(tmp_path, spec)
     batches = _text_batches()
     got = perplexity(st, ids, batches, name="toy", mask_token_id=MASK, progress=False, device="cpu")
-    masked = [mask_tokens(b, MASK, seed=i) for i, b in enumerate(batches)]
+    masked = [mask_for_scoring(b, MASK, seed=i) for i, b in enumerate(batches)]
     for i, b in enumerate(masked):  # the fixed-seed masking: ~15 % of attended tokens, never padding
         chosen = b["labels"] != -100
         assert not (chosen & (batches[i]["attention_mask"] == 0)).any()

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from fipgraph.cli import add_store_argument
 from fipgraph.errors import ConfigError
+from fipgraph.heads import HEADS
 
 
 @contextmanager
@@ -111,7 +112,7 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
     p.add_argument("--data", default=default, help="data source (digits, mnist, wiki, a CSV path, ...)")
     p.add_argument("--split", help='class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]"')
     p.add_argument("--task", help="task name or index (default: every task)")
-    p.add_argument("--head", choices=["single", "per_task"],
+    p.add_argument("--head", choices=list(HEADS),
                    help="label layout of the tasks (default: the data.head the nodes were built with)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (must match the build)")
     p.add_argument("--data-kwargs", help='extra make_tasks options as JSON (the build\'s [data] kwargs), e.g. '

@@ -21,7 +21,7 @@ from fipgraph.query._common import cached_evals, resolve_nodes
 from fipgraph.query.scoring import node_heads, score_batches, task_columns, to_device
 from fipgraph.query.text import is_texts, node_tokenizer, text_batches, texts_name
 
-__all__ = ["evaluate", "perplexity", "query_batches", "mask_tokens", "score_batches", "empty_model"]
+__all__ = ["evaluate", "perplexity", "query_batches", "mask_for_scoring", "score_batches", "empty_model"]
 
 MLM_RATE = 0.15  # BERT's masking rate; the paper's masked-LM perplexity uses it too
 
@@ -48,10 +48,11 @@ def query_batches(dataset: Any, *, name: str | None = None, batch_size: int = 25
     return name, kind, batches, meta
 
 
-def mask_tokens(batch: dict, mask_token_id: int, rate: float = MLM_RATE, seed: int = 0) -> dict:
+def mask_for_scoring(batch: dict, mask_token_id: int, rate: float = MLM_RATE, seed: int = 0) -> dict:
     """BERT-style evaluation masking with a fixed seed: `rate` of the scorable tokens (attended,
     and not -100 in existing labels) become `mask_token_id`; only they are scored. Every masked
-    token is replaced (no 80/10/10) so the score is deterministic across nodes."""
+    token is replaced (no 80/10/10, unlike training's ``fipgraph.data.mask_tokens``) so the score is
+    deterministic across nodes."""
     ids = batch["input_ids"]
     if "labels" in batch and (ids == mask_token_id).any():
         return batch  # the data layer masked it already; masking again would score [MASK] tokens
@@ -119,7 +120,7 @@ def _group_batches(store, mdl: nn.Module, first: int, data: dict) -> list[dict]:
         data = {**data, "meta": {"mask_token_id": tok.mask_token_id} if mkind == "masked_lm" else {}}
     if mkind == "masked_lm":
         mid = _mask_id(mdl, data["meta"], data["mask_token_id"])
-        batches = [mask_tokens(b, mid, seed=data["mask_seed"] + i) for i, b in enumerate(batches)]
+        batches = [mask_for_scoring(b, mid, seed=data["mask_seed"] + i) for i, b in enumerate(batches)]
     return [to_device(b, data["device"]) for b in batches]  # moved once, scored by every node
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fipgraph.errors import ConfigError, need
+from fipgraph.heads import HEADS
 from fipgraph.path.config.fields import check_types
 from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
 from fipgraph.storage.options import StoreOptions
@@ -29,7 +30,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "data")
-        need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
+        need(self.head in HEADS, f"data.head={self.head!r}; use one of {list(HEADS)}")
         if isinstance(self.source, list):  # chained sources: the task sequence is the source list
             need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
                   f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")

@@ -18,8 +18,9 @@ def need_earlier_task(run: Any) -> None:
                           f"set from = a run name or node id")
 
 
-def lineage(store: Any, node: int) -> list[dict]:
-    """``node`` and its ancestors (rows of the nodes table), nearest first."""
+def ancestor_rows(store: Any, node: int) -> list[dict]:
+    """``node`` and its ancestors by primary parent (rows of the nodes table), nearest first: one node at a
+    time through the engine's store, where ``fipgraph.query.lineage`` reads the whole graph for ids."""
     import pandas as pd  # here, not at module level: every Ray worker imports this module (0.4 s for pandas)
 
     rows: list[dict] = []
@@ -53,7 +54,7 @@ def task_end_nodes(store: Any, start: int, wanted: list[int]) -> dict[int, int]:
     """For each task in ``wanted``, the nearest ancestor of ``start`` (itself included) whose run trained it."""
     found: dict[int, int] = {}
     cache: dict = {}
-    for row in lineage(store, start):
+    for row in ancestor_rows(store, start):
         task = _trained_task(store, row.get("run_id"), cache)
         if task in wanted and task not in found:
             found[task] = int(row["node_id"])
