@@ -42,6 +42,21 @@ function fmt(v) {
   return (a !== 0 && (a < 1e-3 || a >= 1e5)) ? v.toExponential(3) : Number(v.toPrecision(4)).toString();
 }
 
+// A metric's unit where its name tells it: accuracies (and their barriers) are fractions shown as %, a
+// perplexity is a perplexity (not its inverse). Unknown names get none rather than a guess.
+function metricUnit(name) {
+  const n = String(name).toLowerCase();
+  if (/perplexity/.test(n) && !/inverse/.test(n)) return "ppl";
+  return /(^|[_/:])(accuracy|acc)([_/:]|$)/.test(n) ? "%" : "";
+}
+
+// a metric value for the screen: 4 significant digits (fmt) and its unit; the exact value is String(v)
+function fmtMetric(name, v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return fmt(v);
+  const unit = metricUnit(name);
+  return unit === "%" ? `${fmt(v * 100)} %` : unit ? `${fmt(v)} ${unit}` : fmt(v);
+}
+
 function shapePath(ctx, shape, x, y, r) {
   switch (shape) {
     case "square": ctx.rect(x - r * 0.85, y - r * 0.85, r * 1.7, r * 1.7); break;
@@ -316,5 +331,5 @@ class GraphView {
 }
 
 window.GraphView = GraphView;
-window.graphUtil = {viridis, fmt, shapePath, GLYPHS, SHAPES, NULL_COLOR};
+window.graphUtil = {viridis, fmt, fmtMetric, metricUnit, shapePath, GLYPHS, SHAPES, NULL_COLOR};
 })();
