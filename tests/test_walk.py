@@ -185,3 +185,20 @@ def test_a_real_sigint_saves_and_stops_and_the_same_call_resumes_bit_exact(tmp_p
         assert list(b.sql("SELECT step FROM nodes ORDER BY step")["step"]) == [0, 10, 13, 20, 30]
     done = fipgraph.walk(net, DataLoader(TensorDataset(*TASK2), batch_size=16), store=tmp_path / "b", **args)
     assert done.status == "finished" and done.steps_done == 0 and done.last_node == again.last_node
+
+
+def test_hf_models_read_their_logits_and_a_causal_lm_learns_its_own_inputs(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(0, 50, (64, 12))
+    texts = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # no labels: a causal LM predicts its inputs
+    result = fipgraph.walk(lm, texts, op="sparsify", store=tmp_path / "s", steps=3, save_every=3, sparsity=0.3,
+                           memory_size=16, test={"held": {k: v[:8] for k, v in texts.items()}}, **FAST)
+    assert result.status == "finished"
+    assert 0 < result.evaluations["held"]["loss"] < 10
+    with fipgraph.open_store(tmp_path / "s", "r") as store:
+        spec = store.arch_spec(result.last_node)["model"]
+        assert spec["name"] == "hf" and spec["kwargs"]["hf_class"] == "GPT2LMHeadModel"
+        assert type(model_from_node(store, result.last_node)).__name__ == "GPT2LMHeadModel"
