@@ -168,13 +168,14 @@ def _diverse_query(args, store):
     distance where neither tells (nodes without a recorded [data], or of several builds)."""
     from fipgraph.query.recorded import recorded_data
 
+    candidates = _parse_nodes(store, None, args.where)
     if args.data is None:
         try:
-            if recorded_data(store) is None:
+            if recorded_data(store, candidates) is None:
                 return None
         except ConfigError:
             return None
-    return _tasks(args, store, None)[0]
+    return _tasks(args, store, candidates)[0]
 
 
 def cmd_ensemble(args) -> int:
@@ -223,12 +224,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _members(store, name: str) -> list[int] | None:
+    """The node ids of a recorded ensemble (None if there is none by that name: robustness says so)."""
+    rows = store.sql("select members from ensembles where name = ?", [name])["members"].tolist()
+    return [int(n) for n in json.loads(rows[0])] if rows else None
+
+
 def cmd_robustness(args) -> int:
     from fipgraph.query._common import node_or_run
     from fipgraph.query.robustness import ensemble_robustness
 
     with _reading(args) as store:
-        task = _tasks(args, store, None)[0]
+        task = _tasks(args, store, _members(store, args.ensemble))[0]
         x, y = task.test["x"][: args.n], task.test["labels"][: args.n]
         sur = node_or_run(store, args.surrogate, "--surrogate") if args.surrogate is not None else None
         res = ensemble_robustness(store, args.ensemble, x, y, n_classes=task.n_classes, eps=args.eps,
