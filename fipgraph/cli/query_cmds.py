@@ -149,8 +149,10 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_select(args) -> int:
+    from fipgraph.cli.store_cmds import format_csv, format_json, format_table
     from fipgraph.query import pareto, select, select_sql
     from fipgraph.query.catalog import open_catalog
+    from fipgraph.query.select import columns_named, selection_rows
 
     with open_catalog(args.store) as store:  # the catalog only: no weights, no torch
         if args.maximize or args.minimize:
@@ -159,7 +161,12 @@ def cmd_select(args) -> int:
             if args.show_sql:
                 print(select_sql(store, args.where, args.order_by, args.limit), file=sys.stderr)
             ids = select(store, where=args.where, order_by=args.order_by, limit=args.limit)
-        print(" ".join(map(str, ids)))
+        if args.ids:
+            print(" ".join(map(str, ids)))
+            return 0
+        named = columns_named(store, args.where, args.order_by, args.maximize, args.minimize)
+        res = selection_rows(store, ids, named)
+    print({"table": format_table, "csv": format_csv, "json": format_json}[args.format](res.columns, res.rows).rstrip("\n"))
     return 0
 
 
@@ -319,8 +326,8 @@ def _register_weights_and_scores(subparsers) -> None:
 
 
 def _register_selection(subparsers) -> None:
-    p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front (reads the "
-                              "catalog only)")
+    p = subparsers.add_parser("select", help="the nodes meeting constraints, or a Pareto front, as a table "
+                              "(reads the catalog only)")
     add_store_argument(p)
     p.add_argument("--where", help="SQL condition over the wide view, e.g. \"task1_accuracy >= 0.9 AND sparsity >= 0.5\"")
     p.add_argument("--order-by", action="append", help="column; prefix '-' for descending, written --order-by=-col (repeatable)")
@@ -328,6 +335,10 @@ def _register_selection(subparsers) -> None:
     p.add_argument("--maximize", action="append", help="Pareto objective to maximise (repeatable)")
     p.add_argument("--minimize", action="append", help="Pareto objective to minimise (repeatable)")
     p.add_argument("--show-sql", action="store_true")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="node, run, step and the columns --where/--order-by/--maximize/--minimize name; csv/json "
+                        "keep every float bit (as `fipgraph sql`)")
+    p.add_argument("--ids", action="store_true", help="only the node ids, space-separated (for scripts)")
     p.set_defaults(func=cmd_select)
 
     p = _add_recording_query(subparsers, "ensemble", cmd_ensemble, "choose k networks as an ensemble and "
