@@ -12,6 +12,7 @@ from fipgraph.data import known_sources, make_tasks
 from fipgraph.errors import ConfigError
 from fipgraph.models import build_model, model_from_node
 from fipgraph.path import build, load_config
+from fipgraph.query import evaluate
 from fipgraph.query.scoring import score_batches
 from tests.owncode.data import parity_tasks
 
@@ -64,6 +65,10 @@ def test_toml_build_on_own_model_and_data_function(tmp_path):
     task = parity_tasks(seed=1, scale=2.0)[0]
     assert score_batches(model, task.test_loader())["accuracy"] == pytest.approx(stored)
     assert score_batches(model, parity_tasks(seed=0, scale=2.0)[0].test_loader())["accuracy"] != pytest.approx(stored)
+    # queries remake the same data from the recorded [data]: the user's function, its seed and kwargs
+    with fipgraph.open_store(tmp_path / "s", "r") as st:
+        df = evaluate(st, [last], "task1", recompute=True, record=False, progress=False, device="cpu")
+    assert df["accuracy"].tolist() == pytest.approx([stored])
 
 
 def test_entry_points_of_an_installed_package_are_found(tmp_path, monkeypatch):
