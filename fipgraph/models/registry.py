@@ -125,13 +125,29 @@ def _trim_padding(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.T
     return ids[:, :width], mask[:, :width]
 
 
+def _custom_logits(forward, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user's ``forward(model, batch)``: logits with the batch's labels, or its own (logits, labels)."""
+    out = forward(model, batch)
+    logits, labels = out if isinstance(out, tuple) and len(out) == 2 else (out, batch.get("labels"))
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ConfigError(f"forward= must return logits (and the batch must have labels) or (logits, labels); got "
+                          f"{type(out).__name__} for a batch with keys {sorted(batch)}")
+    return logits, labels
+
+
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (P, C) at the scored positions and their labels (P,).
 
     Classifier: one position per example. Masked LM: positions with label != -100. Causal LM:
     HF convention (labels == input_ids, unshifted); position t predicts token t+1.
     """
+    custom = getattr(model, "fipgraph_forward", None)  # fipgraph.walk(..., forward=): the user's own forward
+    if custom is not None:
+        return _custom_logits(custom, model, batch)
     kind = model_kind(model)
+    if "labels" not in batch:
+        raise ConfigError(f"the batch has no labels (keys {sorted(batch)}); give (inputs, labels) items or a 'labels' "
+                          f"key, or pass forward=lambda model, batch: (logits, labels)")
     labels = batch["labels"]
     if kind == "classifier":
         if "x" in batch:
@@ -140,6 +156,9 @@ def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
             ids, mask = _trim_padding(batch["input_ids"], batch.get("attention_mask"))
             out = model(input_ids=ids, attention_mask=mask)
         logits = out.logits if hasattr(out, "logits") else out
+        if not isinstance(logits, torch.Tensor):
+            raise ConfigError(f"{type(model).__name__} returned a {type(logits).__name__}, not logits; pass "
+                              f"forward=lambda model, batch: model(batch['x'])[0] (or whatever picks the logits)")
         if logits.shape[0] != labels.shape[0]:
             raise ConfigError(f"model gave {logits.shape[0]} rows of logits for {labels.shape[0]} labels")
         return logits, labels
