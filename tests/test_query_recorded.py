@@ -83,3 +83,15 @@ def test_python_queries_take_the_same_default(store):
         one = evaluate(st, nodes, "task1", recompute=True, record=False, progress=False, device="cpu")
         assert one["accuracy"].tolist() == pytest.approx(built, abs=1e-6)
         assert spectrum(st, nodes[-1], k=2, n_examples=8, record=False, device="cpu")["dataset"] == "task1"
+
+
+def test_nodes_walked_from_python_objects_ask_for_their_data(tmp_path):
+    from fipgraph.models import build_model
+    from fipgraph.query.recorded import recorded_tasks
+
+    with fipgraph.open_store(tmp_path / "s", mode="a") as st:
+        run = st.start_run("walked", "finetune", {"data": {"source": "python", "data": "SourceTask(...)"}})
+        node = st.append(build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [4]}}), run=run, step=0)
+        with pytest.raises(ConfigError, match="walked from Python objects.*pass --data"):
+            recorded_tasks(st, [node])
+        assert [t.name for t in recorded_tasks(st, [node], source="digits", split=[[0, 1], [2, 3]])] == ["task1", "task2"]

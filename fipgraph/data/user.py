@@ -6,8 +6,9 @@ take is an error: the user wrote it), plus ``split``, ``seed``, ``head`` and ``t
 signature names them (or takes ``**kwargs``); those are fipgraph's own settings, which a function is free
 to ignore, except that a split or a non-zero seed it cannot take is refused rather than dropped silently.
 
-What it returns: a list of :class:`~fipgraph.data.Task` (one per task, in order), or a list of
-``(train, test)`` pairs, each converted by ``fipgraph.data.adapters.to_task`` and named task1, task2, ...
+What it returns: a list with one item per task, in order: a :class:`~fipgraph.data.Task`, a task made by
+``fipgraph.data.adapters.to_task``, or a ``(train, test)`` pair of anything ``to_task`` reads (DataLoaders,
+Datasets, ``datasets.Dataset``, ``(x, y)`` tensors), converted by it and named task1, task2, ...
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def as_tasks(source: str, result: Any) -> list[Task]:
     if not isinstance(result, (list, tuple)) or not result:
         raise ConfigError(f"data source {source!r} returned a {type(result).__name__}; return a non-empty list "
                           f"with one fipgraph.data.Task, or one (train, test) pair, per task")
-    tasks = [item if isinstance(item, Task) else _pair_task(source, i, item) for i, item in enumerate(result)]
+    from fipgraph.data.adapters import SourceTask
+
+    tasks = [item if isinstance(item, (Task, SourceTask)) else _pair_task(source, i, item)
+             for i, item in enumerate(result)]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"data source {source!r} returned tasks with repeated names {names}; queries choose a "
@@ -88,13 +92,10 @@ def as_tasks(source: str, result: Any) -> list[Task]:
     return tasks
 
 
-def _pair_task(source: str, i: int, item: Any) -> Task:
+def _pair_task(source: str, i: int, item: Any) -> Any:
+    from fipgraph.data.adapters import to_task
+
     if not (isinstance(item, tuple) and len(item) == 2):
         raise ConfigError(f"data source {source!r}: item {i} is a {type(item).__name__}; each item must be a "
                           f"fipgraph.data.Task or a (train, test) pair")
-    try:
-        from fipgraph.data.adapters import to_task
-    except ImportError:
-        raise ConfigError(f"data source {source!r} returned (train, test) pairs, which this fipgraph cannot "
-                          f"convert yet (no fipgraph.data.adapters); return fipgraph.data.Task objects") from None
     return to_task(item[0], item[1], name=f"task{i + 1}")

@@ -4,7 +4,8 @@ A query that scores nodes defaults to the ``[data]`` table (source, split, seed,
 run stores in ``runs.config``, so ``fipgraph evaluate --task task2`` scores a build's own task 2. Flags
 override it field by field; a source other than the recorded one drops the recorded split, seed and
 kwargs (they belonged to that source). Nodes without a recorded ``[data]`` (imported, recorded loops)
-fall back to the digits demo's source, as before this existed.
+fall back to the digits demo's source, as before this existed; nodes walked from Python objects
+(``fipgraph.walk``) have data no query can remake, and ask for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fipgraph.errors import ConfigError
 from fipgraph.query._common import resolve_nodes
 
 FALLBACK_SOURCE = "digits"
+IN_MEMORY = "python"  # the source fipgraph.walk records for data given as objects: nothing to remake it from
 
 
 def _run_data(config: Any) -> dict | None:
@@ -62,6 +64,10 @@ def data_settings(store, nodes: Iterable[int] | None = None, *, source: Any = No
         recorded = None  # --data was given: the runs' own data no longer matters
     if recorded is not None and source is not None and source != recorded["source"]:
         recorded = None
+    if recorded is not None and recorded["source"] == IN_MEMORY:
+        raise ConfigError("the chosen nodes were walked from Python objects (fipgraph.walk), which a query cannot "
+                          "remake; pass --data (and --split), or in Python the data itself: evaluate(store, nodes, "
+                          "fipgraph.data.adapters.to_task(train, test))")
     base = recorded or {"source": FALLBACK_SOURCE, "split": None, "seed": 0, "kwargs": {}}
     return {"source": base["source"] if source is None else source,
             "split": base["split"] if split is None else split,
