@@ -68,7 +68,8 @@ def test_select_prints_node_run_step_and_the_columns_it_was_asked_about(store_pa
     assert main(["select", *s, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [float(r["H"]) for r in rows] == [1 / 2, 1 / 3, 1 / 4]  # every bit kept
-    assert main(["select", "--store", store_path, "--maximize", "task1_accuracy", "--minimize", "H", "--format", "json"]) == 0
+    assert main(["select", "--store", store_path, "--maximize", "task1_accuracy", "--minimize", "H",
+                 "--format", "json"]) == 0
     front = json.loads(capsys.readouterr().out)
     assert set(front[0]) == {"node", "run", "step", "task1_accuracy", "H"}
     assert all(r["H"] == 1 / r["step"] for r in front)

@@ -94,4 +94,5 @@ def test_nodes_walked_from_python_objects_ask_for_their_data(tmp_path):
         node = st.append(build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [4]}}), run=run, step=0)
         with pytest.raises(ConfigError, match="walked from Python objects.*pass --data"):
             recorded_tasks(st, [node])
-        assert [t.name for t in recorded_tasks(st, [node], source="digits", split=[[0, 1], [2, 3]])] == ["task1", "task2"]
+        tasks = recorded_tasks(st, [node], source="digits", split=[[0, 1], [2, 3]])
+        assert [t.classes for t in tasks] == [[0, 1], [2, 3]]

@@ -166,7 +166,8 @@ def cmd_select(args) -> int:
             return 0
         named = columns_named(store, args.where, args.order_by, args.maximize, args.minimize)
         res = selection_rows(store, ids, named)
-    print({"table": format_table, "csv": format_csv, "json": format_json}[args.format](res.columns, res.rows).rstrip("\n"))
+    formats = {"table": format_table, "csv": format_csv, "json": format_json}
+    print(formats[args.format](res.columns, res.rows).rstrip("\n"))
     return 0
 
 

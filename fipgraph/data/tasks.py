@@ -70,8 +70,8 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
         if user.is_user_source(source):
             return user.user_tasks(source, split=split, seed=seed, head=head, test_size=test_size, **options)
         if not tabular.is_tabular(source):
-            raise ConfigError(f"unknown data source {source!r}; known names: {known_sources()}, "
-                              "a .csv/.parquet path, a datasets.Dataset, or your own function as 'package.module:function'")
+            raise ConfigError(f"unknown data source {source!r}; known names: {known_sources()}, a .csv/.parquet "
+                              "path, a datasets.Dataset, or your own function as 'package.module:function'")
         arrays, name, extra = tabular.load_tabular(source, test_size=test_size, seed=seed, **options)
         if extra is not None:  # text classification: already tokenized dict batches
             return split_tasks(extra, split, name, head=head, seed=seed)
