@@ -4,7 +4,8 @@ package registers under the ``fipgraph.data`` entry-point group.
 What the function is given: every key of the ``[data]`` table's ``kwargs`` as a keyword (a key it cannot
 take is an error: the user wrote it), plus ``split``, ``seed``, ``head`` and ``test_size`` only where its
 signature names them (or takes ``**kwargs``); those are fipgraph's own settings, which a function is free
-to ignore, except that a split or a non-zero seed it cannot take is refused rather than dropped silently.
+to ignore, except that a split, seed or test_size set to other than its default and that the function cannot take
+is refused rather than dropped silently (``head`` is not: the tasks' own label layout answers for it).
 
 What it returns: a list with one item per task, in order: a :class:`~fipgraph.data.Task`, a task made by
 ``fipgraph.data.adapters.to_task``, or a ``(train, test)`` pair of anything ``to_task`` reads (DataLoaders,
@@ -22,6 +23,7 @@ from fipgraph.plugins import entry_point_names, import_object, load_entry_point
 
 GROUP = "fipgraph.data"
 OFFERED = ("split", "seed", "head", "test_size")  # fipgraph's settings, passed where the function takes them
+UNSET = {"split": None, "seed": 0, "test_size": 0.2}  # set otherwise, a function that cannot take them is refused
 
 
 def registered_sources() -> list[str]:
@@ -62,7 +64,7 @@ def call_arguments(source: str, fn: Callable[..., Any], settings: dict, kwargs: 
             continue
         if key in takes or open_ended:
             args[key] = settings[key]
-        elif key == "split" and settings[key] is not None or key == "seed" and settings[key]:
+        elif key in UNSET and settings[key] != UNSET[key]:
             raise ConfigError(f"data.{key}={settings[key]!r} but data source {source!r} takes no {key!r} "
                               f"argument; remove data.{key}, or add a {key} parameter to the function")
     return args
