@@ -96,3 +96,14 @@ def test_nodes_walked_from_python_objects_ask_for_their_data(tmp_path):
             recorded_tasks(st, [node])
         tasks = recorded_tasks(st, [node], source="digits", split=[[0, 1], [2, 3]])
         assert [t.classes for t in tasks] == [[0, 1], [2, 3]]
+
+
+def test_recorded_data_that_cannot_be_remade_says_where_it_came_from(tmp_path):
+    from fipgraph.models import build_model
+    from fipgraph.query.recorded import recorded_tasks
+
+    with fipgraph.open_store(tmp_path / "s", mode="a") as st:
+        run = st.start_run("loop", "finetune", {"data": {"source": "imagenet", "seed": 3}})
+        node = st.append(build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [4]}}), run=run, step=0)
+        with pytest.raises(ConfigError, match="runs recorded \\(source='imagenet'.*seed=3.*unknown data source.*--data"):
+            recorded_tasks(st, [node])

@@ -103,8 +103,14 @@ def recorded_tasks(store, nodes: Iterable[int] | None = None, *, task: str | Non
     from fipgraph.data import make_tasks
 
     settings = data_settings(store, nodes, **given)
-    tasks = make_tasks(settings["source"], split=settings["split"], seed=settings["seed"],
-                       head=head or built_head(store, nodes), **settings["kwargs"])
+    try:
+        tasks = make_tasks(settings["source"], split=settings["split"], seed=settings["seed"],
+                           head=head or built_head(store, nodes), **settings["kwargs"])
+    except ConfigError as exc:
+        if given.get("source") is not None:
+            raise
+        raise ConfigError(f"the data the chosen nodes' runs recorded ({_describe(settings)}) cannot be remade "
+                          f"here: {exc}. Pass --data (and --split) to score them on other data") from None
     return pick_task(tasks, task)
 
 
