@@ -36,10 +36,8 @@ def _describe(data: dict) -> str:
 def recorded_data(store, nodes: Iterable[int] | None = None) -> dict | None:
     """The [data] shared by the runs of ``nodes`` (None = every node), or None if no run recorded one.
     ConfigError naming the runs when they were built on different data."""
-    ids = resolve_nodes(store, nodes)
-    id_list = ",".join(str(i) for i in ids)
-    df = store.sql(f"select distinct r.name, r.config from nodes n join runs r using (run_id) "
-                   f"where n.node_id in ({id_list}) order by r.name")
+    chosen = "" if nodes is None else f"where n.node_id in ({','.join(map(str, resolve_nodes(store, nodes)))})"
+    df = store.sql(f"select distinct r.name, r.config from nodes n join runs r using (run_id) {chosen} order by r.name")
     found: dict[str, tuple[dict, list[str]]] = {}
     for run, config in zip(df["name"], df["config"]):
         data = _run_data(config)
