@@ -17,6 +17,7 @@ _EXPORTS = {
     "interpolate": "interpolation",
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "selection", "select": "selection", "select_sql": "selection",
+    "recorded_data": "recorded", "recorded_tasks": "recorded",
     "spectrum": "spectra",
 }
 __all__ = sorted(_EXPORTS)
