@@ -1,17 +1,18 @@
 """Save every step, one code version per process, for side-by-side A/B runs on a shared machine (issue 10).
 
     for r in 1 2 3; do
-      NOSAVE=1 PYTHONPATH=$PWD python benchmarks/ab_save_every_step.py      # no saving
-      PYTHONPATH=$PWD python benchmarks/ab_save_every_step.py               # this checkout
-      PYTHONPATH=/path/to/other/checkout python benchmarks/ab_save_every_step.py
+      PYTHONPATH=$PWD python benchmarks/tools/ab_save_every_step.py --no-save   # no saving
+      PYTHONPATH=$PWD python benchmarks/tools/ab_save_every_step.py             # this checkout
+      PYTHONPATH=../other-checkout python benchmarks/tools/ab_save_every_step.py
     done
 
-Prints one JSON line: wall seconds of 200 (env STEPS) Adam steps of the 1M-parameter MLP (bench_store.py's workload, one
+Prints one JSON line: wall seconds of 200 (``--steps``) Adam steps of the 1M-parameter MLP (bench_store.py's workload, one
 torch thread) plus flush and close, process CPU per step, the training thread's CPU per step, the median CPU of
 ``append()`` and the writer thread's own CPU per node. CPU seconds are what a loaded machine inflates least.
 ``fipgraph`` is imported before bench_store (which puts this checkout first on sys.path), so PYTHONPATH decides.
 """
 
+import argparse
 import json
 import os
 import resource
@@ -25,21 +26,27 @@ import torch
 
 import fipgraph  # noqa: F401  (first: PYTHONPATH picks the code under test)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_store
 import bench_store as B  # noqa: E402
 from fipgraph.data import make_tasks  # noqa: E402
 
-STEPS = int(os.environ.get("STEPS", 200))  # STEPS=1000: the store's close (~0.5 s) amortised as in a real build
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 200)),
+                    help="saved steps (1000: the store's close, ~0.5 s, amortised as in a real build)")
+    ap.add_argument("--no-save", action="store_true", default=bool(os.environ.get("NOSAVE")),
+                    help="train without a store (the baseline)")
+    args = ap.parse_args(argv)
+    STEPS = args.steps
     torch.set_num_threads(1)
     model, step = B.make_trainer(make_tasks("digits", seed=0)[0], "adam")
     for _ in range(5):  # warm-up
         step()
     path = B.WORK / "ab"
     shutil.rmtree(path, ignore_errors=True)
-    store = None if os.environ.get("NOSAVE") else fipgraph.open_store(path)
+    store = None if args.no_save else fipgraph.open_store(path)
     prev, append_cpu, train_cpu = None, [], 0.0
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for i in range(STEPS):

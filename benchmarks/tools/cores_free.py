@@ -1,4 +1,4 @@
-"""How many cores a parallel benchmark started from this shell really gets (run it before bench_ray.py).
+"""How many cores a parallel benchmark started from this shell really gets (run it before benchmarks/bench_ray.py).
 
 Times a fixed single-threaded torch workload in one process, then in N processes at once, and prints the
 parallel speed-up. On an idle 2-core machine it is close to 2. It is much lower when another *session* is
@@ -6,9 +6,9 @@ busy, even at nice 19: with autogroup scheduling (``/proc/sys/kernel/sched_autog
 default on desktop/VM kernels) nice only ranks processes within one session (terminal, tool shell), and
 sessions share the CPU equally, so a background job at nice 19 in another session takes a full share from a
 2-process benchmark while a 1-process one (a sequential build) hardly notices (measured in
-benchmarks/RESULTS.md, issue 12, session 3).
+git history of benchmarks/RESULTS.md, issue 12, session 3).
 
-    python benchmarks/cores_free.py [--procs 2] [--seconds 3]
+    python benchmarks/tools/cores_free.py [--procs 2] [--seconds 3]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""CPU seconds per run of a build, from benchmarks/cpu_sampler.sh's samples and the store's build.log.
+"""CPU seconds per run of a build, from benchmarks/tools/cpu_sampler.sh's samples and the store's build.log.
 
-    python benchmarks/cpu_per_run.py /tmp/s211/cpu.log /tmp/s211/cv1 [/tmp/s211/advt1 ...]
+    python benchmarks/tools/cpu_per_run.py CPU_LOG STORE [STORE ...]
 
 A run's interval is from its "device cpu" line (its start) to its "finished at step" line in STORE/build.log; its CPU
 time is the build process's utime + stime (interpolated between the 5-s samples) at the end minus at the start, so
@@ -10,6 +10,7 @@ Runs that started before the first sample are reported as not measured.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from datetime import datetime, timezone
@@ -46,7 +47,11 @@ def intervals(store: str) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    log, stores = sys.argv[1], sys.argv[2:]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log", help="the samples written by benchmarks/tools/cpu_sampler.sh")
+    ap.add_argument("stores", nargs="+", help="store folders whose build.log gives the runs' intervals")
+    args = ap.parse_args()
+    log, stores = args.log, args.stores
     for store in stores:
         t, cpu = samples(log, store)
         for run, (start, end) in intervals(store).items():

@@ -12,7 +12,7 @@ and prints steps/s per group and the two-thread speedup over one thread doing bo
 Also times the Python-only part: the same step on 1-row, 1-feature tensors (the dispatcher and Python
 overhead, which holds the GIL).
 
-    python benchmarks/probe_two_cores.py --steps 300
+    python benchmarks/tools/probe_two_cores.py --steps 300
 """
 
 from __future__ import annotations

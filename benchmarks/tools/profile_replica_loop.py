@@ -5,8 +5,8 @@ the replica loop's parts timed on the thread that runs them: each group's ``Stac
 (wall and that thread's CPU), the build thread's ``after_step`` (saves, evaluations), the wait for the
 other groups, and at the end every thread's CPU time (the store's writer thread included).
 
-    python benchmarks/profile_replica_loop.py --mode batched-2groups
-    python benchmarks/profile_replica_loop.py --mode sequential
+    python benchmarks/tools/profile_replica_loop.py --mode batched-2groups
+    python benchmarks/tools/profile_replica_loop.py --mode sequential
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import importlib
 import os
 import resource
 import threading
+import sys
 import time
+from pathlib import Path
 
-import bench_engine as be
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_engine
+import bench_engine as be  # noqa: E402
 
 replicas = importlib.import_module("fipgraph.path.engine.replicas")
 walk = importlib.import_module("fipgraph.path.engine.recipe")
@@ -76,7 +79,7 @@ def snapshot_threads(owner, name: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", default="batched-2groups")
     p.add_argument("--model", default="lenet300")
     p.add_argument("--steps-scale", type=float, default=1.0)

@@ -1,9 +1,10 @@
-"""Issue 5, experiment 2: accuracy on each task after each training stage, per method (mean over seeds,
-min-max band), read from the split-MNIST stores built by examples/paper_split_mnist5.toml.
+"""Paper experiment 2: accuracy on each task after each training stage, per method (mean over seeds,
+min-max band), read from the split-MNIST stores built by examples/paper/split_mnist/config.toml.
 
-    python benchmarks/plot_exp2.py benchmarks/figures/exp2_single.png "class-incremental" /tmp/p5/split5_single_s{0,1,2}
+    python examples/paper/split_mnist/plot.py examples/paper/split_mnist/exp2_single.png "class-incremental" \
+        paper-stores/split_mnist_single_s{0,1,2}
 """
-import sys
+import argparse
 
 import matplotlib
 
@@ -33,7 +34,12 @@ def matrix(store_dir: str) -> pd.DataFrame:
         return store.sql(MATRIX_SQL)
 
 
-out, title, stores = sys.argv[1], sys.argv[2], sys.argv[3:]
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("out", help="the figure (.png)")
+ap.add_argument("title", help="its title, e.g. the protocol")
+ap.add_argument("stores", nargs="+", help="one store per seed")
+args = ap.parse_args()
+out, title, stores = args.out, args.title, args.stores
 df = pd.concat([matrix(s).assign(seed=k) for k, s in enumerate(stores)])
 names = {"continual": "FIP (continual)", "finetune": "fine-tuning", "ewc": "EWC, λ=5000", "replay": "replay (250/task)"}
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True)
