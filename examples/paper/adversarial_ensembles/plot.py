@@ -1,9 +1,8 @@
 """Issues 11 §2 + 15: experiment 4 at three seeds (ensembles of k), read back from the stores with SQL and stored weights.
 
-    PYTHONPATH=$PWD python benchmarks/plot_exp4_travel3.py /tmp/s211/advt0 /tmp/s211/advt1 /tmp/s211/advt2 \
-        [--out benchmarks/figures/exp4_travel3.png]
+    python examples/paper/adversarial_ensembles/plot.py paper-stores/adv_s0 paper-stores/adv_s1 paper-stores/adv_s2 [--out examples/paper/adversarial_ensembles/exp4_travel3.png]
 
-One store per seed, built and attacked by benchmarks/exp4_travel3.sh (examples/paper_adversarial_ensembles_travel3.toml;
+One store per seed, built and attacked by run_seed.sh (config.toml;
 ensembles named s3_*). Prints the markdown rows "seed 0 / seed 1 / seed 2 (mean ± std)" per ensemble (clean, PGD
 transfer, white-box PGD, diversity, coherence, members' mean distance from ind0 and from each other) and per walk (final
 distance from ind0, final and minimum test accuracy), and draws: left, distance from ind0 along both walks for every
@@ -16,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -24,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fipgraph  # noqa: E402
-from plot_exp3_converge import seed_cell as cell  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/paper/: seeds.py
+from seeds import seed_cell as cell  # noqa: E402
 
 WALKS = {"undirected3": "Algorithm 3 (L = 0)", "travel3": "travel λ 3"}
 ENSEMBLES = ["single", "independent", "fip", "fip_spread", "travel_s500", "travel_s1000", "travel_s2000"]
@@ -160,7 +162,7 @@ def figure(seeds: list[dict], out: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stores", nargs="+", help="one store per seed, seed 0 first")
-    ap.add_argument("--out", default="benchmarks/figures/exp4_travel3.png")
+    ap.add_argument("--out", default="examples/paper/adversarial_ensembles/exp4_travel3.png")
     args = ap.parse_args(argv)
     seeds = [read_seed(s) for s in args.stores]
     print_tables(seeds)

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Issues 11 §2 + 15: experiment 4 at three seeds — one seed per call (repo root, PYTHONPATH=$PWD):
-#   nice -n 19 bash benchmarks/exp4_travel3.sh S STORE        # S = 0, 1, 2: ensembles of K=5, named s3_*
-# builds examples/paper_adversarial_ensembles_travel3.toml with seed S's per-run seeds (as experiment 4:
-# ind<i> 100*S + i, surrogate 100*S + 50, walks 100*S), chooses and records the ensembles and attacks each with
-# `fipgraph robustness`. Ensembles of 10 in the same store (five more independent networks first):
-#   K=10 PREFIX=s10_ CONFIG=examples/paper_adversarial_ensembles_travel3_k10.toml ONLY="independent fip travel_s2000" \
-#     nice -n 19 bash benchmarks/exp4_travel3.sh S STORE
-# STAGE=ensembles skips the build; ONLY limits the ensembles. Figure and table over the seeds:
-#   python benchmarks/plot_exp4_travel3.py STORE0 STORE1 STORE2
-# (make /tmp/p5/adv_fmnist_2k first, as RESULTS.md experiment 4 says).
+# Paper experiment 4 (travel rerun), one seed per call, from the repo root:
+#   bash examples/paper/adversarial_ensembles/run_seed.sh S STORE     # S = 0, 1, 2: ensembles of K=5, named s3_*
+# builds config.toml with seed S's per-run seeds (ind<i> 100*S + i, surrogate 100*S + 50, walks 100*S), chooses and
+# records the ensembles and attacks each with `fipgraph robustness`. Ensembles of 10 in the same store (five more
+# independent networks first):
+#   K=10 PREFIX=s10_ CONFIG=examples/paper/adversarial_ensembles/config_k10.toml ONLY="independent fip travel_s2000" \
+#     bash examples/paper/adversarial_ensembles/run_seed.sh S STORE
+# STAGE=ensembles skips the build; ONLY limits the ensembles. Needs the data folder: python prepare_data.py (here).
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+HERE=$(dirname "$0")
 S=${1:?seed 0, 1 or 2}
 ST=${2:?store directory}
 K=${K:-5}
 PREFIX=${PREFIX:-s3_}
-CONFIG=${CONFIG:-examples/paper_adversarial_ensembles_travel3.toml}
+CONFIG=${CONFIG:-$HERE/config.toml}
 ONLY=${ONLY:-single independent fip fip_spread travel_s500 travel_s1000 travel_s2000}
 F="python -m fipgraph"
-DATA=(--data fashion-mnist --split "[[0,1,2,3,4,5,6,7,8,9]]" --data-kwargs '{"folder": "/tmp/p5/adv_fmnist_2k"}')
+DATA=(--data fashion-mnist --split "[[0,1,2,3,4,5,6,7,8,9]]" --data-kwargs "{\"folder\": \"$HERE/data/fmnist_2k\"}")
 if [ "${STAGE:-build}" = build ]; then
   # per-run seeds for the runs this config has: ind<i> -> 100*S + i, surrogate -> 100*S + 50, walks -> 100*S
   SEEDS=$(python -c "import sys, tomllib; S = int(sys.argv[1]); runs = tomllib.load(open(sys.argv[2], 'rb'))['runs']

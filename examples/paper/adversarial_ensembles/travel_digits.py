@@ -1,4 +1,4 @@
-"""Issue 15, step 1: how far do undirected FIP walks travel on digits, and which secondary objective moves them?
+"""Calibration for the `travel` op (experiment 4): how far do undirected FIP walks travel on digits, and which secondary objective moves them?
 
 MLP 64-128-10 trained 1,000 Adam steps on all ten digits; then walks of fixed-length steps (the authors' optimizer,
 lr 0.01) on S(w) = odist(f(x_mem; w), f(x_mem; w_start)) + λ·L(w), memory = 500 training images, batch 32.
@@ -7,7 +7,7 @@ tensor's spectrum, repulsion from the walk's saved nodes, isotropic noise on the
 distance from the start, test accuracy, and for 5 evenly spaced nodes the representation diversity and coherence with
 an independently trained MLP (the surrogate).
 
-    PYTHONPATH=$PWD nice -n 10 python benchmarks/travel_digits.py [--steps 4000] [--only direction,literal]
+    python examples/paper/adversarial_ensembles/travel_digits.py [--steps 4000] [--only direction,literal]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def members_from(start, vecs):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--only", default="")

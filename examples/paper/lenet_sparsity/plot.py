@@ -1,12 +1,12 @@
-"""Issue 11, experiment 3 rerun: FIP sparsification walked to the p-sparse set, read back from the stores.
+"""Paper experiment 3: FIP sparsification walked to the p-sparse set, read back from the stores.
 
-    python benchmarks/plot_exp3_converge.py /tmp/i11/cv_20 ... /tmp/i11/cv_994 [--out benchmarks/figures/exp3_converge.png]
-    python benchmarks/plot_exp3_converge.py --seed /tmp/i11/ad_20 ... /tmp/i11/ad_994 --seed /tmp/s211/cv1 --seed /tmp/s211/cv2
+    python examples/paper/lenet_sparsity/plot.py STORE [STORE ...] [--out examples/paper/lenet_sparsity/exp3_converge.png]
+    python examples/paper/lenet_sparsity/plot.py --seed paper-stores/lenet_s0 --seed paper-stores/lenet_s1 --seed paper-stores/lenet_s2
         (one --seed per seed, with the stores that seed's runs are in: also prints the "seed 0 / seed 1 / seed 2
         (mean ± std)" table, and the figure draws every seed, one colour per sparsity)
 
-Each store holds a dense node and sparsify runs built by examples/paper_lenet_sparsity_converge.toml (or the
-validation config). Prints one markdown row per sparsify run (walk steps, cap hit, path length, wall time,
+Each store holds a dense node and sparsify runs built by examples/paper/lenet_sparsity/config.toml (or
+validation.toml). Prints one markdown row per sparsify run (walk steps, cap hit, path length, wall time,
 accuracy before / after the projection and after the recovery) and draws, per run, the walk: distance to
 the p-sparse set, the node's accuracy and what its projection would score, against the step.
 Every number comes from SQL on the stores (tags of the tagged nodes, the wide view's evaluations).
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -24,6 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import fipgraph  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/paper/: seeds.py
+from seeds import seed_cell  # noqa: E402
 
 RUNS_SQL = """select r.run_id, r.name, r.config, r.status, epoch(r.finished_at) - epoch(r.started_at) as wall_s
               from runs r where r.op = 'sparsify' order by r.run_id"""
@@ -125,15 +130,6 @@ def seed_values(r: dict) -> dict[str, float]:
             "cap": float(bool(t.get("step_cap_hit")))}
 
 
-def seed_cell(values: list[float], digits: int) -> str:
-    """'a / b / c (mean ± std)' over seeds ('–' for a missing seed; mean ± std over the seeds present)."""
-    got = [v for v in values if v == v]
-    text = " / ".join("–" if v != v else f"{v:,.{digits}f}" for v in values)
-    if len(got) >= 2:
-        text += f" ({statistics.mean(got):,.{digits}f} ± {statistics.stdev(got):,.{digits}f})"
-    return text
-
-
 def seed_table(groups: list[list[dict]]) -> None:
     """One markdown row per target sparsity, each cell over the seeds (one group of runs per seed)."""
     per_seed = [{r["run"]["sparsity"]: seed_values(r) for r in runs} for runs in groups]
@@ -150,11 +146,11 @@ def seed_table(groups: list[list[dict]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stores", nargs="*")
     ap.add_argument("--seed", action="append", nargs="+", metavar="STORE", default=[],
                     help="the stores holding one seed's runs; repeat once per seed (seed 0 first)")
-    ap.add_argument("--out", default="benchmarks/figures/exp3_converge.png")
+    ap.add_argument("--out", default="examples/paper/lenet_sparsity/exp3_converge.png")
     args = ap.parse_args(argv)
     if not args.stores and not args.seed:
         ap.error("give the stores (positional) or one --seed STORE... per seed")

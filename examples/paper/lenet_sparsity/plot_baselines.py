@@ -1,11 +1,10 @@
-"""Issue 5, experiment 3: accuracy vs sparsity for LeNet-300-100 on MNIST, read back from the stores.
+"""Paper experiment 3, baselines: accuracy vs sparsity for LeNet-300-100 on MNIST, read back from the stores.
 
-    python benchmarks/plot_exp3.py /tmp/p5/lenet_fx0 /tmp/p5/lenet_fx1 /tmp/p5/lenet_fx2 \
-        [--old /tmp/p5/lenet2 /tmp/p5/lenet2_s1 /tmp/p5/lenet2_s2] [--out benchmarks/figures/exp3_accuracy_vs_sparsity.png]
-    python benchmarks/plot_exp3.py --path STORE RUN P     # one FIP run: per saved node, distance to and accuracy after projection
+    python examples/paper/lenet_sparsity/plot_baselines.py paper-stores/lenet_baselines_s{0,1,2} [--out examples/paper/lenet_sparsity/exp3_accuracy_vs_sparsity.png]
+    python examples/paper/lenet_sparsity/plot_baselines.py --path STORE RUN P     # one FIP run: per saved node, distance to and accuracy after projection
 
-One store per seed, built by examples/paper_lenet_sparsity_fixed.toml (``--old``: by
-examples/paper_lenet_sparsity.toml, the plain-Adam FIP of the first attempt). Prints the markdown
+One store per seed, built by examples/paper/lenet_sparsity/baselines.toml (``--old``: stores of the plain-Adam first attempt, whose config
+is in git history as examples/paper_lenet_sparsity.toml). Prints the markdown
 table cells ("seed0 / seed1 / seed2 (mean ± std)") and writes the figure. Every number comes from
 the stores' ``wide`` view: the tagged ``sparse_mask`` node of each run (lottery: each round's node).
 """
@@ -122,11 +121,11 @@ def path_diagnostics(store: str, run: str, p: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stores", nargs="*", help="one store per seed (paper_lenet_sparsity_fixed.toml)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stores", nargs="*", help="one store per seed (baselines.toml)")
     ap.add_argument("--path", nargs=3, metavar=("STORE", "RUN", "P"), help="diagnose one sparsify run instead")
-    ap.add_argument("--old", nargs="*", default=[], help="stores of the plain-Adam config (paper_lenet_sparsity.toml)")
-    ap.add_argument("--out", default="benchmarks/figures/exp3_accuracy_vs_sparsity.png")
+    ap.add_argument("--old", nargs="*", default=[], help="stores of the plain-Adam first attempt (config in git history)")
+    ap.add_argument("--out", default="examples/paper/lenet_sparsity/exp3_accuracy_vs_sparsity.png")
     args = ap.parse_args(argv)
     if args.path:
         return path_diagnostics(args.path[0], args.path[1], float(args.path[2]))

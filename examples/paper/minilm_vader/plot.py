@@ -1,11 +1,11 @@
-"""Issue 5, experiment 5 (MiniLM, VADER movie -> Amazon; examples/paper_minilm_vader.toml), read from the stores:
+"""Paper experiment 5 (MiniLM, VADER movie -> Amazon; examples/paper/minilm_vader/config.toml), read from the stores:
 
-    python benchmarks/plot_exp5.py cells /tmp/p5/vader_s0 /tmp/p5/vader_s1 /tmp/p5/vader_s2   # table cells
-    python benchmarks/plot_exp5.py dist /tmp/p5/vader_s0                                       # weight distances
-    python benchmarks/plot_exp5.py figure /tmp/p5/vader_s0 benchmarks/figures/exp5_minilm_vader_seed0.png
+    python examples/paper/minilm_vader/plot.py cells paper-stores/vader_s0 paper-stores/vader_s1 paper-stores/vader_s2   # table cells
+    python examples/paper/minilm_vader/plot.py dist paper-stores/vader_s0                                                 # weight distances
+    python examples/paper/minilm_vader/plot.py figure paper-stores/vader_s0 examples/paper/minilm_vader/exp5_minilm_vader_seed0.png
 """
+import argparse
 import statistics as st
-import sys
 
 import matplotlib
 
@@ -76,6 +76,13 @@ def figure(store_dir: str, out: str) -> None:
     print("wrote", out)
 
 
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["cells", "dist", "figure"])
+    ap.add_argument("args", nargs="+", help="cells: one store per seed; dist: a store; figure: a store and the .png")
+    args = ap.parse_args()
+    {"cells": lambda a: cells(a), "dist": lambda a: dist(a[0]), "figure": lambda a: figure(a[0], a[1])}[args.what](args.args)
+
+
 if __name__ == "__main__":
-    what, args = sys.argv[1], sys.argv[2:]
-    {"cells": lambda: cells(args), "dist": lambda: dist(args[0]), "figure": lambda: figure(args[0], args[1])}[what]()
+    main()
