@@ -1,8 +1,8 @@
-"""Issue 14 §2: queries and figures of the SmolLM2 submanifold store (examples/paper_smollm2_300.toml).
+"""Paper experiment 6: queries and figures of the SmolLM2 submanifold store (examples/paper/lm_submanifold/config.toml).
 
-    python benchmarks/exp14_lm300.py record  --store S   # perplexity + 1/perplexity of every node as evals
-    python benchmarks/exp14_lm300.py report  --store S   # markdown tables (SQL on the store) for RESULTS.md
-    python benchmarks/exp14_lm300.py scatter --store S --out benchmarks/figures/exp14_invppl_scatter.png
+    python examples/paper/lm_submanifold/queries.py record  --store S   # perplexity + 1/perplexity of every node as evals
+    python examples/paper/lm_submanifold/queries.py report  --store S   # markdown tables (SQL on the store), e.g. > examples/paper/lm_submanifold/report.md
+    python examples/paper/lm_submanifold/queries.py scatter --store S --out examples/paper/lm_submanifold/exp14_invppl_scatter.png
 
 The per-node perplexities are the build's own evaluations (eval_all_tasks, every node): task1 = held-out
 Wikipedia, task2 = held-out news, the same 4 blocks of 64 tokens for every node; perplexity = exp(mean
@@ -117,10 +117,14 @@ def scatter(store_path: str, out: str) -> None:
     print("wrote", out)
 
 
-if __name__ == "__main__":
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["record", "report", "scatter"])
-    ap.add_argument("--store", default="/tmp/s214/lm300")
-    ap.add_argument("--out", default="benchmarks/figures/exp14_invppl_scatter.png")
+    ap.add_argument("--store", required=True, help="a store built by examples/paper/lm_submanifold/config.toml")
+    ap.add_argument("--out", default="examples/paper/lm_submanifold/exp14_invppl_scatter.png")
     a = ap.parse_args()
     {"record": lambda: record(a.store), "report": lambda: report(a.store), "scatter": lambda: scatter(a.store, a.out)}[a.what]()
+
+
+if __name__ == "__main__":
+    main()
