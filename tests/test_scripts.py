@@ -22,17 +22,19 @@ MODULES = {"seeds.py"}  # helpers imported by the scripts, not scripts themselve
 MACHINE_PATH = re.compile(r"(?<![\w.])/(tmp|work|home|root|scratch)/")
 
 # One interpreter runs every script's --help (torch and matplotlib are imported once, and the scripts' module-level
-# settings stay out of the test session). A script passes when argparse exits 0 after printing its usage.
+# settings stay out of the test session). A script with an argument parser passes when it exits 0 after printing
+# its usage; a script without one is imported only (its work must sit under `if __name__ == "__main__":`).
 DRIVER = """
 import contextlib, io, json, runpy, sys
 out = {}
 for path in sys.argv[1:]:
     sys.argv = [path, "--help"]
     buf = io.StringIO()
+    has_cli = "argparse" in open(path).read()
     try:
         with contextlib.redirect_stdout(buf):
-            runpy.run_path(path, run_name="__main__")
-        out[path] = "finished without exiting: --help did not stop it"
+            runpy.run_path(path, run_name="__main__" if has_cli else "__imported__")
+        out[path] = "ok" if not has_cli else "finished without exiting: --help did not stop it"
     except SystemExit as exc:
         out[path] = "ok" if exc.code in (0, None) and "usage" in buf.getvalue() else f"exit {exc.code}: {buf.getvalue()[-300:]}"
     except Exception as exc:  # noqa: BLE001 - reported per script
