@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fipgraph.errors import ConfigError
@@ -65,7 +64,7 @@ class MaskedRetrain(Objective):
                 "target": target, "scope": self.options.prune_scope}
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)
 
 
 @register_objective("oneshot_prune", config=SparseTargetConfig)
