@@ -177,7 +177,6 @@ def test_default_config_and_overrides():
         parse_overrides(["=3"])
 
 
-
 def test_objective_registry_rejects_a_second_registration():
     with pytest.raises(ValueError, match="registered twice"):
         register_objective("continual")(type("Again", (OBJECTIVES["continual"],), {}))
