@@ -174,7 +174,7 @@ def test_config_file_with_overrides(tmp_path, capsys):
     with fipgraph.open_store(d, "r") as s:
         steps = s.sql("SELECT r.name, max(n.step) AS m FROM nodes n JOIN runs r USING (run_id) GROUP BY r.name")
     assert dict(zip(steps["name"], steps["m"])) == {"sparse/dense": 20, "sparse/sparsify": 20, "sparse/undirected": 20}
-    assert main(["build", EXAMPLES + "/sparsify.toml", EXAMPLES + "/default.toml"]) == 2
+    assert main(["build", EXAMPLES + "/sparsify.toml", EXAMPLES + "/digits_pruning.toml"]) == 2
     assert "one config file" in capsys.readouterr().err
 
 
