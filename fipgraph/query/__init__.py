@@ -15,6 +15,7 @@ _EXPORTS = {
     "evaluate": "evaluate", "perplexity": "evaluate",
     "branches": "graph", "lineage": "graph", "path_between": "graph",
     "interpolate": "interpolate",
+    "Merged": "merge", "merge": "merge",
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "select", "select": "select", "select_sql": "select",
     "recorded_data": "recorded", "recorded_tasks": "recorded",

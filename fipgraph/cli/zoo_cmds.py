@@ -1,0 +1,107 @@
+"""CLI: merge (networks made from several stored ones) -- thin wrappers of fipgraph.query.
+
+The merge is computed from a read-only store; the writer lock is taken only to append the result, so a
+build holding the lock makes the command fail at the end with a clear message rather than wait.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from fipgraph.cli import add_store_argument
+from fipgraph.cli.query_cmds import _add_data, _add_device, _tasks
+from fipgraph.errors import ConfigError
+
+
+def build_tasks(store, node: int) -> list:
+    """The tasks of the build that made `node`, or its nearest primary ancestor with a build (a merge of
+    merges has no run of its own): that run's [data] settings. [] when no ancestor was built."""
+    from fipgraph.data import make_tasks
+    from fipgraph.query.graph import lineage
+
+    chain = lineage(store, node)
+    df = store.sql(f"SELECT n.node_id, r.config FROM nodes n JOIN runs r USING (run_id) "
+                   f"WHERE n.node_id IN ({','.join(map(str, chain))})")
+    configs = dict(zip(df["node_id"].astype(int), df["config"]))
+    first = next((configs[n] for n in chain if isinstance(configs.get(n), str)), None)
+    data = json.loads(first).get("data") if first else None
+    if not isinstance(data, dict) or "source" not in data:
+        return []
+    return make_tasks(data["source"], split=data.get("split"), seed=data.get("seed", 0),
+                      head=data.get("head", "single"), **(data.get("kwargs") or {}))
+
+
+def merge_tasks(args, store, nodes: list[int]) -> list:
+    """--data (and --task) when given, else the data of the first node's build."""
+    if args.data is not None:
+        return _tasks(args, store, nodes)
+    tasks = build_tasks(store, nodes[0])
+    if args.task is not None:
+        tasks = [t for i, t in enumerate(tasks) if args.task in (t.name, str(i), t.name.split("/")[-1])]
+    return tasks
+
+
+def _save(args, merged) -> int:
+    from fipgraph.storage import open_store
+
+    with open_store(args.store, mode="a") as writer:
+        return merged.save(writer)
+
+
+def _print_scores(metrics: dict) -> None:
+    for dataset, values in metrics.items():
+        print(f"  {dataset}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+def cmd_merge(args) -> int:
+    from fipgraph.query import merge
+    from fipgraph.query.catalog import require_store
+    from fipgraph.storage import open_store
+
+    require_store(args.store)
+    options = {k: v for k, v in (("density", args.density), ("t", args.t), ("lambda_", args.lambda_),
+                                 ("normalize", args.normalize)) if v is not None}
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    with open_store(args.store, mode="r") as store:
+        tasks = [] if args.no_eval else merge_tasks(args, store, args.nodes)
+        merged = merge(store, args.nodes, args.method, base=args.base, weights=weights, data=tasks or None,
+                       record=False, device=args.device, **options)
+    node = _save(args, merged)
+    print(f"node {node}: {args.method} merge of {merged.nodes}" + (f" over base {args.base}" if args.base is not None else ""))
+    if merged.metrics:
+        _print_scores(merged.metrics)
+    elif not args.no_eval:
+        print("  not evaluated: its first node has no build data; pass --data", file=sys.stderr)
+    return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"--normalize {text!r}: use true or false")
+
+
+def register(subparsers) -> None:
+    from fipgraph.query.merge_methods import METHODS
+
+    p = subparsers.add_parser("merge", help="merge stored networks (linear, task_arithmetic, ties, slerp) into a "
+                              "new node whose parents they are; evaluated on the build's data or --data")
+    add_store_argument(p)
+    p.add_argument("nodes", type=int, nargs="+", help="node ids; the first is the primary parent (slerp: t = 0)")
+    p.add_argument("--method", default="linear", choices=sorted(METHODS))
+    p.add_argument("--base", type=int, help="task_arithmetic, ties: the ancestor the task vectors start from")
+    p.add_argument("--weights", help="one weight per node, comma-separated (default 1 each)")
+    p.add_argument("--density", type=float, help="ties: fraction of each task vector kept (default 1)")
+    p.add_argument("-t", type=float, help="slerp: position between the two nodes (default 0.5)")
+    p.add_argument("--lambda", dest="lambda_", type=float, help="task_arithmetic, ties: scale of the merged "
+                   "task vector (default 1)")
+    p.add_argument("--normalize", type=_bool, help="divide by the sum of weights: true or false (default: the "
+                   "method's, as mergekit)")
+    p.add_argument("--no-eval", action="store_true", help="store the merge without scoring it")
+    _add_device(p)
+    _add_data(p, default=None)
+    p.set_defaults(func=cmd_merge)
+
