@@ -20,6 +20,7 @@ _EXPORTS = {
     "pareto": "select", "select": "select", "select_sql": "select",
     "recorded_data": "recorded", "recorded_tasks": "recorded",
     "spectrum": "spectrum",
+    "WeightDataset": "zoo", "to_dataset": "zoo", "export_zoo": "zoo_export",
 }
 __all__ = sorted(_EXPORTS)
 
