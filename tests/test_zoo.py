@@ -60,8 +60,9 @@ def test_dataset_items_are_the_stored_weights_metrics_and_lineage(store):
     item = ds[6]
     assert item["node_id"] == 6 and item["parent_id"] == 5
     assert torch.equal(item["weights"], _flat(store, 6))
-    start, end, shape = ds.index["layers.0.weight"] if "layers.0.weight" in ds.index else next(iter(ds.index.values()))
-    name = next(k for k, v in ds.index.items() if v == (start, end, shape))
+    name = "body.1.weight"
+    start, end, shape = ds.index[name]
+    assert (start, end, shape) == (0, 16 * 64, [16, 64]) and list(ds.index) == list(store.state_dict(6))
     assert torch.equal(item["weights"][start:end].reshape(shape), store.state_dict(6)[name])
     got = {m: float(v) for m, v in zip(ds.metric_names, item["metrics"]) if not math.isnan(v)}
     assert got == _wide(store, 6)

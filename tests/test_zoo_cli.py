@@ -82,3 +82,23 @@ def test_bad_merges_exit_2_and_write_nothing(store_path, capsys, argv, words):
     assert words in capsys.readouterr().err
     with fipgraph.open_store(store_path, mode="r") as st:
         assert len(st) == before
+
+
+def test_export_zoo_cli(store_path, tmp_path, capsys):
+    import datasets
+
+    out = tmp_path / "pq"
+    assert main(["export-zoo", "--store", store_path, "--out", str(out), "--format", "parquet",
+                 "--where", "step >= 2", "--params", "body.1."]) == 0
+    assert "exported to" in capsys.readouterr().out
+    ds = datasets.load_dataset("parquet", data_files=str(out / "zoo.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    with fipgraph.open_store(store_path, mode="r") as st:
+        assert ds["node_id"] == st.sql("SELECT node_id FROM nodes WHERE step >= 2 ORDER BY node_id")["node_id"].tolist()
+        names = [n for n in st.state_dict(3) if n.startswith("body.1.")]
+        assert names and ds[0]["weights"] == torch.cat([st.state_dict(3)[n].reshape(-1) for n in names]).tolist()
+    assert main(["export-zoo", "--store", store_path, "--out", str(tmp_path / "mz"), "--nodes", "0-2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mz" / "walk").iterdir()) == [
+        "checkpoint_000000", "checkpoint_000001", "checkpoint_000002", "params.json", "result.json"]
+    assert main(["export-zoo", "--store", store_path, "--out", str(tmp_path / "mz")]) == 2
+    assert "is not empty" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""CLI: merge (networks made from several stored ones) -- thin wrappers of fipgraph.query.
+"""CLI: merge (networks made from several stored ones) and export-zoo (a selection as a weight-space
+dataset) -- thin wrappers of fipgraph.query.
 
 The merge is computed from a read-only store; the writer lock is taken only to append the result, so a
 build holding the lock makes the command fail at the end with a clear message rather than wait.
@@ -76,6 +77,23 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_export_zoo(args) -> int:
+    from fipgraph.cli.query_cmds import _parse_nodes
+    from fipgraph.query import export_zoo
+    from fipgraph.query.catalog import require_store
+    from fipgraph.storage import open_store
+
+    require_store(args.store)
+    with open_store(args.store, mode="r") as store:
+        nodes = _parse_nodes(store, args.nodes, None)
+        params = args.params.split(",") if args.params else None
+        out = export_zoo(store, args.out, args.format, where=args.where, nodes=nodes, params=params,
+                         weights=args.weights)
+    what = "zoo.parquet" if args.format == "parquet" else "a folder per run, checkpoint_<node>/checkpoints"
+    print(f"exported to {out} ({args.format}: {what}; index_dict.json maps vector slices to tensors)")
+    return 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -104,4 +122,16 @@ def register(subparsers) -> None:
     _add_device(p)
     _add_data(p, default=None)
     p.set_defaults(func=cmd_merge)
+
+    p = subparsers.add_parser("export-zoo", help="a selection of nodes as a weight-space dataset: the Model Zoos "
+                              "layout or Parquet (datasets.load_dataset('parquet', ...) reads it)")
+    add_store_argument(p)
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--format", default="modelzoo", choices=["modelzoo", "parquet"])
+    p.add_argument("--where", help="SQL condition over the wide view choosing the nodes")
+    p.add_argument("--nodes", help="ids and ranges, e.g. 0,5,10-20 (default: all)")
+    p.add_argument("--params", help="comma-separated parameter names or prefixes (default: all float tensors)")
+    p.add_argument("--weights", default="list", choices=["list", "safetensors"],
+                   help="parquet: weights as a float32 list column, or one safetensors file per node beside it")
+    p.set_defaults(func=cmd_export_zoo)
 
