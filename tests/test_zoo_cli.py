@@ -102,3 +102,42 @@ def test_export_zoo_cli(store_path, tmp_path, capsys):
         "checkpoint_000000", "checkpoint_000001", "checkpoint_000002", "params.json", "result.json"]
     assert main(["export-zoo", "--store", store_path, "--out", str(tmp_path / "mz")]) == 2
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_soups_uniform_and_greedy(store_path, capsys):
+    from fipgraph.query import merge, soup
+    from fipgraph.query.soup import held_out_split
+
+    tasks = make_tasks("digits", split=SPLIT, seed=0)
+    with fipgraph.open_store(store_path, mode="r") as st:
+        uniform = soup(st, [1, 2, 3, 4], data=tasks, record=False, device="cpu")
+        mean = {k: torch.stack([st.state_dict(n)[k] for n in (1, 2, 3, 4)]).mean(0) for k in uniform.state}
+        for k, v in uniform.state.items():
+            torch.testing.assert_close(v, mean[k], rtol=1e-6, atol=1e-7)
+        # greedy, replayed independently: rank by held-out accuracy, keep a node if the mean does not get worse
+        held = held_out_split(tasks[0])
+        candidates = [2, 3, 4, 6, 7, 8]
+        alone = evaluate(st, candidates, held, record=False, progress=False, device="cpu")["accuracy"].to_dict()
+        order = sorted(candidates, key=lambda n: -alone[n])
+        model = build_model({"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "n_classes": 10}}).eval()
+
+        def acc(members):
+            model.load_state_dict(merge(st, members, "linear", record=False).state if len(members) > 1
+                                  else st.state_dict(members[0]))
+            with torch.no_grad():
+                return (model(held.test["x"]).argmax(1) == held.test["labels"]).float().mean().item()
+
+        kept, best = [order[0]], alone[order[0]]
+        for n in order[1:]:
+            if (a := acc(kept + [n])) >= best:
+                kept, best = kept + [n], a
+        greedy = soup(st, candidates, method="greedy", data=tasks, record=False, device="cpu")
+        assert greedy.nodes == kept and greedy.tags["soup"]["order"] == order
+        assert greedy.tags["soup"]["held_out_accuracy"] == pytest.approx(best, abs=1e-12)
+        assert 1 < len(kept) < len(candidates) or kept == order[:len(kept)]
+    assert main(["soup", "--store", store_path, "--method", "greedy", "--nodes", "2-4,6-8", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"greedy soup of {len(kept)} of 6 networks: {kept}" in out and "task2: accuracy" in out
+    with fipgraph.open_store(store_path, mode="r") as st:
+        last = int(st.sql("SELECT max(node_id) AS n FROM nodes")["n"][0])
+        assert st.graph().nodes[last]["parents"] == kept and st.node(last)["op"] == "merge"

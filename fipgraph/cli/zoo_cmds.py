@@ -1,4 +1,4 @@
-"""CLI: merge (networks made from several stored ones) and export-zoo (a selection as a weight-space
+"""CLI: merge and soup (networks made from several stored ones) and export-zoo (a selection as a weight-space
 dataset) -- thin wrappers of fipgraph.query.
 
 The merge is computed from a read-only store; the writer lock is taken only to append the result, so a
@@ -77,6 +77,29 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_soup(args) -> int:
+    from fipgraph.cli.query_cmds import _parse_nodes
+    from fipgraph.query import soup
+    from fipgraph.query.catalog import require_store
+    from fipgraph.storage import open_store
+
+    require_store(args.store)
+    with open_store(args.store, mode="r") as store:
+        nodes = _parse_nodes(store, args.nodes, args.where)
+        first = nodes[0] if nodes else int(store.sql("SELECT min(node_id) AS n FROM nodes")["n"][0])
+        tasks = merge_tasks(args, store, [first])
+        if args.method == "greedy" and not tasks:
+            raise ConfigError("a greedy soup is chosen on held-out data: pass --data (the nodes have no build data)")
+        merged = soup(store, nodes, method=args.method, data=tasks or None, record=False, device=args.device)
+    node = _save(args, merged)
+    info = merged.tags["soup"]
+    print(f"node {node}: {args.method} soup of {len(merged.nodes)} of {len(info['candidates'])} networks: {merged.nodes}")
+    if args.method == "greedy":
+        print(f"  chosen on {info['held_out']}: held-out accuracy {info['held_out_accuracy']:.4f}")
+    _print_scores(merged.metrics)
+    return 0
+
+
 def cmd_export_zoo(args) -> int:
     from fipgraph.cli.query_cmds import _parse_nodes
     from fipgraph.query import export_zoo
@@ -122,6 +145,16 @@ def register(subparsers) -> None:
     _add_device(p)
     _add_data(p, default=None)
     p.set_defaults(func=cmd_merge)
+
+    p = subparsers.add_parser("soup", help="a model soup of the selected nodes (uniform mean, or Wortsman's greedy "
+                              "soup chosen on held-out training examples), stored as a merge node")
+    add_store_argument(p)
+    p.add_argument("--method", default="uniform", choices=["uniform", "greedy"])
+    p.add_argument("--nodes", help="ids and ranges, e.g. 0,5,10-20 (default: all)")
+    p.add_argument("--where", help="SQL condition over the wide view choosing the nodes")
+    _add_device(p)
+    _add_data(p, default=None)
+    p.set_defaults(func=cmd_soup)
 
     p = subparsers.add_parser("export-zoo", help="a selection of nodes as a weight-space dataset: the Model Zoos "
                               "layout or Parquet (datasets.load_dataset('parquet', ...) reads it)")

@@ -19,6 +19,7 @@ _EXPORTS = {
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "select", "select": "select", "select_sql": "select",
     "recorded_data": "recorded", "recorded_tasks": "recorded",
+    "soup": "soup",
     "spectrum": "spectrum",
     "WeightDataset": "zoo", "to_dataset": "zoo", "export_zoo": "zoo_export",
 }

@@ -33,11 +33,13 @@ class Merged:
     state: dict[str, torch.Tensor]
     metrics: dict = field(default_factory=dict)  # {dataset: {metric: value}}
     node_id: int | None = None
+    extra_tags: dict = field(default_factory=dict)  # e.g. {"soup": how a soup chose its ingredients}
 
     @property
     def tags(self) -> dict:
         return {"merge": {"method": self.method, "nodes": self.nodes, "weights": self.weights, "base": self.base,
-                          "options": {("lambda" if k == "lambda_" else k): v for k, v in self.options.items()}}}
+                          "options": {("lambda" if k == "lambda_" else k): v for k, v in self.options.items()}},
+                **self.extra_tags}
 
     def save(self, store, run: int | None = None) -> int:
         """Append the merge as a node whose parents are the merged nodes (primary: the first)."""
