@@ -7,7 +7,6 @@ build holding the lock makes the command fail at the end with a clear message ra
 
 from __future__ import annotations
 
-import json
 import sys
 
 from fipgraph.cli import add_store_argument
@@ -15,32 +14,23 @@ from fipgraph.cli.query_cmds import _add_data, _add_device, _tasks
 from fipgraph.errors import ConfigError
 
 
-def build_tasks(store, node: int) -> list:
-    """The tasks of the build that made `node`, or its nearest primary ancestor with a build (a merge of
-    merges has no run of its own): that run's [data] settings. [] when no ancestor was built."""
-    from fipgraph.data import make_tasks
-    from fipgraph.query.graph import lineage
+def built_nodes(store, nodes: list[int]) -> list[int]:
+    """Each node, or for one without a run (a merge of merges) its nearest primary ancestor with one: the
+    nodes whose runs recorded the data a merge is scored on by default."""
+    from fipgraph.query._common import resolve_nodes
 
-    chain = lineage(store, node)
-    df = store.sql(f"SELECT n.node_id, r.config FROM nodes n JOIN runs r USING (run_id) "
-                   f"WHERE n.node_id IN ({','.join(map(str, chain))})")
-    configs = dict(zip(df["node_id"].astype(int), df["config"]))
-    first = next((configs[n] for n in chain if isinstance(configs.get(n), str)), None)
-    data = json.loads(first).get("data") if first else None
-    if not isinstance(data, dict) or "source" not in data:
-        return []
-    return make_tasks(data["source"], split=data.get("split"), seed=data.get("seed", 0),
-                      head=data.get("head", "single"), **(data.get("kwargs") or {}))
+    nodes, g = resolve_nodes(store, nodes), store.graph()  # unknown ids fail here, naming them
+    out = []
+    for n in nodes:
+        while g.nodes[n].get("run_id") is None and g.nodes[n]["parents"]:
+            n = g.nodes[n]["parents"][0]
+        out.append(n)
+    return out
 
 
 def merge_tasks(args, store, nodes: list[int]) -> list:
-    """--data (and --task) when given, else the data of the first node's build."""
-    if args.data is not None:
-        return _tasks(args, store, nodes)
-    tasks = build_tasks(store, nodes[0])
-    if args.task is not None:
-        tasks = [t for i, t in enumerate(tasks) if args.task in (t.name, str(i), t.name.split("/")[-1])]
-    return tasks
+    """--data and friends, each defaulting to the [data] the merged nodes' builds recorded."""
+    return _tasks(args, store, built_nodes(store, nodes))
 
 
 def _save(args, merged) -> int:
@@ -80,16 +70,14 @@ def cmd_merge(args) -> int:
 def cmd_soup(args) -> int:
     from fipgraph.cli.query_cmds import _parse_nodes
     from fipgraph.query import soup
+    from fipgraph.query._common import all_node_ids
     from fipgraph.query.catalog import require_store
     from fipgraph.storage import open_store
 
     require_store(args.store)
     with open_store(args.store, mode="r") as store:
         nodes = _parse_nodes(store, args.nodes, args.where)
-        first = nodes[0] if nodes else int(store.sql("SELECT min(node_id) AS n FROM nodes")["n"][0])
-        tasks = merge_tasks(args, store, [first])
-        if args.method == "greedy" and not tasks:
-            raise ConfigError("a greedy soup is chosen on held-out data: pass --data (the nodes have no build data)")
+        tasks = merge_tasks(args, store, nodes if nodes is not None else all_node_ids(store))
         merged = soup(store, nodes, method=args.method, data=tasks or None, record=False, device=args.device)
     node = _save(args, merged)
     info = merged.tags["soup"]
@@ -143,7 +131,7 @@ def register(subparsers) -> None:
                    "method's, as mergekit)")
     p.add_argument("--no-eval", action="store_true", help="store the merge without scoring it")
     _add_device(p)
-    _add_data(p, default=None)
+    _add_data(p)
     p.set_defaults(func=cmd_merge)
 
     p = subparsers.add_parser("soup", help="a model soup of the selected nodes (uniform mean, or Wortsman's greedy "
@@ -153,7 +141,7 @@ def register(subparsers) -> None:
     p.add_argument("--nodes", help="ids and ranges, e.g. 0,5,10-20 (default: all)")
     p.add_argument("--where", help="SQL condition over the wide view choosing the nodes")
     _add_device(p)
-    _add_data(p, default=None)
+    _add_data(p)
     p.set_defaults(func=cmd_soup)
 
     p = subparsers.add_parser("export-zoo", help="a selection of nodes as a weight-space dataset: the Model Zoos "
