@@ -15,10 +15,13 @@ _EXPORTS = {
     "evaluate": "evaluation", "perplexity": "evaluation",
     "branches": "graph", "lineage": "graph", "path_between": "graph",
     "interpolate": "interpolation",
+    "Merged": "merge", "merge": "merge",
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "selection", "select": "selection", "select_sql": "selection",
     "recorded_data": "recorded", "recorded_tasks": "recorded",
+    "soup": "soup",
     "spectrum": "spectra",
+    "WeightDataset": "zoo", "to_dataset": "zoo", "export_zoo": "zoo_export",
 }
 __all__ = sorted(_EXPORTS)
 

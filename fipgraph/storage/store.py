@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -174,11 +174,16 @@ class Store:
         return self._writer
 
     def append(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], *, parent: int | None = None,
-               run: int | None = None, op: str | None = None, step: int | None = None,
+               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None, op: str | None = None, step: int | None = None,
                metrics: Mapping | None = None, tags: Mapping | None = None, output_distance: float | None = None,
                allow_nonfinite: bool = False, allow_arch_change: bool = False) -> int:
-        """Add a network as a node (child of ``parent``) and return its id; the write commits in the background."""
+        """Add a network as a node (child of ``parent``) and return its id; the write commits in the background.
+
+        ``parents``: a node made from several (a merge): their ids, or {id: weight}, primary first; ``parent`` may
+        then be left out (it is the first). Each parent gets an edge with its Euclidean distance, and all of them
+        a row in ``node_parents``; ``nodes.parent_id`` is the primary one."""
         writer = self._writable()
+        parent, parent_rows = self._several_parents(parent, parents)
         state = state_dict_of(weights)
         parent_info = None if parent is None else self._info(parent)
         state, layout, same_arch = self._layout_against_parent(state, parent_info)
@@ -208,13 +213,35 @@ class Store:
         grandparent = parent_info.parent_id if codec.uses_grandparent(encoding) else None
         job = NodeJob(node_id, parent, grandparent, layout, rows, row, encoding, depth, same_arch, node_row,
                       [(node_id, *e) for e in evals], output_distance, arch_spec,
-                      nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance)
+                      nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance,
+                      parent_rows=[(node_id, *r) for r in parent_rows],
+                      other_parents=[p for p, _w, pos in parent_rows
+                                     if pos and self._index[p].arch_id == layout.arch_id])
         self._layouts[layout.arch_id] = layout
         writer.put(job)
         self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1
         self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
         self._pending.add(node_id)
         return node_id
+
+    def _several_parents(self, parent: int | None, parents) -> tuple[int | None, list[tuple]]:
+        """(primary parent, node_parents rows (parent_id, weight, position)) of an append; no rows for one parent."""
+        if parents is None:
+            return parent, []
+        listed = list(parents)
+        ids = [int(p) for p in listed]
+        if len(set(ids)) != len(ids) or not ids:
+            raise FipgraphError(f"parents={listed}: give each parent once, at least one")
+        weights = dict(parents) if isinstance(parents, Mapping) else dict.fromkeys(listed)
+        if parent is not None and int(parent) != ids[0]:
+            raise FipgraphError(f"parent={parent} but parents starts with {ids[0]}: the primary parent is the "
+                                "first of parents; leave parent out or put it first")
+        for p, w in weights.items():
+            self._info(p)  # an unknown id fails here, naming it
+            if w is not None and not (isinstance(w, (int, float)) and np.isfinite(w)):
+                raise FipgraphError(f"parents: the weight of node {p} is {w!r}; weights are finite numbers")
+        rows = [(p, None if w is None else float(w), i) for i, (p, w) in enumerate(zip(ids, weights.values()))]
+        return ids[0], rows if len(rows) > 1 else []
 
     def _layout_against_parent(self, state: dict, parent_info: NodeInfo | None) -> tuple[dict, Layout, bool]:
         """(state, layout, same architecture as the parent): a state whose names only come in another order
@@ -461,7 +488,8 @@ class Store:
             raise
 
     def graph(self) -> nx.DiGraph:
-        """The lineage graph with every nodes column as node attributes; no weights are read."""
+        """The lineage graph with every nodes column as node attributes, plus ``parents`` (every parent, primary
+        first: several for a merge, whose edges carry ``merge_weight``); no weights are read."""
         self.flush()
         nodes = self.catalog.query_arrow("SELECT * FROM nodes ORDER BY node_id")
         edges = self.catalog.query_arrow("SELECT src, dst, distance, output_distance FROM edges")
@@ -472,6 +500,16 @@ class Store:
         g.add_nodes_from(zip(nodes.column("node_id").to_pylist(), (dict(zip(cols, row)) for row in zip(*values))))
         g.add_edges_from((s, d, {"distance": x, "output_distance": o})
                          for s, d, x, o in zip(*(edges.column(c).to_pylist() for c in edges.column_names)))
+        for n, attrs in g.nodes(data=True):
+            attrs["parents"] = [] if attrs.get("parent_id") is None else [attrs["parent_id"]]
+        several = self.catalog.query_arrow("SELECT node_id, parent_id, weight FROM node_parents "
+                                           "ORDER BY node_id, position").to_pylist()
+        for node in {r["node_id"] for r in several}:
+            g.nodes[node]["parents"] = []
+        for r in several:  # a merge: every parent in order, each edge with the parent's weight in the merge
+            g.nodes[r["node_id"]]["parents"].append(r["parent_id"])
+            if g.has_edge(r["parent_id"], r["node_id"]):
+                g.edges[r["parent_id"], r["node_id"]]["merge_weight"] = r["weight"]
         return g
 
     def __len__(self) -> int:

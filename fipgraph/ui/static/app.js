@@ -163,7 +163,10 @@ async function showNode(id, switchTab = true) {
     el("h3", {}, "Export"), el("div", {class: "cmd"}, el("code", {id: "export-command"}, d.export_command), copy),
     el("h3", {}, "Metrics"), Object.keys(d.metrics).length ? metricsTable(d.metrics) : el("p", {class: "muted"}, "no evaluations recorded"),
     el("h3", {}, "Lineage"),
-    el("div", {}, "parent ", d.parent !== null ? nodeLink(d.parent) : el("span", {class: "muted"}, "none (a root)")),
+    d.parents.length > 1
+      ? el("div", {id: "node-parents"}, `parents (${d.parents.length}, a merge) `,
+           d.parents.map(p => el("span", {}, nodeLink(p.id), p.weight !== null ? ` ×${fmt(p.weight)} ` : " ")))
+      : el("div", {}, "parent ", d.parent !== null ? nodeLink(d.parent) : el("span", {class: "muted"}, "none (a root)")),
     el("div", {}, `children (${d.children.length}) `, d.children.slice(0, 50).map(nodeLink), d.children.length > 50 ? " …" : ""),
     el("h3", {}, "Run curves"), d.curves ? charts : el("p", {class: "muted"}, "no metrics along this run"),
     el("h3", {}, "Tags"), d.tags ? el("pre", {class: "small"}, JSON.stringify(d.tags, null, 2)) : el("p", {class: "muted"}, "none"),

@@ -83,6 +83,7 @@ class GraphView {
     this.xs = Float64Array.from(d.x, v => (v === null ? NaN : v));
     this.ys = Float64Array.from(d.y, v => (v === null ? NaN : v));
     this.parent = Int32Array.from(d.parent);
+    this.mergeEdges = d.merge_edges || [];  // [child, parent] of each merge's parents after the first
     this.index = new Map(); d.id.forEach((id, i) => this.index.set(id, i));
     this.sx = new Float32Array(n); this.sy = new Float32Array(n);
     const key = d.layout;
@@ -217,6 +218,10 @@ class GraphView {
       if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
       line(data, W, H, sx[p] * dpr, sy[p] * dpr, sx[i] * dpr, sy[i] * dpr, EDGE_RGB, a);
     }
+    for (const [i, p] of this.mergeEdges) {
+      if (Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
+      line(data, W, H, sx[p] * dpr, sy[p] * dpr, sx[i] * dpr, sy[i] * dpr, EDGE_RGB, a);
+    }
   }
 
   _vectorEdges(ctx) {  // antialiased lines while there are few
@@ -226,6 +231,10 @@ class GraphView {
     for (let i = 0; i < n; i++) {
       const p = parent[i];
       if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
+      ctx.moveTo(sx[p], sy[p]); ctx.lineTo(sx[i], sy[i]);
+    }
+    for (const [i, p] of this.mergeEdges) {
+      if (Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
       ctx.moveTo(sx[p], sy[p]); ctx.lineTo(sx[i], sy[i]);
     }
     ctx.stroke();
