@@ -84,3 +84,24 @@ def test_bad_settings_fail_before_any_step(tmp_path):
         with pytest.raises(FipgraphError, match="save_strategy is 'no'.*every=N"):
             trainer.train()
         assert trainer.state.global_step == 0 and len(store) == 0
+
+
+def test_a_recorded_run_is_an_ordinary_run_for_select_export_and_model_from_node(tmp_path, capsys):
+    from fipgraph.cli import main as cli
+    from fipgraph.models import model_from_node
+
+    args = trainer_args(tmp_path / "out", max_steps=6, save_strategy="no", eval_strategy="steps", eval_steps=3)
+    with fipgraph.open_store(tmp_path / "s") as store:
+        Trainer(model=tiny_bert(), args=args, train_dataset=token_data(), eval_dataset=token_data(8, seed=1),
+                callbacks=[FipgraphCallback(store, every=3, run="r")]).train()
+        last = store.state_dict(1)
+        rebuilt = model_from_node(store, 1)
+    assert type(rebuilt) is BertForSequenceClassification
+    assert all(torch.equal(v, last[k]) for k, v in rebuilt.state_dict().items())
+    capsys.readouterr()
+    assert cli(["select", "--store", str(tmp_path / "s"), "--where", "eval_loss < 100 AND step = 6"]) == 0
+    printed = capsys.readouterr().out.split()  # bare ids, or a table once select prints one
+    assert "1" in printed and "0" not in printed
+    assert cli(["export", "--store", str(tmp_path / "s"), "1", "--out", str(tmp_path / "export")]) == 0
+    exported = BertForSequenceClassification.from_pretrained(tmp_path / "export")
+    assert all(torch.equal(v, last[k]) for k, v in exported.state_dict().items())
