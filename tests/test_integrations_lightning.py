@@ -43,11 +43,13 @@ def loaders():
     return DataLoader(data, batch_size=32, shuffle=False), DataLoader(data, batch_size=64)
 
 
-def fit(module, callbacks, steps=20, **kw):
+def fit(root, module, callbacks, steps=20):
     train, val = loaders()
+    checkpointing = any(isinstance(c, L.callbacks.ModelCheckpoint) for c in callbacks)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=root, enable_checkpointing=checkpointing,
                         enable_model_summary=False, val_check_interval=10, limit_val_batches=2,
-                        callbacks=callbacks, **kw)
+                        callbacks=callbacks)
     trainer.fit(module, train, val)
     return trainer
 
@@ -57,7 +59,7 @@ def test_twenty_steps_every_5_give_four_nodes_equal_to_lightnings_checkpoints(tm
     ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=5,
                                        save_top_k=-1)
     with fipgraph.open_store(tmp_path / "s") as store:
-        fit(LitDigits(hidden=16), [FipgraphCallback(store, every_n_steps=5, run="lit"), ckpt])
+        fit(tmp_path, LitDigits(hidden=16), [FipgraphCallback(store, every_n_steps=5, run="lit"), ckpt])
         nodes = store.sql("SELECT node_id, parent_id, step FROM nodes ORDER BY node_id")
         evals = store.sql("SELECT n.step, e.metric FROM evals e JOIN nodes n USING (node_id)")
         run = store.find_run("lit")
@@ -79,7 +81,7 @@ def test_twenty_steps_every_5_give_four_nodes_equal_to_lightnings_checkpoints(tm
 def test_an_exception_fails_the_run_keeping_its_nodes(tmp_path):
     with fipgraph.open_store(tmp_path / "s") as store:
         with pytest.raises(RuntimeError, match="diverged at step 7"):
-            fit(LitDigits(fail_at=7), [FipgraphCallback(store, every_n_steps=5)])
+            fit(tmp_path, LitDigits(fail_at=7), [FipgraphCallback(store, every_n_steps=5)])
         run = store.find_run("LitDigits")  # named after the module's class when run is not given
         assert run["status"] == "failed" and "diverged at step 7" in run["error"]
         assert store.sql("SELECT step FROM nodes")["step"].tolist() == [5]
@@ -90,5 +92,7 @@ def test_only_global_rank_zero_writes_and_bad_settings_name_the_value(tmp_path, 
         with pytest.raises(FipgraphError, match="every_n_steps must be .* got 0"):
             FipgraphCallback(store, every_n_steps=0)
         monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
-        fit(LitDigits(), [FipgraphCallback(store, every_n_steps=5)], steps=10)
+        fit(tmp_path, LitDigits(), [FipgraphCallback(store, every_n_steps=5)], steps=10)
         assert len(store) == 0 and store.sql("SELECT count(*) AS n FROM runs")["n"][0] == 0
+    fit(tmp_path, LitDigits(), [FipgraphCallback(tmp_path / "s2", every_n_steps=5)], steps=10)
+    assert not (tmp_path / "s2").exists()  # a store given by path is opened by global rank zero only

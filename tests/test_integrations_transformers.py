@@ -69,10 +69,15 @@ def test_every_n_steps_records_without_trainer_checkpoints_and_only_on_process_z
         assert store.sql("SELECT step FROM nodes ORDER BY step")["step"].tolist() == [3, 6]
         assert store.find_run("out")["status"] == "finished"  # named after output_dir when run is not given
         assert not list((tmp_path / "out").glob("checkpoint-*"))
-        monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)  # what a rank > 0 sees
-        Trainer(model=tiny_bert(), args=args, train_dataset=token_data(),
-                callbacks=[FipgraphCallback(store, every=3)]).train()
-        assert len(store) == 2 and len(store.sql("SELECT * FROM runs")) == 1  # other ranks write nothing
+    monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)  # what a rank > 0 sees
+    Trainer(model=tiny_bert(), args=args, train_dataset=token_data(),
+            callbacks=[FipgraphCallback(tmp_path / "s2", every=3)]).train()
+    assert not (tmp_path / "s2").exists()  # a store given by path is not even opened on other ranks
+    monkeypatch.undo()
+    Trainer(model=tiny_bert(), args=args, train_dataset=token_data(),
+            callbacks=[FipgraphCallback(tmp_path / "s2", every=3, run="by-path")]).train()
+    with fipgraph.open_store(tmp_path / "s2") as store:  # the callback closed it: the lock is free again
+        assert store.find_run("by-path")["status"] == "finished" and len(store) == 2
 
 
 def test_bad_settings_fail_before_any_step(tmp_path):

@@ -8,6 +8,8 @@ exists, otherwise to the next node saved, as the latest value of that metric whe
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from fipgraph.errors import FipgraphError, ReadOnlyStoreError
@@ -39,16 +41,21 @@ def by_dataset(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
 
 
 class CallbackRun:
-    """The run a callback records: opened at train start on the writing rank, closed at train end."""
+    """The run a callback records: opened at train start on the writing rank, closed at train end.
+
+    ``store`` is an open Store, or a path that only the writing rank opens (at train start) and closes (at train
+    end): under DDP every rank builds the callback, but a store has one writer."""
 
     def __init__(self, store: Any, run: str | None, config: Mapping | None, parent: int | None,
                  model_kwargs: Mapping | None, resume: bool, op: str) -> None:
-        if getattr(store, "mode", None) != "a":
-            raise ReadOnlyStoreError(f"the callback needs a store opened for writing, got {store!r}; "
-                                     "pass fipgraph.open_store(path, mode='a')")
-        self.store, self.run, self.user_config, self.op = store, run, dict(config or {}), op
+        self.path = Path(store) if isinstance(store, (str, os.PathLike)) else None
+        if self.path is None and getattr(store, "mode", None) != "a":
+            raise ReadOnlyStoreError(f"the callback needs a store path or a store opened for writing, got {store!r}; "
+                                     "pass a directory or fipgraph.open_store(path, mode='a')")
+        self.store = None if self.path else store
+        self.run, self.user_config, self.op = run, dict(config or {}), op
         self.options = dict(parent=parent, model_kwargs=model_kwargs, resume=resume, op=op)
-        if run is not None:
+        if run is not None and self.store is not None:
             store.recorder(run, **self.options)  # a taken name or bad arguments fail now, before any training
         self.recorder = None
         self.began = False
@@ -59,6 +66,10 @@ class CallbackRun:
     def begin(self, default_name: str, config: Mapping) -> None:
         if self.recorder is not None:
             return
+        if self.store is None:
+            from fipgraph.storage import open_store
+
+            self.store = open_store(self.path)
         if self.run is None:
             self.run = free_name(self.store, default_name)
         elif self.began:  # the same callback in a second train(): continue its own run
@@ -76,7 +87,7 @@ class CallbackRun:
 
     def metrics(self, values: Mapping[str, Any], step: int) -> None:
         values = numeric(values)
-        if not values:
+        if not values or self.store is None:  # a store the callback opened is closed after training
             return
         if self.last_node is not None and step == self.last_step:
             self.store.add_evals(self.last_node, by_dataset(values))  # also after training: a final evaluate()
@@ -84,9 +95,15 @@ class CallbackRun:
             self.pending.update(values)
 
     def end(self, exc: BaseException | None = None) -> None:
-        if self.recorder is not None:
-            recorder, self.recorder = self.recorder, None
+        if self.recorder is None:
+            return
+        recorder, self.recorder = self.recorder, None
+        try:
             recorder.__exit__(type(exc) if exc else None, exc, None)
+        finally:
+            if self.path is not None:  # opened here: release the writer lock for what the script does next
+                self.store, store = None, self.store
+                store.close()
 
 
 def free_name(store: Any, base: str) -> str:

@@ -19,7 +19,8 @@ from fipgraph.integrations._common import CallbackRun, numeric
 
 
 class FipgraphCallback(Callback):
-    """Record a Lightning fit in ``store`` (a fipgraph Store opened with mode='a')."""
+    """Record a Lightning fit in ``store``: a Store opened with mode='a', or a store directory that
+    only the writing rank opens (at train start) and closes (at train end), as DDP scripts need."""
 
     def __init__(self, store: Any, every_n_steps: int = 100, *, run: str | None = None,
                  config: Mapping | None = None, parent: int | None = None, model_kwargs: Mapping | None = None,

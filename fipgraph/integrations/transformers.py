@@ -21,7 +21,8 @@ from fipgraph.integrations._common import CallbackRun
 
 
 class FipgraphCallback(TrainerCallback):
-    """Record a Trainer's run in ``store`` (a fipgraph Store opened with mode='a')."""
+    """Record a Trainer's run in ``store``: a Store opened with mode='a', or a store directory that
+    only the writing rank opens (at train start) and closes (at train end), as DDP scripts need."""
 
     def __init__(self, store: Any, every: str | int = "save", *, run: str | None = None,
                  config: Mapping | None = None, parent: int | None = None, model_kwargs: Mapping | None = None,
