@@ -8,8 +8,9 @@ Both sides train the same model from the same weights on the same batches: "trai
 ``save_steps`` (weights only: ``save_only_model=True``, so no optimizer state on either side), "fipgraph" has the
 Trainer's saving off and ``FipgraphCallback(store, every=N)`` on (the store opened, flushed and closed inside the
 timing). "none" saves nothing: the floor both are measured against. Runs alternate (trainer, fipgraph, none, then
-the next repeat in another order) and medians are reported, with bytes on disk (file sizes, and blocks allocated)
-and whether the last node equals the Trainer's last checkpoint bit for bit. Writes --out as one JSON document.
+the next repeat in another order) after one untimed warm-up of each; medians of wall and CPU seconds are reported,
+with bytes on disk (file sizes, and blocks allocated) and whether the last node equals the Trainer's last
+checkpoint bit for bit. Writes --out as one JSON document.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -48,6 +50,13 @@ def make_data(a: argparse.Namespace) -> list[dict]:
     return [{"input_ids": i, "attention_mask": mask, "labels": int(i[0] >= a.vocab // 2)} for i in ids]
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (the store's writer thread too): steadier than wall time on a
+    shared machine, and what saving costs where no core is free for the writer."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def disk_bytes(paths: list[Path]) -> tuple[int, int]:
     """(sum of file sizes, bytes of blocks allocated) of ``paths``: files, or folders and all below them."""
     size = blocks = 0
@@ -66,17 +75,18 @@ def run_once(variant: str, a: argparse.Namespace, data: list[dict], work: Path) 
                              learning_rate=a.lr, logging_steps=a.every, report_to="none", disable_tqdm=True,
                              seed=0, data_seed=0, use_cpu=not torch.cuda.is_available(), **saving)
     model = make_model(a)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     if variant == "fipgraph":
         with fipgraph.open_store(store_dir) as store:
-            Trainer(model=model, args=args, train_dataset=data, callbacks=[FipgraphCallback(store, every=a.every)]).train()
+            callback = FipgraphCallback(store, every=a.every)
+            Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
             last = store.state_dict(int(store.sql("SELECT max(node_id) AS n FROM nodes")["n"][0]))
     else:
         Trainer(model=model, args=args, train_dataset=data).train()
         last = None
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     checkpoints = sorted(out.glob("checkpoint-*"))
-    row = {"variant": variant, "seconds": seconds}
+    row = {"variant": variant, "seconds": seconds, "cpu_seconds": cpu}
     if variant == "trainer":
         row["bytes"], row["bytes_allocated"] = disk_bytes(checkpoints)
         row["safetensors_bytes"] = sum((c / "model.safetensors").stat().st_size for c in checkpoints)
@@ -98,8 +108,8 @@ def same_bits(a: dict, b: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 2)[2])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
     p.add_argument("--every", type=int, default=10, help="save / record every N steps (both sides)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant (medians reported)")
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(a: argparse.Namespace, variants: list[str], rows: list[dict]) -> dict:
     med = {v: {k: statistics.median(r[k] for r in rows if r["variant"] == v)
-               for k in ("seconds", "bytes", "bytes_allocated", "safetensors_bytes") if all(
+               for k in ("seconds", "cpu_seconds", "bytes", "bytes_allocated", "safetensors_bytes") if all(
                    k in r for r in rows if r["variant"] == v)} for v in variants}
     n_params = sum(t.numel() for t in make_model(a).parameters())
     result = {"settings": {**vars(a), "n_params": n_params}, "machine": {
@@ -147,12 +157,13 @@ def report(a: argparse.Namespace, variants: list[str], rows: list[dict]) -> dict
     if "trainer" in med and "fipgraph" in med:
         t, f = med["trainer"], med["fipgraph"]
         result["ratios"] = {"time_fipgraph_over_trainer": f["seconds"] / t["seconds"],
+                            "cpu_fipgraph_over_trainer": f["cpu_seconds"] / t["cpu_seconds"],
                             "bytes_fipgraph_over_trainer": f["bytes"] / t["bytes"],
                             "bytes_fipgraph_over_trainer_safetensors": f["bytes"] / t["safetensors_bytes"],
                             "allocated_fipgraph_over_trainer": f["bytes_allocated"] / t["bytes_allocated"]}
         if "none" in med:
-            result["ratios"].update({f"time_{v}_over_none": med[v]["seconds"] / med["none"]["seconds"]
-                                     for v in ("trainer", "fipgraph")})
+            result["ratios"].update({f"{k}_{v}_over_none": med[v][c] / med["none"][c] for v in ("trainer", "fipgraph")
+                                     for k, c in (("time", "seconds"), ("cpu", "cpu_seconds"))})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"medians": med, "ratios": result.get("ratios")}, indent=2))

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,7 +142,8 @@ def test_a_killed_training_loses_no_committed_node_and_resumes(tmp_path):
         store.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    root = str(Path(__file__).resolve().parent.parent)  # where `tests.owncode` imports from
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": root})
     assert proc.returncode == -9
     with fipgraph.open_store(tmp_path / "s") as store:
         assert store.find_run("killed")["status"] == "running"

@@ -23,7 +23,10 @@ MAX_ERROR_CHARS = 2000  # runs.error keeps the message, not a whole traceback
 
 
 class Recorder:
-    """One run of a training loop in ``store``; use it as a context manager (see the module docstring)."""
+    """One run of a training loop in ``store``; use it as a context manager (see the module docstring).
+
+    ``run_id``: the run's id once entered; ``nodes``: the ids saved in this block; ``last_node``/``last_step``:
+    what the next save chains to (a resumed run's last node, or ``parent``; None for a new run's first node)."""
 
     def __init__(self, store: Any, run: str, *, config: Mapping | None = None, parent: int | None = None,
                  model_kwargs: Mapping | None = None, resume: bool = False, op: str = "record") -> None:
