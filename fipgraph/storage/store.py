@@ -29,6 +29,7 @@ from fipgraph.storage.layout import Layout
 from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.options import ENCODINGS, StoreOptions
 from fipgraph.storage.reader import NodeInfo, RowReader
+from fipgraph.storage.recorder import Recorder
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
@@ -343,6 +344,12 @@ class Store:
         writer.put(OpJob(CatalogOp("insert_run", (row,))))
         self._run_names[name] = run_id
         return run_id
+
+    def recorder(self, run: str, config: Mapping | None = None, parent: int | None = None, *,
+                 model_kwargs: Mapping | None = None, resume: bool = False, op: str = "record") -> Recorder:
+        """Record any training loop as run ``run``: ``with store.recorder(run="x") as rec: rec.save(model, step=s)``
+        appends chained nodes; see fipgraph/storage/recorder.py (resume=True continues a run of that name)."""
+        return Recorder(self, run, config=config, parent=parent, model_kwargs=model_kwargs, resume=resume, op=op)
 
     def finish_run(self, run_id: int, status: str = "finished", error: str | None = None) -> None:
         """Mark a run ended; ``error`` (for status 'failed') says why, in ``runs.error``."""
