@@ -109,6 +109,13 @@ def test_merge_matches_mergekit(zoo, case):
         assert not torch.equal(mine, st.state_dict(n["a"])[name])  # the merge did something
 
 
+def test_the_cli_names_every_method():
+    from fipgraph.cli.zoo_cmds import MERGE_METHODS
+    from fipgraph.query.merge_methods import METHODS
+
+    assert sorted(MERGE_METHODS) == sorted(METHODS)
+
+
 def test_a_merge_is_stored_with_its_parents_and_scores(zoo, tmp_path):
     st, n, _, _ = zoo
     ids = torch.randint(0, 64, (4, 9), generator=torch.Generator().manual_seed(0))

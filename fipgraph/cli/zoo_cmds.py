@@ -13,6 +13,8 @@ from fipgraph.cli import add_store_argument
 from fipgraph.cli.query_cmds import _add_data, _add_device, _tasks
 from fipgraph.errors import ConfigError
 
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "slerp")  # fipgraph.query.merge_methods.METHODS
+
 
 def built_nodes(store, nodes: list[int]) -> list[int]:
     """Each node, or for one without a run (a merge of merges) its nearest primary ancestor with one: the
@@ -114,13 +116,13 @@ def _bool(text: str) -> bool:
 
 
 def register(subparsers) -> None:
-    from fipgraph.query.merge_methods import METHODS
-
     p = subparsers.add_parser("merge", help="merge stored networks (linear, task_arithmetic, ties, slerp) into a "
                               "new node whose parents they are; evaluated on the build's data or --data")
     add_store_argument(p)
     p.add_argument("nodes", type=int, nargs="+", help="node ids; the first is the primary parent (slerp: t = 0)")
-    p.add_argument("--method", default="linear", choices=sorted(METHODS))
+    # the names are not read from merge_methods here: that imports torch, and commands such as `fipgraph check`
+    # must not pay for it; merge() refuses an unknown name with the list (tests/test_merge.py keeps them equal)
+    p.add_argument("--method", default="linear", help=f"one of {', '.join(MERGE_METHODS)} (default linear)")
     p.add_argument("--base", type=int, help="task_arithmetic, ties: the ancestor the task vectors start from")
     p.add_argument("--weights", help="one weight per node, comma-separated (default 1 each)")
     p.add_argument("--density", type=float, help="ties: fraction of each task vector kept (default 1)")
