@@ -83,6 +83,25 @@ def test_dataset_feeds_a_dataloader_with_workers(store):
     assert torch.equal(torch.cat([b["parent_id"] for b in batches]), torch.tensor([-1, 0, 1, 2, 3, 4, 5]))
 
 
+def test_default_fork_workers_outside_pytest(store, tmp_path):
+    """The DataLoader's default context (fork on Linux) from a plain script, as docs/merges-and-datasets.md shows.
+    (Inside pytest a forked worker hung in torch's file-descriptor tensor sharing, hence forkserver above.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import torch, fipgraph\n"
+        "from fipgraph.query import to_dataset\n"
+        f"with fipgraph.open_store({str(store.root)!r}, mode='r') as st:\n"
+        "    ds = to_dataset(st, nodes=range(7))\n"
+        "    w = torch.cat([b['weights'] for b in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2,\n"
+        "                                                                    timeout=120)])\n"
+        "    torch.save(w, 'w.pt')\n")
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "w.pt"), torch.stack([_flat(store, n) for n in range(7)]))
+
+
 def test_dataset_refuses_mixed_architectures_and_empty_selections(store):
     with pytest.raises(ConfigError, match="different architectures"):
         to_dataset(store)
