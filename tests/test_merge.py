@@ -72,7 +72,8 @@ def _models(folders, ids, weights=None, **params):
 
 CASES = {  # name: (fipgraph kwargs, mergekit config builder, bit-exact)
     "linear": (dict(method="linear", weights=[0.2, 0.5, 0.3]),
-               lambda f, n: {"merge_method": "linear", "models": _models(f, [n["a"], n["b"], n["base"]], [0.2, 0.5, 0.3])},
+               lambda f, n: {"merge_method": "linear",
+                             "models": _models(f, [n["a"], n["b"], n["base"]], [0.2, 0.5, 0.3])},
                True),
     "task_arithmetic": (dict(method="task_arithmetic", weights=[0.7, 0.4], base="base", lambda_=0.8),
                         lambda f, n: {"merge_method": "task_arithmetic", "base_model": str(f[n["base"]]),

@@ -7,8 +7,6 @@ build holding the lock makes the command fail at the end with a clear message ra
 
 from __future__ import annotations
 
-import sys
-
 from fipgraph.cli import add_store_argument
 from fipgraph.cli.query_cmds import _add_data, _add_device, _tasks
 from fipgraph.errors import ConfigError
@@ -55,17 +53,19 @@ def cmd_merge(args) -> int:
     require_store(args.store)
     options = {k: v for k, v in (("density", args.density), ("t", args.t), ("lambda_", args.lambda_),
                                  ("normalize", args.normalize)) if v is not None}
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise ConfigError(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 0.7,0.3") from None
     with open_store(args.store, mode="r") as store:
         tasks = [] if args.no_eval else merge_tasks(args, store, args.nodes)
         merged = merge(store, args.nodes, args.method, base=args.base, weights=weights, data=tasks or None,
                        record=False, device=args.device, **options)
     node = _save(args, merged)
-    print(f"node {node}: {args.method} merge of {merged.nodes}" + (f" over base {args.base}" if args.base is not None else ""))
+    over = f" over base {args.base}" if args.base is not None else ""
+    print(f"node {node}: {args.method} merge of {merged.nodes}{over}")
     if merged.metrics:
         _print_scores(merged.metrics)
-    elif not args.no_eval:
-        print("  not evaluated: its first node has no build data; pass --data", file=sys.stderr)
     return 0
 
 
@@ -83,7 +83,8 @@ def cmd_soup(args) -> int:
         merged = soup(store, nodes, method=args.method, data=tasks or None, record=False, device=args.device)
     node = _save(args, merged)
     info = merged.tags["soup"]
-    print(f"node {node}: {args.method} soup of {len(merged.nodes)} of {len(info['candidates'])} networks: {merged.nodes}")
+    chosen = f"{len(merged.nodes)} of {len(info['candidates'])} networks"
+    print(f"node {node}: {args.method} soup of {chosen}: {merged.nodes}")
     if args.method == "greedy":
         print(f"  chosen on {info['held_out']}: held-out accuracy {info['held_out_accuracy']:.4f}")
     _print_scores(merged.metrics)

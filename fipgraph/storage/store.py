@@ -175,7 +175,8 @@ class Store:
         return self._writer
 
     def append(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], *, parent: int | None = None,
-               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None, op: str | None = None, step: int | None = None,
+               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None,
+               op: str | None = None, step: int | None = None,
                metrics: Mapping | None = None, tags: Mapping | None = None, output_distance: float | None = None,
                allow_nonfinite: bool = False, allow_arch_change: bool = False) -> int:
         """Add a network as a node (child of ``parent``) and return its id; the write commits in the background.
