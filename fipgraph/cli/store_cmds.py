@@ -68,7 +68,7 @@ def cmd_info(args) -> int:
         runs = cat.rows("SELECT r.run_id, r.name, r.op, r.status, count(n.node_id) AS nodes FROM runs r "
                         "LEFT JOIN nodes n USING (run_id) GROUP BY ALL ORDER BY r.run_id")
     values = dict(zip(counts.columns, counts.rows[0]))
-    print(f"store        {Path(args.store).resolve()}")
+    print(f"store        {args.store if '://' in args.store else Path(args.store).resolve()}")
     for key, value in values.items():
         print(f"{key:<12} {int(value):,}")
     if values["raw_float32_bytes"]:

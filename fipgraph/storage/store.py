@@ -22,11 +22,12 @@ import torch
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec, exit_hook, stream
-from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
+from fipgraph.storage.catalog import CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
-from fipgraph.storage.lock import WriterLock
+from fipgraph.storage.published import acquire_writer, open_catalog
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
+from fipgraph.storage.remote import RemotePath, is_url, open_location
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
@@ -37,7 +38,8 @@ ENCODINGS = {"lossless": "lossless", "int8": "q8", "bounded": "bnd"}
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
-    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``.
+    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``: a folder, or a
+    URL on object storage (``s3://bucket/prefix``, any fsspec URL; see docs/storage-remote.md).
 
     Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s; the
     writer spaces commits further, up to 2 s, when one takes over a tenth of that), ``max_pending_bytes`` (1 GiB
@@ -45,7 +47,9 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
     parents, beyond the last one or two a chain needs; rows whose two newest do not fit are encoded against
     the parent alone), ``durable`` (False; True fsyncs chunk files and the catalog before a
-    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
+    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s).
+    For URLs: ``storage_options`` (fsspec options such as key, secret, endpoint_url; by default the AWS_*
+    environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out)."""
     return Store(path, mode, **options)
 
 
@@ -65,7 +69,8 @@ class Store:
     def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
                  lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
-                 tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
+                 tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES,
+                 storage_options: dict | None = None, lease_ttl: float | None = None) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -75,17 +80,18 @@ class Store:
                              f"must be a positive number, got {tolerance!r}")
         if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
             raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
-        self.root, self.mode = Path(path), mode
+        # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
+        self.root = path if isinstance(path, RemotePath) else open_location(path, storage_options) if is_url(path) else Path(path)
+        self.mode, self.remote = mode, isinstance(self.root, RemotePath)
+        durable = durable and not self.remote  # an object store's PUT is durable when it returns
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
         self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[encoding], keyframe_every, float(tolerance)
-        self._lock = None
+        self._lock, self._tmp = None, None
         if mode == "a":
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._lock = WriterLock(self.root / "writer.lock").acquire()
+            self._lock = acquire_writer(self.root, lease_ttl)
         try:
+            self.catalog, self._tmp = open_catalog(self.root, mode, self._lock, lock_timeout=lock_timeout, durable=durable)
             self._check_marker(create=mode == "a")
-            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout,
-                                   durable=durable)
             self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
@@ -118,25 +124,36 @@ class Store:
             if not create:
                 raise StoreNotFoundError(f"{self.root} is not a fipgraph store (no {MARKER}); "
                                          "create one with fipgraph.open_store(path, mode='a') or `fipgraph build`")
-            partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}  # an interrupted creation
-            stray = [p.name for p in self.root.iterdir()
-                     if p.name not in {"README.md", ".gitignore", "writer.lock"} | partial]
-            if stray:
-                raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
-                                         "choose an empty or new directory")
-            for name in partial:  # no marker means creation never finished: nothing was committed there
-                target = self.root / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            Catalog(self.root / "metrics.duckdb", read_only=False).create()
+            self._clear_partial()
+            self.catalog.create()  # on object storage: also published
             # the marker is written last: a store whose creation was interrupted is simply recreated
             marker.write_text(json.dumps({"format": "fipgraph-store", "format_version": FORMAT_VERSION}))
+        elif self.remote and self.mode == "a":
+            self.catalog.pull()  # the writer starts from the latest published snapshot
         meta = json.loads(marker.read_text())
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise FormatVersionError(f"{self.root} was written with store format {meta['format_version']}, "
                                      f"this fipgraph reads up to {FORMAT_VERSION}: upgrade with `pip install -U fipgraph`")
+
+    def _clear_partial(self) -> None:
+        """Remove what an interrupted creation left (no marker: nothing was committed there); refuse a
+        non-empty folder or prefix that is not a store."""
+        partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}
+        stray = [p.name for p in self.root.iterdir()
+                 if p.name not in {"README.md", ".gitignore", "writer.lock", "writer.lease"} | partial]
+        if stray:
+            raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
+                                     "choose an empty or new directory" + (" or prefix" if self.remote else ""))
+        if self.remote:
+            self.catalog.reset()
+        for name in partial:
+            target = self.root / name
+            if isinstance(target, RemotePath):
+                target.remove_tree()
+            elif target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
     def _load_index(self, after: int = -1) -> None:
         df = self.catalog.query(
@@ -347,11 +364,13 @@ class Store:
             self._writer.flush(timeout)
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer and release the lock; raises WriterError if the
-        final commit fails (the lock is released either way)."""
+        """Commit (and on object storage publish) what is queued, stop the writer and release the lock;
+        raises WriterError if the final commit fails (the lock is released either way)."""
         if self._writer is not None:
             try:
                 self._writer.flush()
+                if self.remote:
+                    self.catalog.publish_extra()  # the build log's last lines
             finally:
                 self._writer.stop()
                 self._writer = None
@@ -359,9 +378,14 @@ class Store:
         self._release_lock()
 
     def _release_lock(self) -> None:
+        if getattr(self, "weights", None) is not None:
+            self.weights.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> "Store":
         return self
