@@ -197,3 +197,25 @@ def test_bad_input_fails_first_naming_url_and_fix(s3, s3_env, case, capsys):
     if not options:
         assert main(["sql", "--store", url, "SELECT 1"]) == 2
         assert expect in capsys.readouterr().err
+
+
+def test_ui_view_and_select_read_a_bucket(s3, s3_env, capsys):
+    from fipgraph.ui.reader import StoreView
+
+    url = f"s3://{new_bucket(s3)}/ui"
+    small, _ = _models(2)
+    with fipgraph.open_store(url) as store:
+        _walk(store, small, 5)
+    view = StoreView(url)
+    try:
+        before = view.version()
+        assert view.meta()["store"] == url and view.meta()["n_nodes"] == 5
+        assert view.graph(layout="lineage")["id"] == [0, 1, 2, 3, 4]
+        with fipgraph.open_store(url) as store:  # a writer adds a node: the view's version changes
+            store.append(small, parent=4)
+        time.sleep(1.1)  # readers look for a newer snapshot at most once a second
+        assert view.version() != before
+    finally:
+        view.close()
+    assert main(["sql", "--store", url, "--format", "csv", "SELECT count(*) AS n FROM nodes"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "6"

@@ -151,6 +151,10 @@ class Catalog:
                 if p.exists():
                     fsync_path(p)
 
+    def version(self) -> tuple:
+        """Changes with every commit: (size, mtime) of the file and its log; on object storage the snapshot's tag."""
+        return self._file_state()
+
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
                      for p in (self.path, self.path.with_name(self.path.name + ".wal")))

@@ -105,14 +105,15 @@ class SnapshotCatalog(Catalog):
         self._tag, self._checked = None, float("-inf")
 
     def pull(self) -> None:
-        if time.monotonic() - self._checked < self.refresh:
-            return
-        info = self.remote.fs.info(self.remote.path)
-        tag = info.get("ETag") or (info.get("size"), str(info.get("LastModified") or info.get("mtime")))
-        if tag != self._tag:
-            download(self.remote, self.path)
-            self._tag = tag
-        self._checked = time.monotonic()
+        with self._local:  # one download at a time (queries and the UI's change checks run on several threads)
+            if time.monotonic() - self._checked < self.refresh:
+                return
+            info = self.remote.fs.info(self.remote.path)
+            tag = info.get("ETag") or (info.get("size"), str(info.get("LastModified") or info.get("mtime")))
+            if tag != self._tag:
+                download(self.remote, self.path)
+                self._tag = tag
+            self._checked = time.monotonic()
 
     def _file_state(self) -> tuple:
         self.pull()

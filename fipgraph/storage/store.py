@@ -49,8 +49,16 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     the parent alone), ``durable`` (False; True fsyncs chunk files and the catalog before a
     commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s).
     For URLs: ``storage_options`` (fsspec options such as key, secret, endpoint_url; by default the AWS_*
-    environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out)."""
+    environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out).
+    ``writer_threads``: threads that encode and write large rows (default: the cores torch leaves free, 1-4)."""
     return Store(path, mode, **options)
+
+
+def default_writer_threads() -> int:
+    """Cores the build's torch threads leave free (at least 1, at most 4): zstd and numpy release the GIL."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
@@ -70,7 +78,8 @@ class Store:
                  keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
                  lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
                  tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES,
-                 storage_options: dict | None = None, lease_ttl: float | None = None) -> None:
+                 storage_options: dict | None = None, lease_ttl: float | None = None,
+                 writer_threads: int | None = None) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -80,6 +89,8 @@ class Store:
                              f"must be a positive number, got {tolerance!r}")
         if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
             raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
+        if writer_threads is not None and not (isinstance(writer_threads, int) and writer_threads >= 1):
+            raise ValueError(f"writer_threads must be an integer >= 1, got {writer_threads!r}")
         # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
         self.root = path if isinstance(path, RemotePath) else open_location(path, storage_options) if is_url(path) else Path(path)
         self.mode, self.remote = mode, isinstance(self.root, RemotePath)
@@ -113,7 +124,8 @@ class Store:
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
                                   commit_interval=commit_interval, max_pending_bytes=max_pending_bytes,
-                                  recent_bytes=recent_bytes)
+                                  recent_bytes=recent_bytes,
+                                  threads=default_writer_threads() if writer_threads is None else writer_threads)
             self._writer.start()
             exit_hook.track(self)
 
