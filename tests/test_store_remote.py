@@ -144,6 +144,10 @@ def test_build_read_live_killed_and_resumed(s3, s3_env, tmp_path):
     assert "r/train" in log
     for text in (log, out.stdout, out.stderr, json.dumps(reader_configs(url))):
         assert SECRET_KEY not in text
+    fs = s3.filesystem()
+    for key in fs.find(url[5:]):  # nothing in the bucket holds the secret: catalog, log, optimizer state, lease
+        if "/weights.zarr/" not in key:
+            assert SECRET_KEY.encode() not in fs.cat_file(key), key
 
 
 def reader_configs(url: str) -> list:
@@ -197,6 +201,27 @@ def test_bad_input_fails_first_naming_url_and_fix(s3, s3_env, case, capsys):
     if not options:
         assert main(["sql", "--store", url, "SELECT 1"]) == 2
         assert expect in capsys.readouterr().err
+        assert main(["build", "--store", url, "--no-progress", "steps=2"]) == 2  # before any data or step
+        assert expect in capsys.readouterr().err
+        assert s3.filesystem().find(bucket) == []
+
+
+def test_a_missing_chunk_on_the_bucket_is_named_never_zeros(s3, s3_env):
+    from fipgraph.errors import CorruptNodeError
+
+    url = f"s3://{new_bucket(s3)}/damaged"
+    _, big = _models(3)
+    with fipgraph.open_store(url) as store:
+        kept = _walk(store, big, 3)
+    fs = s3.filesystem()
+    victim = sorted(k for k in fs.find(url[5:]) if "/c/1/" in k)[0]  # node 1's row
+    fs.rm_file(victim)
+    with fipgraph.open_store(url, mode="r") as reader:
+        assert torch.equal(reader.state_dict(kept[0][0])["weight"], kept[0][1]["weight"])
+        with pytest.raises(CorruptNodeError, match="is missing"):
+            reader.state_dict(kept[2][0])  # delta-coded against the damaged node 1
+    report = check_store(url, progress=False)
+    assert [n for n, _ in report.bad_nodes] == [1] and report.unreadable == [1, 2]
 
 
 def test_ui_view_and_select_read_a_bucket(s3, s3_env, capsys):
