@@ -25,9 +25,9 @@ CATALOG = "metrics.duckdb"
 
 def require_store(path: str | Path):
     """The store directory (or URL: a RemotePath) `path`; StoreNotFoundError (and nothing created) when none is there."""
-    from fipgraph.storage.remote import is_url, open_location  # fsspec loads only for URLs
+    from fipgraph.storage.remote import resolve  # fsspec loads only for URLs
 
-    root = open_location(path) if is_url(path) else Path(path)
+    root = resolve(path)
     if not (root / MARKER).is_file():
         raise StoreNotFoundError(
             f"no store at {root} (no {MARKER}: not a fipgraph store); pass --store DIR of an existing "

@@ -25,7 +25,7 @@ from fipgraph.errors import CorruptNodeError, StoreNotFoundError
 from fipgraph.storage import codec
 from fipgraph.storage.catalog import attach_read_only
 from fipgraph.storage.layout import Layout
-from fipgraph.storage.remote import RemotePath, is_url, open_location
+from fipgraph.storage.remote import RemotePath, resolve
 from fipgraph.storage.published import acquire_writer, fetch_snapshot
 from fipgraph.storage.reader import NodeInfo, RowReader
 from fipgraph.storage.weights import WeightArrays
@@ -103,7 +103,7 @@ def check_store(path: str | Path, *, repair: bool = False, progress: bool = True
     Repair takes the writer lock, so it never races a running build (whose in-flight chunks
     would otherwise look orphaned); on object storage it takes the writer's lease.
     """
-    root = path if isinstance(path, RemotePath) else open_location(path, storage_options) if is_url(path) else Path(path)
+    root = resolve(path, storage_options)
     if not (root / "fipgraph.json").is_file():
         raise StoreNotFoundError(f"no store at {root} (no fipgraph.json: not a fipgraph store); pass the folder of "
                                  "an existing store")

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from fipgraph.errors import FipgraphError, StoreNotFoundError
 from fipgraph.storage.published import CATALOG, acquire_writer
-from fipgraph.storage.remote import RemotePath, atomic_write, is_url, open_location
+from fipgraph.storage.remote import RemotePath, atomic_write, resolve
 
 MARKER = "fipgraph.json"
 SKIP = {"writer.lock", "writer.lease", CATALOG + ".wal"}  # guards of the source, a log folded in by the checkpoint
@@ -28,7 +28,7 @@ class CopyReport:
 
 
 def location(path, storage_options: dict | None = None) -> Path | RemotePath:
-    return path if isinstance(path, RemotePath) else open_location(path, storage_options) if is_url(path) else Path(path)
+    return resolve(path, storage_options)
 
 
 def _files(root: Path | RemotePath) -> dict[PurePosixPath, Path | RemotePath]:

@@ -94,6 +94,19 @@ def split_url(url: str) -> tuple[str, str]:
     return protocol.lower(), rest.rstrip("/")
 
 
+def resolve(path: Any, storage_options: dict | None = None) -> "Path | RemotePath":
+    """A store location: a folder (a plain path, or a file:// URL) as a Path, any other URL as a RemotePath
+    (checked: see open_location)."""
+    if isinstance(path, (RemotePath, Path)):
+        return path
+    if not is_url(path):
+        return Path(path)
+    protocol, rest = split_url(path)
+    if protocol in ("file", "local"):  # a folder: the local store's flock and atomic renames, not an emulation
+        return Path(rest or "/")
+    return open_location(path, storage_options)
+
+
 def open_location(url: str, storage_options: dict | None = None, *, probe: bool = True) -> "RemotePath":
     """The RemotePath of ``url``; checks that its filesystem is installed and (``probe``) that the bucket
     answers with these credentials, so a bad URL fails before anything is written."""
@@ -144,7 +157,8 @@ class RemotePath:
     sees the old object or the new one), which is what the temp-file-and-rename does on a local disk."""
 
     def __init__(self, fs: Any, path: str, protocol: str, options: dict | None = None, size: int | None = None) -> None:
-        self.fs, self.path, self.protocol = fs, path.rstrip("/"), protocol
+        # the filesystem's own spelling of the path (memory:// roots it at "/"), so listings compare equal
+        self.fs, self.path, self.protocol = fs, fs._strip_protocol(path).rstrip("/"), protocol
         self._options = options or {}  # credentials: kept here, never shown
         self._size = size  # known from a listing: stat() needs no request
 
@@ -156,7 +170,7 @@ class RemotePath:
         return RemotePath(self.fs, posixpath.join(self.path, str(other)), self.protocol, self._options)
 
     def __str__(self) -> str:
-        return f"{self.protocol}://{self.path}"
+        return f"{self.protocol}://{self.path.lstrip('/')}"
 
     def __repr__(self) -> str:
         return f"RemotePath({str(self)!r})"

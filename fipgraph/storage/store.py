@@ -27,7 +27,7 @@ from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_o
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.published import acquire_writer, open_catalog
 from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
-from fipgraph.storage.remote import RemotePath, is_url, open_location
+from fipgraph.storage.remote import RemotePath, resolve
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
@@ -92,7 +92,7 @@ class Store:
         if writer_threads is not None and not (isinstance(writer_threads, int) and writer_threads >= 1):
             raise ValueError(f"writer_threads must be an integer >= 1, got {writer_threads!r}")
         # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
-        self.root = path if isinstance(path, RemotePath) else open_location(path, storage_options) if is_url(path) else Path(path)
+        self.root = resolve(path, storage_options)
         self.mode, self.remote = mode, isinstance(self.root, RemotePath)
         durable = durable and not self.remote  # an object store's PUT is durable when it returns
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
