@@ -59,3 +59,18 @@ def test_redact_hides_option_and_environment_secrets(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-123")
     text = redact("a env-secret-123 b opt-secret-456 c", {"client_kwargs": {"aws_secret_access_key": "opt-secret-456"}})
     assert text == "a *** b *** c"
+
+
+def test_walk_from_python_into_a_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIPGRAPH_CACHE", str(tmp_path / "cache"))
+    results = {}
+    for where in (f"memory://fipgraph-walk-{tmp_path.name}/s", tmp_path / "local"):
+        torch.manual_seed(0)
+        x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        result = fipgraph.walk(net, (x, y), op="finetune", store=where, steps=6, save_every=2, device="cpu",
+                               progress=False)
+        with fipgraph.open_store(where, mode="r") as reader:
+            assert reader.sql("SELECT count(*) AS n FROM nodes")["n"][0] == len(result.nodes) == 4
+            results[str(where)[:6]] = reader.state_dict(result.last_node)
+    assert all(torch.equal(results["memory"][k], v) for k, v in results[str(tmp_path)[:6]].items())

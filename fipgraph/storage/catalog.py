@@ -246,8 +246,13 @@ def _insert_ensemble(con, row: tuple) -> None:
     insert_frame(con, "ensembles", ENSEMBLE_COLUMNS, [row])
 
 
+def _add_stored_bytes(con, rows: list[tuple]) -> None:
+    """(bytes to add, arch_id, row): chunks recompressed by `fipgraph compact`."""
+    con.executemany("UPDATE storage SET stored_bytes = stored_bytes + ? WHERE arch_id = ? AND row = ?", rows)
+
+
 CATALOG_OPS = {"insert_run": _insert_run, "finish_run": _finish_run, "set_run_status": _set_run_status,
-               "insert_ensemble": _insert_ensemble}
+               "insert_ensemble": _insert_ensemble, "add_stored_bytes": _add_stored_bytes}
 
 
 @dataclass

@@ -50,7 +50,9 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s).
     For URLs: ``storage_options`` (fsspec options such as key, secret, endpoint_url; by default the AWS_*
     environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out).
-    ``writer_threads``: threads that encode and write large rows (default: the cores torch leaves free, 1-4)."""
+    ``writer_threads``: threads that encode and write large rows (default: the cores torch leaves free, 1-4).
+    ``compressor``: "zstd" (default) or "lz4" for rows with chunk files of their own (faster to write, larger
+    until ``fipgraph compact`` recompresses them with zstd)."""
     return Store(path, mode, **options)
 
 
@@ -79,7 +81,7 @@ class Store:
                  lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
                  tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES,
                  storage_options: dict | None = None, lease_ttl: float | None = None,
-                 writer_threads: int | None = None) -> None:
+                 writer_threads: int | None = None, compressor: str = "zstd") -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         if encoding not in ENCODINGS:
@@ -89,6 +91,9 @@ class Store:
                              f"must be a positive number, got {tolerance!r}")
         if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
             raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
+        if compressor not in ("zstd", "lz4"):
+            raise ValueError(f"compressor must be 'zstd' (compact) or 'lz4' (fast; `fipgraph compact` recompresses "
+                             f"with zstd later), got {compressor!r}")
         if writer_threads is not None and not (isinstance(writer_threads, int) and writer_threads >= 1):
             raise ValueError(f"writer_threads must be an integer >= 1, got {writer_threads!r}")
         # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
@@ -103,7 +108,8 @@ class Store:
         try:
             self.catalog, self._tmp = open_catalog(self.root, mode, self._lock, lock_timeout=lock_timeout, durable=durable)
             self._check_marker(create=mode == "a")
-            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
+            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable,
+                                        compressor=compressor)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
