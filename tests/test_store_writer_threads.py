@@ -46,7 +46,7 @@ def test_threads_give_the_same_store(tmp_path):
 
 
 def test_bad_writer_threads_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ValueError, match="writer_threads must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="writer_threads=0 must be an integer >= 1"):
         fipgraph.open_store(tmp_path / "s", writer_threads=0)
     with fipgraph.open_store(tmp_path / "s") as store:  # the lock was let go
         assert len(store) == 0

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "fipgraph.cli.build_cmd",  # build
     "fipgraph.cli.query_cmds",  # pca, perplexity, evaluate, select, ensemble, spectrum, plot
     "fipgraph.cli.ui_cmd",  # ui
+    "fipgraph.cli.zoo_cmds",  # merge, soup, export-zoo
     "fipgraph.cli.remote_cmds",  # store push, store pull
 ]
 

@@ -8,13 +8,12 @@ packages may also register builders under the ``fipgraph.models`` entry-point gr
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from torch import nn
 
 from fipgraph.errors import ConfigError
+from fipgraph.plugins import import_object, load_entry_point
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DDP / DataParallel
 
@@ -69,13 +68,7 @@ def resolve_import_path(name: str, spec: dict) -> Callable[..., nn.Module]:
         where = "in the script that was run (__main__)" if module_name == "__main__" else "inside a function"
         raise ConfigError(f"model {name!r} was defined {where}, which another process cannot import; move the class "
                           f"into an importable module, or build it yourself and call store.load_into(model, node)")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"model {name!r} cannot be imported ({type(exc).__name__}: {exc}); install the package "
-                          f"that defines it, or check the spelling package.module:callable") from None
+    target = import_object(name, "model")
     if not callable(target):
         raise ConfigError(f"model {name!r} is a {type(target).__name__}, not a class or function returning an nn.Module")
     return target
@@ -83,10 +76,4 @@ def resolve_import_path(name: str, spec: dict) -> Callable[..., nn.Module]:
 
 def entry_point_builder(name: str) -> Callable[..., nn.Module] | None:
     """A builder an installed package registered as ``[project.entry-points."fipgraph.models"] name = ...``."""
-    for ep in entry_points(group="fipgraph.models"):
-        if ep.name == name:
-            try:
-                return ep.load()
-            except Exception as exc:  # a broken plug-in must name itself, not crash the build with its traceback
-                raise ConfigError(f"model entry point {name!r} ({ep.value}) failed to load: {exc}") from None
-    return None
+    return load_entry_point("fipgraph.models", name, "model")

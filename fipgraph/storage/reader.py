@@ -24,10 +24,10 @@ import xxhash
 from fipgraph.errors import CorruptNodeError
 from fipgraph.storage import codec
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.options import DEFAULT_CACHE_BYTES
 from fipgraph.storage.remote import RemotePath
 from fipgraph.storage.weights import WeightArrays
 
-DEFAULT_CACHE_BYTES = 1 << 30  # decoded rows kept for reuse: 1 GiB (two SmolLM2-135M nodes)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +29,7 @@ from fipgraph.storage.chunks import submit_chunks
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.options import DEFAULT_RECENT_BYTES
 from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
 
@@ -50,6 +51,9 @@ class NodeJob:
     arch_spec: dict | None  # set when this arch is new to the catalog
     nbytes: int = 0
     tolerance: float | None = None  # encoding="bounded": max error / RMS step per tensor
+    parent_rows: list[tuple] = field(default_factory=list)  # NODE_PARENT_COLUMNS rows of a node with several parents
+    other_parents: list[int] = field(default_factory=list)  # its parents after the first, of its architecture
+    other_distances: list = field(default_factory=list)  # Euclidean distance to each of them (set when written)
 
 
 @dataclass
@@ -72,8 +76,6 @@ log = logging.getLogger("fipgraph.build.store")
 STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
-DEFAULT_RECENT_BYTES = 512 << 20  # decoded rows of recent nodes the writer keeps as parents (beyond the two
-# a chain needs): a branch off a recent node then needs no read from disk
 RECENT_MAX_NODES = 4
 
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
@@ -291,7 +293,7 @@ class Writer(threading.Thread):
             grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
             streamed = job.encoding in codec.LOSSLESS and job.nbytes > STREAM_BYTES
             immediate = not streamed and job.nbytes >= IMMEDIATE_BYTES and job.encoding in codec.LOSSLESS
-            if immediate and self._pool is not None:
+            if immediate and self._pool is not None and not job.other_parents:  # a merge reads other parents: here
                 self._create_arrays(job)  # here, so no two pool threads race to create an array
                 self._unwritten[job.node_id] = job.rows
                 pooled.append(self._pool.submit(self._encode_and_write, job, parent, grandparent))
@@ -330,6 +332,7 @@ class Writer(threading.Thread):
     def _measure(self, job: NodeJob, enc: codec.Encoded, parent: dict | None) -> None:
         """Norm, sparsity, distance to the parent and checksum of a node (its storage row, bytes still 0)."""
         l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
+        job.other_distances = [float_stats(job.layout, enc.decoded, self._decoded(p))[2] for p in job.other_parents]
         job.node_row.update(l2_norm=l2, sparsity=sparsity)
         job.distance = dist
         job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
@@ -458,6 +461,8 @@ class Writer(threading.Thread):
         batch.archs = [(j.layout.arch_id, to_json(j.arch_spec)) for j in nodes if j.arch_spec is not None]
         batch.nodes = [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes]
         batch.edges = [(j.parent_id, j.node_id, j.distance, j.output_distance) for j in nodes if j.parent_id is not None]
+        batch.edges += [(p, j.node_id, d, None) for j in nodes for p, d in zip(j.other_parents, j.other_distances)]
+        batch.node_parents = [r for j in nodes for r in j.parent_rows]
         batch.evals = [e for j in nodes for e in j.evals] + [r for j in jobs if isinstance(j, EvalJob) for r in j.rows]
         batch.ensemble_evals = [r for j in jobs if isinstance(j, EvalJob) for r in (j.ensemble_rows or [])]
         batch.storage = [tuple(j.storage_row) for j in nodes]

@@ -11,16 +11,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fipgraph.data.user import call_arguments, is_user_source, resolve_source
 from fipgraph.errors import ConfigError, need
+from fipgraph.heads import HEADS
 from fipgraph.path.config.fields import check_types
 from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
+from fipgraph.storage.options import StoreOptions
 
 
 
 @dataclass
 class DataConfig:
-    source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), or a
-    # list of image sources chained one task per source, e.g. ["mnist", "fashion-mnist"]
+    source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), a list of
+    # image sources chained one task per source (["mnist", "fashion-mnist"]), or your own "package.module:function"
     split: list | str | None = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ... (text sources: domain names; "permuted:N")
     seed: int = 0  # fixes the train/test split, independent of the training seed
     head: str = "single"  # single: label = class id on one head sized for all tasks from the start; per_task: logits sliced to the task's block
@@ -28,19 +31,32 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "data")
-        need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
+        need(self.head in HEADS, f"data.head={self.head!r}; use one of {list(HEADS)}")
         if isinstance(self.source, list):  # chained sources: the task sequence is the source list
             need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
                   f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")
             self.split = None
             return
+        if is_user_source(self.source):
+            self._check_user_source()
+            return
         need(len(self.split) >= 1, f"data.split={self.split!r} is empty; give one class list per task")
+
+    def _check_user_source(self) -> None:
+        """Import the user's data function now (a bad path fails before any store is opened) and check that
+        it takes the settings given; the digits default split means "none" to a function of the user's."""
+        if self.split == DataConfig.__dataclass_fields__["split"].default_factory():
+            self.split = None
+        settings = {"split": self.split, "seed": self.seed, "head": self.head, "test_size": 0.2}
+        call_arguments(self.source, resolve_source(self.source), settings, self.kwargs)
 
     @property
     def n_tasks(self) -> int | None:
         """Tasks in the sequence, where the config alone tells (None for 'classes:K')."""
         if isinstance(self.source, list):
             return len(self.source)
+        if self.split is None:  # the user's own function: only its result tells
+            return None
         if isinstance(self.split, str):
             kind, _, num = self.split.partition(":")
             return int(num) if kind == "permuted" and num.isdigit() else None
@@ -231,7 +247,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "config", skip=("data", "runs"))
-        _check_store_options(self.store)
+        StoreOptions.from_build_table(self.store)  # a bad value fails here, before any data or model loads
         _check_device_words(self.device, self.precision, "config")
         need(len(self.runs) >= 1, "the config has no [[runs]]; add at least one")
         for run in self.runs:  # a run without its own device/precision takes the build's
@@ -248,27 +264,6 @@ class BuildConfig:
 
     def run_name(self, run: RunConfig) -> str:
         return f"{self.name}/{run.name}"
-
-
-STORE_OPTIONS = ("encoding", "tolerance", "keyframe_every")  # [store] keys: how a build writes its rows
-
-
-def _check_store_options(options: dict[str, Any]) -> None:
-    """[store] may only choose how rows are encoded; a bad value fails here, before any data or model loads."""
-    if not options:
-        return
-    from fipgraph.storage.store import ENCODINGS  # imports torch: only for a config that has a [store] table
-
-    bad = sorted(set(options) - set(STORE_OPTIONS))
-    need(not bad, f"[store] has unknown keys {bad}; allowed: {list(STORE_OPTIONS)}")
-    enc = options.get("encoding", "lossless")
-    need(enc in ENCODINGS, f"[store] encoding={enc!r}; choose one of {sorted(ENCODINGS)}")
-    tol = options.get("tolerance", 0.1)
-    need(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
-          f"[store] tolerance={tol!r} must be a positive number (max error / RMS step, encoding='bounded'), e.g. 0.1")
-    every = options.get("keyframe_every", 32)
-    need(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
-          f"[store] keyframe_every={every!r} must be an integer >= 1, e.g. 32")
 
 
 def shared_keys() -> set[str]:
