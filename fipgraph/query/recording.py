@@ -7,7 +7,6 @@ keep what they would record; `commit()` then takes the writer lock once, writes 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fipgraph.errors import WriterLockedError
