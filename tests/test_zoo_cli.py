@@ -106,7 +106,7 @@ def test_export_zoo_cli(store_path, tmp_path, capsys):
 
 def test_soups_uniform_and_greedy(store_path, capsys):
     from fipgraph.query import merge, soup
-    from fipgraph.query.soup import held_out_split
+    from fipgraph.query.soups import held_out_split
 
     tasks = make_tasks("digits", split=SPLIT, seed=0)
     with fipgraph.open_store(store_path, mode="r") as st:

@@ -15,11 +15,11 @@ _EXPORTS = {
     "evaluate": "evaluation", "perplexity": "evaluation",
     "branches": "graph", "lineage": "graph", "path_between": "graph",
     "interpolate": "interpolation",
-    "Merged": "merge", "merge": "merge",
+    "Merged": "merging", "merge": "merging",
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "selection", "select": "selection", "select_sql": "selection",
     "recorded_data": "recorded", "recorded_tasks": "recorded",
-    "soup": "soup",
+    "soup": "soups",
     "spectrum": "spectra",
     "WeightDataset": "zoo", "to_dataset": "zoo", "export_zoo": "zoo_export",
 }

@@ -19,7 +19,7 @@ from fipgraph.data import make_tasks
 from fipgraph.query import Ensemble, evaluate, interpolate, soup
 from fipgraph.query.evaluation import empty_model
 from fipgraph.query.robustness import accuracy, pgd_examples
-from fipgraph.query.soup import held_out_split
+from fipgraph.query.soups import held_out_split
 
 WALKS = ("soups/travel", "soups/undirected")
 

@@ -14,7 +14,7 @@ import torch
 
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import check_same_arch, resolve_nodes
-from fipgraph.query.merge import Merged, merge_states, score_state
+from fipgraph.query.merging import Merged, merge_states, score_state
 from fipgraph.query.merge_methods import METHODS
 
 SOUPS = ("uniform", "greedy")
