@@ -1,6 +1,6 @@
 """The HF Trainer checkpointing every N steps itself vs the same run recorded by FipgraphCallback every N steps.
 
-    python benchmarks/cores_free.py                      # how quiet the machine is (timings need a quiet one)
+    python benchmarks/tools/cores_free.py                # how quiet the machine is (timings need a quiet one)
     python benchmarks/bench_integrations.py              # ~2.5M-param BERT, 200 steps, every 10, 3 repeats, lr 5e-5
     python benchmarks/bench_integrations.py --steps 40 --repeats 1   # a quick look
 

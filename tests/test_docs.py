@@ -1,6 +1,7 @@
 """README.md and docs/*.md are run, not just read: every ```bash and ```python block, in order, in a fresh folder.
 
 Shell lines that start with `fipgraph` run in-process through the CLI's `main` (as tests/test_build_cli.py does);
+lines spelled `python -m fipgraph …` run in bash exactly as written (no speed overrides);
 `fipgraph ui` is started as a server, fetched and stopped; other lines run in bash. Set-up lines (pip, apt-get,
 .ci/) are the CI's job: `.ci/run` runs exactly the README's test command, which a test here checks. To stay fast,
 every `fipgraph build` gets the bare override `steps=20` (every run walks 20 steps) and `--max-steps 60`;
@@ -42,9 +43,20 @@ def blocks(page: Path) -> list[tuple[str, str]]:
 
 
 def shell_lines(code: str) -> list[str]:
-    """Commands of a bash block: continuation lines joined, comments and blank lines dropped."""
-    text = code.replace("\\\n", " ")
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    """Commands of a bash block: continuation lines joined, a quoted string may span lines (`python -c "..."`),
+    comments and blank lines dropped."""
+    commands, pending = [], ""
+    for line in code.replace("\\\n", " ").splitlines():
+        if not pending and (not line.strip() or line.strip().startswith("#")):
+            continue
+        pending = f"{pending}\n{line}" if pending else line.strip()
+        try:
+            shlex.split(pending, comments=True)
+        except ValueError:  # an open quote: the command goes on
+            continue
+        commands.append(pending)
+        pending = ""
+    return commands
 
 
 def fast_build(argv: list[str], steps: list[str] = FAST) -> list[str]:
@@ -103,7 +115,7 @@ def run_shell_line(line: str, cwd: Path, demo: Path) -> None:
     if line.startswith(SETUP):
         return
     argv = shlex.split(line, comments=True)
-    if argv[0] != "fipgraph" or any(c in line for c in "|$`;&<>"):
+    if argv[0] != "fipgraph" or any(c in line for c in "|$`;&<>\n"):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{cwd / 'bin'}{os.pathsep}{os.environ['PATH']}"}
         done = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"

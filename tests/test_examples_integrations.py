@@ -36,3 +36,15 @@ def test_lightning_example_records_nodes_with_validation_metrics(tmp_path):
     with fipgraph.open_store(tmp_path / "s", "r") as store:
         wide = store.sql("SELECT step, val_acc FROM wide ORDER BY step")
     assert wide["step"].tolist() == [2, 4] and wide["val_acc"].between(0, 1).all()
+
+
+def test_own_model_example_records_a_loop_then_walks_continual_from_its_last_node(tmp_path):
+    walk = load("own_model").main(["--store", str(tmp_path / "s"), "--steps", "60"])
+    assert walk.status == "finished" and walk.evaluations["task1"]["accuracy"] > 0.8
+    with fipgraph.open_store(tmp_path / "s", "r") as store:
+        loop = store.find_run("task1-loop")
+        assert loop["status"] == "finished"
+        first = store.node(walk.nodes[0])
+        assert store.node(first["parent_id"])["run_id"] == loop["run_id"]  # the walk starts at the loop's last node
+    again = load("own_model").main(["--store", str(tmp_path / "s"), "--steps", "60"])
+    assert again.steps_done == 0 and again.last_node == walk.last_node  # a rerun finds both done

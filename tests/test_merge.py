@@ -72,7 +72,8 @@ def _models(folders, ids, weights=None, **params):
 
 CASES = {  # name: (fipgraph kwargs, mergekit config builder, bit-exact)
     "linear": (dict(method="linear", weights=[0.2, 0.5, 0.3]),
-               lambda f, n: {"merge_method": "linear", "models": _models(f, [n["a"], n["b"], n["base"]], [0.2, 0.5, 0.3])},
+               lambda f, n: {"merge_method": "linear",
+                             "models": _models(f, [n["a"], n["b"], n["base"]], [0.2, 0.5, 0.3])},
                True),
     "task_arithmetic": (dict(method="task_arithmetic", weights=[0.7, 0.4], base="base", lambda_=0.8),
                         lambda f, n: {"merge_method": "task_arithmetic", "base_model": str(f[n["base"]]),
@@ -107,6 +108,13 @@ def test_merge_matches_mergekit(zoo, case):
         else:
             assert float((mine - r).abs().max() / r.abs().max()) <= 1e-6, name
         assert not torch.equal(mine, st.state_dict(n["a"])[name])  # the merge did something
+
+
+def test_the_cli_names_every_method():
+    from fipgraph.cli.zoo_cmds import MERGE_METHODS
+    from fipgraph.query.merge_methods import METHODS
+
+    assert sorted(MERGE_METHODS) == sorted(METHODS)
 
 
 def test_a_merge_is_stored_with_its_parents_and_scores(zoo, tmp_path):

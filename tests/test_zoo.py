@@ -75,12 +75,33 @@ def test_dataset_items_are_the_stored_weights_metrics_and_lineage(store):
 
 def test_dataset_feeds_a_dataloader_with_workers(store):
     ds = to_dataset(store, nodes=range(7))
-    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, timeout=60, multiprocessing_context="forkserver")
+    # forkserver: under pytest a forked worker hung in torch's fd tensor sharing (the default fork: next test)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, timeout=60,
+                                         multiprocessing_context="forkserver")
     batches = list(loader)
     assert [b["node_id"].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
     weights = torch.cat([b["weights"] for b in batches])
     assert torch.equal(weights, torch.stack([_flat(store, n) for n in range(7)]))
     assert torch.equal(torch.cat([b["parent_id"] for b in batches]), torch.tensor([-1, 0, 1, 2, 3, 4, 5]))
+
+
+def test_default_fork_workers_outside_pytest(store, tmp_path):
+    """The DataLoader's default context (fork on Linux) from a plain script, as docs/merges-and-datasets.md shows.
+    (Inside pytest a forked worker hung in torch's file-descriptor tensor sharing, hence forkserver above.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import torch, fipgraph\n"
+        "from fipgraph.query import to_dataset\n"
+        f"with fipgraph.open_store({str(store.root)!r}, mode='r') as st:\n"
+        "    ds = to_dataset(st, nodes=range(7))\n"
+        "    w = torch.cat([b['weights'] for b in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2,\n"
+        "                                                                    timeout=120)])\n"
+        "    torch.save(w, 'w.pt')\n")
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "w.pt"), torch.stack([_flat(store, n) for n in range(7)]))
 
 
 def test_dataset_refuses_mixed_architectures_and_empty_selections(store):
@@ -93,7 +114,7 @@ def test_dataset_refuses_mixed_architectures_and_empty_selections(store):
 def test_modelzoo_export_loads_back_exactly(store, tmp_path):
     out = export_zoo(store, tmp_path / "zoo", "modelzoo")
     lines = [json.loads(x) for x in (out / "walk" / "result.json").read_text().splitlines()]
-    assert [r["node_id"] for r in lines] == list(range(6)) and [r["training_iteration"] for r in lines] == list(range(6))
+    assert [r["node_id"] for r in lines] == [r["training_iteration"] for r in lines] == list(range(6))
     assert json.loads((out / "walk" / "params.json").read_text()) == {"lr": 0.2}
     index = json.loads((out / "index_dict.json").read_text())
     assert len(index) == 2  # two architectures

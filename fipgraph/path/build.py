@@ -26,6 +26,7 @@ from fipgraph.path.ops import OBJECTIVES
 from fipgraph.path.engine.replicas import ReplicaSettings, group_plans, replica_runs, walk_replicas
 from fipgraph.path.engine.recipe import Limits, RunResult, walk
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.remote import as_location
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -161,7 +162,7 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
     ``replica_settings`` tunes how replicas (``replicas = K``) step together; the defaults choose by themselves."""
     limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
                     max_steps=max_steps, progress=progress)
-    store_dir = Path(store_dir)
+    store_dir = as_location(store_dir)  # a URL (s3://...) stays a string
     with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a", durable=durable,
                                                              **config.store) as store:
         try:

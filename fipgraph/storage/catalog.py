@@ -158,6 +158,10 @@ class Catalog:
                 if p.exists():
                     fsync_path(p)
 
+    def version(self) -> tuple:
+        """Changes with every commit: (size, mtime) of the file and its log; on object storage the snapshot's tag."""
+        return self._file_state()
+
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
                      for p in (self.path, self.path.with_name(self.path.name + ".wal")))
@@ -250,8 +254,13 @@ def _insert_ensemble(con, row: tuple) -> None:
     insert_frame(con, "ensembles", ENSEMBLE_COLUMNS, [row])
 
 
+def _add_stored_bytes(con, rows: list[tuple]) -> None:
+    """(bytes to add, arch_id, row): chunks recompressed by `fipgraph compact`."""
+    con.executemany("UPDATE storage SET stored_bytes = stored_bytes + ? WHERE arch_id = ? AND row = ?", rows)
+
+
 CATALOG_OPS = {"insert_run": _insert_run, "finish_run": _finish_run, "set_run_status": _set_run_status,
-               "insert_ensemble": _insert_ensemble}
+               "insert_ensemble": _insert_ensemble, "add_stored_bytes": _add_stored_bytes}
 
 
 @dataclass

@@ -32,6 +32,10 @@ class StoreOptions:
     cache_bytes: int = DEFAULT_CACHE_BYTES  # decoded rows kept for reads
     recent_bytes: int = DEFAULT_RECENT_BYTES  # recently written rows the writer keeps as parents
     lock_timeout: float = 60.0  # s to wait for the catalog while another process holds it
+    writer_threads: int | None = None  # threads encoding and writing large rows; None: the cores torch leaves free
+    compressor: str = "zstd"  # "lz4": rows with chunk files of their own written fast, `fipgraph compact` later
+    lease_ttl: float | None = None  # a store on object storage: s a killed writer keeps others out (None: 30 s
+    # or FIPGRAPH_LEASE_TTL)
 
     def __post_init__(self) -> None:
         need(self.encoding in ENCODINGS, f"encoding={self.encoding!r}; choose one of {sorted(ENCODINGS)}")
@@ -43,6 +47,12 @@ class StoreOptions:
         for name in ("max_pending_bytes", "cache_bytes", "recent_bytes"):
             need(_whole(getattr(self, name), 0), f"{name}={getattr(self, name)!r} must be a byte "
                                                  f"count >= 0, e.g. {getattr(StoreOptions, name)}")
+        need(self.writer_threads is None or _whole(self.writer_threads, 1),
+             f"writer_threads={self.writer_threads!r} must be an integer >= 1 (or None: the cores torch leaves free)")
+        need(self.compressor in ("zstd", "lz4"), f"compressor={self.compressor!r}; choose 'zstd' (compact) or 'lz4' "
+                                                 "(fast; `fipgraph compact` recompresses with zstd later)")
+        need(self.lease_ttl is None or _positive(self.lease_ttl),
+             f"lease_ttl={self.lease_ttl!r} must be a positive number of seconds, e.g. 30")
         for name in ("commit_interval", "lock_timeout"):
             need(_positive(getattr(self, name)), f"{name}={getattr(self, name)!r} must be a positive "
                                                  f"number of seconds, e.g. {getattr(StoreOptions, name)}")

@@ -23,13 +23,14 @@ import torch
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec, exit_hook, stream
-from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
+from fipgraph.storage.catalog import CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
-from fipgraph.storage.lock import WriterLock
 from fipgraph.storage.options import ENCODINGS, StoreOptions
+from fipgraph.storage.published import acquire_writer, open_catalog
 from fipgraph.storage.reader import NodeInfo, RowReader
 from fipgraph.storage.recorder import Recorder
+from fipgraph.storage.remote import RemotePath, resolve
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
@@ -40,7 +41,8 @@ MARKER = "fipgraph.json"
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
-    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``.
+    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``: a folder, or a
+    URL on object storage (``s3://bucket/prefix``, any fsspec URL; see docs/storage-remote.md).
 
     Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s; the
     writer spaces commits further, up to 2 s, when one takes over a tenth of that), ``max_pending_bytes`` (1 GiB
@@ -48,8 +50,20 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
     parents, beyond the last one or two a chain needs; rows whose two newest do not fit are encoded against
     the parent alone), ``durable`` (False; True fsyncs chunk files and the catalog before a
-    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
+    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s).
+    For URLs: ``storage_options`` (fsspec options such as key, secret, endpoint_url; by default the AWS_*
+    environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out).
+    ``writer_threads``: threads that encode and write large rows (default: the cores torch leaves free, 1-4).
+    ``compressor``: "zstd" (default) or "lz4" for rows with chunk files of their own (faster to write, larger
+    until ``fipgraph compact`` recompresses them with zstd)."""
     return Store(path, mode, **options)
+
+
+def default_writer_threads() -> int:
+    """Cores the build's torch threads leave free (at least 1, at most 4): zstd and numpy release the GIL."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
@@ -65,25 +79,28 @@ def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
 
 
 class Store:
-    def __init__(self, path: str | Path = "store", mode: str = "a", options: StoreOptions | None = None,
-                 **keywords: Any) -> None:
-        """``options``, or the same as keywords (``encoding="int8"``; they override ``options``'s): see StoreOptions."""
+    def __init__(self, path: str | Path = "store", mode: str = "a", options: StoreOptions | None = None, *,
+                 storage_options: dict | None = None, **keywords: Any) -> None:
+        """``options``, or the same as keywords (``encoding="int8"``; they override ``options``'s): see StoreOptions.
+        ``storage_options``: credentials and endpoint of a URL (never part of the options: they hold secrets)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         self.options = opts = dataclasses.replace(options or StoreOptions(), **keywords)  # checked here, once
-        durable = opts.durable
-        self.root, self.mode = Path(path), mode
+        # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
+        self.root = resolve(path, storage_options)
+        self.mode, self.remote = mode, isinstance(self.root, RemotePath)
+        durable = opts.durable and not self.remote  # an object store's PUT is durable when it returns
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
         self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[opts.encoding], opts.keyframe_every, float(opts.tolerance)
-        self._lock = None
+        self._lock, self._tmp = None, None
         if mode == "a":
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._lock = WriterLock(self.root / "writer.lock").acquire()
+            self._lock = acquire_writer(self.root, opts.lease_ttl)
         try:
+            self.catalog, self._tmp = open_catalog(self.root, mode, self._lock, lock_timeout=opts.lock_timeout,
+                                                   durable=durable)
             self._check_marker(create=mode == "a")
-            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=opts.lock_timeout,
-                                   durable=durable)
-            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
+            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable,
+                                        compressor=opts.compressor)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
@@ -104,7 +121,8 @@ class Store:
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
                                   commit_interval=opts.commit_interval, max_pending_bytes=opts.max_pending_bytes,
-                                  recent_bytes=opts.recent_bytes)
+                                  recent_bytes=opts.recent_bytes,
+                                  threads=default_writer_threads() if opts.writer_threads is None else opts.writer_threads)
             self._writer.start()
             exit_hook.track(self)
 
@@ -115,25 +133,36 @@ class Store:
             if not create:
                 raise StoreNotFoundError(f"{self.root} is not a fipgraph store (no {MARKER}); "
                                          "create one with fipgraph.open_store(path, mode='a') or `fipgraph build`")
-            partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}  # an interrupted creation
-            stray = [p.name for p in self.root.iterdir()
-                     if p.name not in {"README.md", ".gitignore", "writer.lock"} | partial]
-            if stray:
-                raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
-                                         "choose an empty or new directory")
-            for name in partial:  # no marker means creation never finished: nothing was committed there
-                target = self.root / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            Catalog(self.root / "metrics.duckdb", read_only=False).create()
+            self._clear_partial()
+            self.catalog.create()  # on object storage: also published
             # the marker is written last: a store whose creation was interrupted is simply recreated
             marker.write_text(json.dumps({"format": "fipgraph-store", "format_version": FORMAT_VERSION}))
+        elif self.remote and self.mode == "a":
+            self.catalog.pull()  # the writer starts from the latest published snapshot
         meta = json.loads(marker.read_text())
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise FormatVersionError(f"{self.root} was written with store format {meta['format_version']}, "
                                      f"this fipgraph reads up to {FORMAT_VERSION}: upgrade with `pip install -U fipgraph`")
+
+    def _clear_partial(self) -> None:
+        """Remove what an interrupted creation left (no marker: nothing was committed there); refuse a
+        non-empty folder or prefix that is not a store."""
+        partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}
+        stray = [p.name for p in self.root.iterdir()
+                 if p.name not in {"README.md", ".gitignore", "writer.lock", "writer.lease"} | partial]
+        if stray:
+            raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
+                                     "choose an empty or new directory" + (" or prefix" if self.remote else ""))
+        if self.remote:
+            self.catalog.reset()
+        for name in partial:
+            target = self.root / name
+            if isinstance(target, RemotePath):
+                target.remove_tree()
+            elif target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
     def _load_index(self, after: int = -1) -> None:
         df = self.catalog.query(
@@ -175,7 +204,8 @@ class Store:
         return self._writer
 
     def append(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], *, parent: int | None = None,
-               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None, op: str | None = None, step: int | None = None,
+               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None,
+               op: str | None = None, step: int | None = None,
                metrics: Mapping | None = None, tags: Mapping | None = None, output_distance: float | None = None,
                allow_nonfinite: bool = False, allow_arch_change: bool = False) -> int:
         """Add a network as a node (child of ``parent``) and return its id; the write commits in the background.
@@ -406,11 +436,13 @@ class Store:
             self._writer.flush(timeout)
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer and release the lock; raises WriterError if the
-        final commit fails (the lock is released either way)."""
+        """Commit (and on object storage publish) what is queued, stop the writer and release the lock;
+        raises WriterError if the final commit fails (the lock is released either way)."""
         if self._writer is not None:
             try:
                 self._writer.flush()
+                if self.remote:
+                    self.catalog.publish_extra()  # the build log's last lines
             finally:
                 self._writer.stop()
                 self._writer = None
@@ -418,9 +450,14 @@ class Store:
         self._release_lock()
 
     def _release_lock(self) -> None:
+        if getattr(self, "weights", None) is not None:
+            self.weights.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> "Store":
         return self

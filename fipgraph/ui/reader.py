@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
+from fipgraph.storage.remote import as_location, is_url
 from fipgraph.storage import open_store
 from fipgraph.storage.sql import decode_tags, quote_ident
 from fipgraph.ui.console import SqlConsole, jsonable
@@ -50,7 +51,7 @@ class StoreView:
     """A read-only view of one store for the web app: graph, nodes, SQL, selection, ensembles."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = as_location(path)  # a URL (s3://...) stays a string
         self.store = open_store(self.path, mode="r")  # raises StoreNotFoundError: creates nothing
         self.console = SqlConsole(self.store, self.version)
         self.pca = PcaPlacer(lambda: open_store(self.path, mode="r"))
@@ -90,13 +91,8 @@ class StoreView:
     # -- change detection -------------------------------------------------------------------
     def version(self) -> str:
         """Changes with every commit to the catalog (its files' size and mtime) and every PCA fit."""
-        parts = []
-        for name in ("metrics.duckdb", "metrics.duckdb.wal"):
-            try:
-                st = (self.path / name).stat()
-                parts.append(f"{st.st_size}.{st.st_mtime_ns}")
-            except FileNotFoundError:
-                parts.append("-")
+        parts = ["-" if st is None else ".".join(map(str, st)) if isinstance(st, tuple) else str(st)
+                 for st in self.store.catalog.version()]  # on a bucket: the published snapshot's ETag
         return "-".join(parts) + f"-{self.pca.generation}"
 
     # -- metadata ---------------------------------------------------------------------------
@@ -118,7 +114,7 @@ class StoreView:
         preferred = [c for c in metrics if c.endswith("_accuracy")] or [c for c in metrics if c == "l2_norm"]
         counts = self.store.sql("SELECT (SELECT count(*) FROM nodes) AS n, (SELECT count(*) FROM ensembles) AS e")
         runs = self.store.sql("SELECT run_id, name, op, status FROM runs ORDER BY run_id")
-        return {"store": str(self.path.resolve()), "version": self.version(), "n_nodes": int(counts["n"][0]),
+        return {"store": str(self.path) if is_url(self.path) else str(self.path.resolve()), "version": self.version(), "n_nodes": int(counts["n"][0]),
                 "n_ensembles": int(counts["e"][0]), "metrics": metrics, "columns": list(columns),
                 "default_color": preferred[0] if preferred else None,
                 "runs": [jsonable(r) for r in runs.to_dict("records")]}
@@ -242,7 +238,7 @@ class StoreView:
             "parents": [{"id": int(p), "weight": jsonable(w)} for p, w in zip(parents["parent_id"], parents["weight"])]
             or ([{"id": props["parent_id"], "weight": None}] if props.get("parent_id") is not None else []),
             "curves": self._curves(rec, [c for c in metrics if not c.startswith("pca_")]),
-            "export_command": f"fipgraph export {int(node_id)} --store {shlex.quote(str(self.path.resolve()))} "
+            "export_command": f"fipgraph export {int(node_id)} --store {shlex.quote(str(self.path) if is_url(self.path) else str(self.path.resolve()))} "
                               f"--out {out}",
         }
 

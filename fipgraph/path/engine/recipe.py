@@ -36,6 +36,7 @@ from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.engine.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
 from fipgraph.path.ops import OBJECTIVES, Context
 from fipgraph.path.ops.odist import get_odist
+from fipgraph.storage.remote import as_location
 from fipgraph.path.engine.optim import lr_at, make_optimizer, set_lr
 from fipgraph.path.engine.snapshot import PENDING, NodeSaver
 from fipgraph.path.ops.sparsity import prunable_names, sparsity_of
@@ -92,7 +93,7 @@ class RunRecipe:
     def __init__(self, plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
                  eval_all: bool = False, stop: StopSignal | None = None, seen: dict | None = None) -> None:
         self.plan, self.cfg, self.name = plan, plan.run, plan.name
-        self.store, self.store_dir, self.tasks, self.head = store, Path(store_dir), tasks, head
+        self.store, self.store_dir, self.tasks, self.head = store, as_location(store_dir), tasks, head
         self.limits, self.resolved, self.stop = limits, resolved, stop or StopSignal()
         self.task = tasks[self.cfg.task - 1]
         self.user: UserCode | None = getattr(plan, "user", None)
