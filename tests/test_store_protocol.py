@@ -65,7 +65,9 @@ def test_a_ray_workers_remote_store_satisfies_the_engine_protocol(tmp_path):
     from fipgraph.scale.shard import StoreWriter
 
     torch.set_num_threads(1)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # another test module (e.g. the docs' scale-out page) may have one running
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         actor = ray.remote(StoreWriter).options(num_cpus=0).remote(str(tmp_path / "s"), False)
         store = RemoteStore(actor, tmp_path / "s", ray.get(actor.register.remote("r", 1, "here")), batch_nodes=2)
@@ -74,4 +76,5 @@ def test_a_ray_workers_remote_store_satisfies_the_engine_protocol(tmp_path):
             store.close  # noqa: B018
         ray.get(actor.close.remote())
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
