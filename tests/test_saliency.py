@@ -107,3 +107,23 @@ def test_oneshot_wanda_without_retraining_is_the_calibrated_projection(tmp_path)
     for name in PRUNABLE:
         assert np.array_equal((pruned[name] != 0).numpy(), oracle[name]), name
         assert torch.equal(pruned[name][pruned[name] != 0], dense[name][pruned[name] != 0])  # no weight update
+
+
+def test_pruning_runs_stored_before_saliency_resume_only_when_pinned_to_global_magnitude():
+    import importlib
+
+    from fipgraph.path.config.schema import identity_diff
+
+    build_mod = importlib.import_module("fipgraph.path.build")
+
+    def resolved(over):
+        cfg = load_config(None, ['runs.continual.op="oneshot_prune"', "runs.continual.from=0", *over])
+        plan = build_mod.Plan(cfg.runs[1], "default/continual", {"name": "mlp"}, 0)
+        return cfg.runs[1], build_mod.resolved_config(cfg, plan, 0)
+
+    run, new = resolved([])
+    stored = {**new, "run": {k: v for k, v in new["run"].items() if k not in ("saliency", "calibration_size")}}
+    stored["run"]["prune_scope"] = "global"  # what such a run stored: global magnitude, no saliency key
+    assert identity_diff(stored, new, run) == ["run.prune_scope", "run.saliency"]  # "auto" is not the stored walk
+    run, pinned = resolved(['saliency="magnitude"', 'prune_scope="global"'])
+    assert identity_diff(stored, pinned, run) == []

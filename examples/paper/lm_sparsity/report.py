@@ -1,0 +1,101 @@
+"""The table and curves of issue 22 §3 from one or more stores built by run.py (read-only)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+QUERIES = {"task1": "wiki", "task2": "news"}  # task 1 = gensim's enwiki, task 2 = the Lee news corpus
+
+SQL = """
+select r.name as run, n.node_id, n.step, n.tags, e.dataset, e.metric, e.value
+from nodes n join runs r using (run_id) join evals e using (node_id)
+where e.metric in ('perplexity', 'perplexity_se', 'loss', 'loss_se') or e.metric = 'sparsity'
+"""
+
+
+def read_store(path: Path) -> pd.DataFrame:
+    """One row per (store, run, node, step) with wiki/news perplexity and standard error and sparsity."""
+    import fipgraph
+
+    with fipgraph.open_store(path, "r") as s:
+        df = s.sql(SQL)
+    df["run"] = df["run"].str.split("/").str[-1]
+    df["key"] = df["dataset"].map(QUERIES).fillna(df["dataset"]) + "_" + df["metric"]
+    wide = df.pivot_table(index=["run", "node_id", "step"], columns="key", values="value", aggfunc="last").reset_index()
+    for q in QUERIES.values():  # stores built before perplexity was recorded: exp(loss)
+        if f"{q}_perplexity" not in wide and f"{q}_loss" in wide:
+            wide[f"{q}_perplexity"] = wide[f"{q}_loss"].map(math.exp)
+    wide["store"] = path.name
+    return wide
+
+
+def last_nodes(df: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last evaluated node, plus the pretrained network (dense step 0)."""
+    rows = df.sort_values("step").groupby(["store", "run"]).tail(1)
+    pre = df[(df["run"] == "dense") & (df["step"] == 0)].assign(run="pretrained")
+    return pd.concat([pre, rows]).drop_duplicates(["store", "run"])
+
+
+def _cell(row, q: str, dense: float) -> str:
+    ppl, se = row.get(f"{q}_perplexity"), row.get(f"{q}_perplexity_se")
+    if ppl is None or pd.isna(ppl):
+        return "–"
+    err = f" ± {se:.2g}" if se is not None and not pd.isna(se) else ""
+    return f"{ppl:.4g}{err} ({ppl / dense:.2f}×)"
+
+
+def table(df: pd.DataFrame) -> str:
+    last = last_nodes(df)
+    dense = last[last["run"] == "dense"]
+    ref = {q: float(dense[f"{q}_perplexity"].iloc[0]) for q in QUERIES.values()}
+    lines = ["| run | store | step | sparsity | wiki perplexity ± SE (× dense) | news perplexity ± SE (× dense) |",
+             "|---|---|---|---|---|---|"]
+    for _, r in last.sort_values(["run", "store"]).iterrows():
+        sp = r.get("prunable_sparsity")
+        sp = f"{100 * sp:.1f} %" if sp is not None and not pd.isna(sp) else "0"
+        lines.append(f"| {r['run']} | {r['store']} | {int(r['step'])} | {sp} | {_cell(r, 'wiki', ref['wiki'])} | "
+                     f"{_cell(r, 'news', ref['news'])} |")
+    spread = dense.groupby("store")["wiki_perplexity"].first()
+    note = (f"\nDense start node in every store: wiki perplexity {', '.join(f'{v:.6g}' for v in spread)} "
+            f"({'identical' if spread.nunique() == 1 else 'DIFFERENT: do not compare across stores'}).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def curves(df: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = last_nodes(df)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, q in zip(axes, QUERIES.values()):
+        for run, g in df[df["run"].str.startswith("fip")].groupby("run"):
+            g = g.sort_values("step").dropna(subset=[f"{q}_perplexity"])
+            ax.errorbar(g["step"], g[f"{q}_perplexity"], yerr=g.get(f"{q}_perplexity_se"), marker="o", ms=3,
+                        label=run, capsize=2)
+        for run, style in (("dense", "k-"), ("oneshot_wanda_30", "C0--"), ("oneshot_wanda_50", "C1--"),
+                           ("oneshot_magnitude_30", "C0:"), ("oneshot_magnitude_50", "C1:")):
+            r = last[last["run"] == run]
+            if len(r) and not pd.isna(r[f"{q}_perplexity"].iloc[0]):
+                ax.axhline(float(r[f"{q}_perplexity"].iloc[0]), color=style[:-2] if style[0] == "C" else "k",
+                           ls=style[-2:] if style[0] == "C" else "-", lw=1, label=run)
+        ax.set_yscale("log")
+        ax.set_xlabel("step (walk, projection, recovery)")
+        ax.set_ylabel(f"{q} perplexity (3,048 held-out tokens)")
+        ax.set_title(q)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def write_report(stores: list[Path], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.concat([read_store(s) for s in stores], ignore_index=True)
+    (out / "lm_sparsity.md").write_text("# Issue 22 §3: SmolLM2-135M sparsity\n\n" + table(df))
+    df.to_csv(out / "lm_sparsity_nodes.csv", index=False)
+    curves(df, out / "lm_sparsity_curves.png")
+    print((out / "lm_sparsity.md").read_text())
