@@ -25,6 +25,7 @@ def read_store(path: Path) -> pd.DataFrame:
     df["run"] = df["run"].str.split("/").str[-1]
     df["key"] = df["dataset"].map(QUERIES).fillna(df["dataset"]) + "_" + df["metric"]
     wide = df.pivot_table(index=["run", "node_id", "step"], columns="key", values="value", aggfunc="last").reset_index()
+    wide = wide.merge(df[["node_id", "tags"]].drop_duplicates("node_id"), on="node_id", how="left")
     for q in QUERIES.values():  # stores built before perplexity was recorded: exp(loss)
         if f"{q}_perplexity" not in wide and f"{q}_loss" in wide:
             wide[f"{q}_perplexity"] = wide[f"{q}_loss"].map(math.exp)
@@ -32,11 +33,18 @@ def read_store(path: Path) -> pd.DataFrame:
     return wide
 
 
+ORDER = ["pretrained", "dense", "oneshot_magnitude_30", "oneshot_wanda_30", "fip_30 projection", "fip_30",
+         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50"]
+
+
 def last_nodes(df: pd.DataFrame) -> pd.DataFrame:
-    """Each run's last evaluated node, plus the pretrained network (dense step 0)."""
+    """Each run's last evaluated node, the pretrained network (dense step 0) and each FIP run's projection node."""
     rows = df.sort_values("step").groupby(["store", "run"]).tail(1)
     pre = df[(df["run"] == "dense") & (df["step"] == 0)].assign(run="pretrained")
-    return pd.concat([pre, rows]).drop_duplicates(["store", "run"])
+    proj = df[df["tags"].fillna("").str.contains('"projection": true')] if "tags" in df else df.iloc[:0]
+    out = pd.concat([pre, rows, proj.assign(run=proj["run"] + " projection")]).drop_duplicates(["store", "run"])
+    rank = {r: i for i, r in enumerate(ORDER)}
+    return out.assign(_o=out["run"].map(lambda r: rank.get(r, len(ORDER)))).sort_values(["_o", "store"])
 
 
 def _cell(row, q: str, dense: float) -> str:
@@ -53,7 +61,7 @@ def table(df: pd.DataFrame) -> str:
     ref = {q: float(dense[f"{q}_perplexity"].iloc[0]) for q in QUERIES.values()}
     lines = ["| run | store | step | sparsity | wiki perplexity ± SE (× dense) | news perplexity ± SE (× dense) |",
              "|---|---|---|---|---|---|"]
-    for _, r in last.sort_values(["run", "store"]).iterrows():
+    for _, r in last.iterrows():
         sp = r.get("prunable_sparsity")
         sp = f"{100 * sp:.1f} %" if sp is not None and not pd.isna(sp) else "0"
         lines.append(f"| {r['run']} | {r['store']} | {int(r['step'])} | {sp} | {_cell(r, 'wiki', ref['wiki'])} | "
@@ -71,18 +79,20 @@ def curves(df: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     last = last_nodes(df)
+    start = last[last["run"] == "dense"].iloc[0]  # every run's step 0 is the dense start node
+    lines = {"dense": ("k", "-"), "oneshot_wanda_30": ("C0", "--"), "oneshot_wanda_50": ("C1", "--"),
+             "oneshot_magnitude_30": ("C0", ":"), "oneshot_magnitude_50": ("C1", ":")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, q in zip(axes, QUERIES.values()):
-        for run, g in df[df["run"].str.startswith("fip")].groupby("run"):
-            g = g.sort_values("step").dropna(subset=[f"{q}_perplexity"])
-            ax.errorbar(g["step"], g[f"{q}_perplexity"], yerr=g.get(f"{q}_perplexity_se"), marker="o", ms=3,
-                        label=run, capsize=2)
-        for run, style in (("dense", "k-"), ("oneshot_wanda_30", "C0--"), ("oneshot_wanda_50", "C1--"),
-                           ("oneshot_magnitude_30", "C0:"), ("oneshot_magnitude_50", "C1:")):
+        for i, (run, g) in enumerate(df[df["run"].str.startswith("fip")].groupby("run")):
+            g = pd.concat([start.to_frame().T.assign(step=0), g]).sort_values("step").dropna(subset=[f"{q}_perplexity"])
+            se = g[f"{q}_perplexity_se"].astype(float) if f"{q}_perplexity_se" in g else None
+            ax.errorbar(g["step"].astype(int), g[f"{q}_perplexity"].astype(float), yerr=se, marker="o", ms=3,
+                        label=run, capsize=2, color=f"C{2 + i}")
+        for run, (color, ls) in lines.items():
             r = last[last["run"] == run]
             if len(r) and not pd.isna(r[f"{q}_perplexity"].iloc[0]):
-                ax.axhline(float(r[f"{q}_perplexity"].iloc[0]), color=style[:-2] if style[0] == "C" else "k",
-                           ls=style[-2:] if style[0] == "C" else "-", lw=1, label=run)
+                ax.axhline(float(r[f"{q}_perplexity"].iloc[0]), color=color, ls=ls, lw=1, label=run)
         ax.set_yscale("log")
         ax.set_xlabel("step (walk, projection, recovery)")
         ax.set_ylabel(f"{q} perplexity (3,048 held-out tokens)")
@@ -96,6 +106,6 @@ def write_report(stores: list[Path], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = pd.concat([read_store(s) for s in stores], ignore_index=True)
     (out / "lm_sparsity.md").write_text("# Issue 22 §3: SmolLM2-135M sparsity\n\n" + table(df))
-    df.to_csv(out / "lm_sparsity_nodes.csv", index=False)
+    df.drop(columns="tags").to_csv(out / "lm_sparsity_nodes.csv", index=False)
     curves(df, out / "lm_sparsity_curves.png")
     print((out / "lm_sparsity.md").read_text())
