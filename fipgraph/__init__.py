@@ -3,7 +3,7 @@
 from fipgraph.errors import FipgraphError
 
 __version__ = "0.1.0"
-__all__ = ["FipgraphError", "Store", "open_store", "__version__"]
+__all__ = ["FipgraphError", "Store", "open_store", "walk", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from fipgraph import storage
 
         return getattr(storage, name)
+    if name == "walk":  # the engine (and torch) load on first use, like the store
+        from fipgraph.path.walk import walk
+
+        return walk
     raise AttributeError(f"module 'fipgraph' has no attribute {name!r}")

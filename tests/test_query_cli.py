@@ -40,7 +40,7 @@ def test_query_commands_end_to_end(store_path, tmp_path, capsys):
     assert main(["evaluate", *s, "--split", SPLIT, "--task", "0", *d]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert main(["perplexity", *s, "--split", SPLIT, "--task", "task1", "--nodes", "0-2", *d]) == 0
-    assert main(["select", *s, "--where", 'task1_accuracy >= 0', "--order-by=-H", "--limit", "3"]) == 0
+    assert main(["select", *s, "--where", 'task1_accuracy >= 0', "--order-by=-H", "--limit", "3", "--ids"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1 2 3"  # H = 1/step
     assert main(["select", *s, "--maximize", "task1_accuracy", "--minimize", "H"]) == 0
     assert main(["ensemble", *s, "-k", "2", "--name", "e2", "--export", str(tmp_path / "ens"), *d]) == 0
@@ -53,6 +53,26 @@ def test_query_commands_end_to_end(store_path, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", "run", *s, "--run", "walk", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_select_prints_node_run_step_and_the_columns_it_was_asked_about(store_path, capsys):
+    import csv
+    import io
+    import json
+
+    s = ["--store", store_path, "--where", "task1_accuracy >= 0 and \"H\" < 0.9", "--order-by=-H", "--limit", "3"]
+    assert main(["select", *s]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["node", "run", "step", "task1_accuracy", "H"]
+    assert [line.split()[:3] for line in lines[1:]] == [["2", "walk", "2"], ["3", "walk", "3"], ["4", "walk", "4"]]
+    assert main(["select", *s, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [float(r["H"]) for r in rows] == [1 / 2, 1 / 3, 1 / 4]  # every bit kept
+    assert main(["select", "--store", store_path, "--maximize", "task1_accuracy", "--minimize", "H",
+                 "--format", "json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert set(front[0]) == {"node", "run", "step", "task1_accuracy", "H"}
+    assert all(r["H"] == 1 / r["step"] for r in front)
 
 
 def test_bad_queries_exit_2_naming_the_value(store_path, capsys):

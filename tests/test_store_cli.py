@@ -100,7 +100,8 @@ def test_catalog_commands_load_no_torch(store_path):
     import subprocess
     import sys
 
-    for argv in (["check"], ["sql", "SELECT count(*) FROM nodes"], ["info"], ["select", "--where", "task1_accuracy > 0.3"]):
+    for argv in (["check"], ["sql", "SELECT count(*) FROM nodes"], ["info"],
+                 ["select", "--where", "task1_accuracy > 0.3"], ["select", "--where", "task1_accuracy > 0.3", "--ids"]):
         code = ("import sys; from fipgraph.cli import main; rc = main(%r); "
                 "heavy = sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers', 'fastapi', 'uvicorn', 'starlette', 'dash', 'plotly', 'networkx') if m in sys.modules); "
                 "print('HEAVY', heavy, rc)") % (argv + ["--store", str(store_path)],)

@@ -59,33 +59,13 @@ def _parse_nodes(store, spec: str | None, where: str | None) -> list[int] | None
     return ids
 
 
-def _head(args, store, nodes) -> str:
-    """--head, else the data.head the chosen nodes were built with (they must agree)."""
-    if getattr(args, "head", None) or store is None:
-        return getattr(args, "head", None) or "single"
-    from fipgraph.query._common import resolve_nodes
-    from fipgraph.query.scoring import node_heads
-
-    heads = {h or "single" for h in node_heads(store, resolve_nodes(store, nodes)).values()}
-    if len(heads) > 1:
-        raise ConfigError(f"the chosen nodes were built with different heads {sorted(heads)}; choose nodes "
-                          "of one build with --nodes/--where, or pass --head")
-    return heads.pop() if heads else "single"
-
-
 def _tasks(args, store=None, nodes=None) -> list:
-    from fipgraph.data import make_tasks
+    """The tasks named by the data flags, each defaulting to what the chosen nodes' runs recorded."""
+    from fipgraph.query.recorded import recorded_tasks
 
-    split = _json_option("--split", args.split)
-    kwargs = _json_option("--data-kwargs", args.data_kwargs) or {}
-    tasks = make_tasks(args.data, split=split, seed=args.seed, head=_head(args, store, nodes), **kwargs)
-    if args.task is None:
-        return tasks
-    names = [t.name for t in tasks]
-    for i, t in enumerate(tasks):
-        if args.task in (t.name, str(i), t.name.split("/")[-1]):
-            return [t]
-    raise ConfigError(f"--task {args.task!r} is not one of {names} (or their index)")
+    return recorded_tasks(store, nodes, task=args.task, head=args.head, source=args.data,
+                          split=_json_option("--split", args.split), seed=args.seed,
+                          kwargs=_json_option("--data-kwargs", args.data_kwargs))
 
 
 def _json_option(flag: str, text: str | None):
@@ -107,15 +87,16 @@ def _add_nodes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--where", help="SQL condition over the wide view choosing the nodes")
 
 
-def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
-    p.add_argument("--data", default=default, help="data source (digits, mnist, wiki, a CSV path, ...)")
-    p.add_argument("--split", help='class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]"')
+def _add_data(p: argparse.ArgumentParser) -> None:
+    rec = "(default: the [data] the chosen nodes' runs were built with)"
+    p.add_argument("--data", help=f"data source: digits, mnist, wiki, a CSV path, package.module:function {rec}")
+    p.add_argument("--split", help=f'class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]" {rec}')
     p.add_argument("--task", help="task name or index (default: every task)")
     p.add_argument("--head", choices=["single", "per_task"],
                    help="label layout of the tasks (default: the data.head the nodes were built with)")
-    p.add_argument("--seed", type=int, default=0, help="data split seed (must match the build)")
+    p.add_argument("--seed", type=int, help=f"data split seed {rec}")
     p.add_argument("--data-kwargs", help='extra make_tasks options as JSON (the build\'s [data] kwargs), e.g. '
-                   '\'{"tokenizer": "smollm2", "objective": "causal", "block_size": 64}\'')
+                   f'\'{{"tokenizer": "smollm2", "objective": "causal", "block_size": 64}}\' {rec}')
 
 
 def cmd_pca(args) -> int:
@@ -168,8 +149,10 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_select(args) -> int:
+    from fipgraph.cli.store_cmds import format_csv, format_json, format_table
     from fipgraph.query import pareto, select, select_sql
     from fipgraph.query.catalog import open_catalog
+    from fipgraph.query.select import columns_named, selection_rows
 
     with open_catalog(args.store) as store:  # the catalog only: no weights, no torch
         if args.maximize or args.minimize:
@@ -178,15 +161,36 @@ def cmd_select(args) -> int:
             if args.show_sql:
                 print(select_sql(store, args.where, args.order_by, args.limit), file=sys.stderr)
             ids = select(store, where=args.where, order_by=args.order_by, limit=args.limit)
-        print(" ".join(map(str, ids)))
+        if args.ids:
+            print(" ".join(map(str, ids)))
+            return 0
+        named = columns_named(store, args.where, args.order_by, args.maximize, args.minimize)
+        res = selection_rows(store, ids, named)
+    formats = {"table": format_table, "csv": format_csv, "json": format_json}
+    print(formats[args.format](res.columns, res.rows).rstrip("\n"))
     return 0
+
+
+def _diverse_query(args, store):
+    """--strategy diverse: disagreement on the data's first task (--data, else the recorded [data]); weight
+    distance where neither tells (nodes without a recorded [data], or of several builds)."""
+    from fipgraph.query.recorded import recorded_data
+
+    candidates = _parse_nodes(store, None, args.where)
+    if args.data is None:
+        try:
+            if recorded_data(store, candidates) is None:
+                return None
+        except ConfigError:
+            return None
+    return _tasks(args, store, candidates)[0]
 
 
 def cmd_ensemble(args) -> int:
     from fipgraph.query import ensemble
 
     with _reading(args) as store:
-        query = _tasks(args, store, None)[0] if args.strategy == "diverse" and args.data else None
+        query = _diverse_query(args, store) if args.strategy == "diverse" else None
         ens = ensemble(store, args.k, where=args.where, strategy=args.strategy, metric=args.metric,
                        descending=not args.ascending, h_metric=args.h_metric, query=query,
                        name=args.name, record=not args.no_record, device=args.device,
@@ -228,12 +232,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _members(store, name: str) -> list[int] | None:
+    """The node ids of a recorded ensemble (None if there is none by that name: robustness says so)."""
+    rows = store.sql("select members from ensembles where name = ?", [name])["members"].tolist()
+    return [int(n) for n in json.loads(rows[0])] if rows else None
+
+
 def cmd_robustness(args) -> int:
     from fipgraph.query._common import node_or_run
     from fipgraph.query.robustness import ensemble_robustness
 
     with _reading(args) as store:
-        task = _tasks(args, store, None)[0]
+        task = _tasks(args, store, _members(store, args.ensemble))[0]
         x, y = task.test["x"][: args.n], task.test["labels"][: args.n]
         sur = node_or_run(store, args.surrogate, "--surrogate") if args.surrogate is not None else None
         res = ensemble_robustness(store, args.ensemble, x, y, n_classes=task.n_classes, eps=args.eps,
@@ -271,14 +281,14 @@ def _add_no_record(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"do not write {what} to the store (it is then never opened for writing)")
 
 
-def _add_recording_query(sub, name: str, func, hlp: str, what: str, data: str | None = "digits"):
+def _add_recording_query(sub, name: str, func, hlp: str, what: str, data: bool = True):
     """A sub-command with --store, --device and --no-record (and the data options unless data is False)."""
     p = sub.add_parser(name, help=hlp)
     add_store_argument(p)
     _add_device(p)
     _add_no_record(p, what)
-    if data is not False:
-        _add_data(p, default=data)
+    if data:
+        _add_data(p)
     p.set_defaults(func=func)
     return p
 
@@ -317,8 +327,8 @@ def _register_weights_and_scores(subparsers) -> None:
 
 
 def _register_selection(subparsers) -> None:
-    p = subparsers.add_parser("select", help="node ids meeting constraints, or a Pareto front (reads the "
-                              "catalog only)")
+    p = subparsers.add_parser("select", help="the nodes meeting constraints, or a Pareto front, as a table "
+                              "(reads the catalog only)")
     add_store_argument(p)
     p.add_argument("--where", help="SQL condition over the wide view, e.g. \"task1_accuracy >= 0.9 AND sparsity >= 0.5\"")
     p.add_argument("--order-by", action="append", help="column; prefix '-' for descending, written --order-by=-col (repeatable)")
@@ -326,10 +336,14 @@ def _register_selection(subparsers) -> None:
     p.add_argument("--maximize", action="append", help="Pareto objective to maximise (repeatable)")
     p.add_argument("--minimize", action="append", help="Pareto objective to minimise (repeatable)")
     p.add_argument("--show-sql", action="store_true")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="node, run, step and the columns --where/--order-by/--maximize/--minimize name; csv/json "
+                        "keep every float bit (as `fipgraph sql`)")
+    p.add_argument("--ids", action="store_true", help="only the node ids, space-separated (for scripts)")
     p.set_defaults(func=cmd_select)
 
     p = _add_recording_query(subparsers, "ensemble", cmd_ensemble, "choose k networks as an ensemble and "
-                             "record it", "the ensemble", data=None)
+                             "record it", "the ensemble")
     p.add_argument("-k", type=int, required=True)
     p.add_argument("--strategy", default="robust", choices=["robust", "spread", "diverse", "top"],
                    help="robust: the k lowest H (the paper's H <= delta); spread: farthest points in weight space "

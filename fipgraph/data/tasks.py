@@ -30,8 +30,11 @@ TEXT_SOURCES = ("vader", "wiki", "lee")
 
 
 def known_sources() -> list[str]:
-    """Names ``make_tasks`` accepts as a string source (files and dataset objects also work)."""
-    return sorted(IMAGE_SOURCES) + list(TEXT_SOURCES)
+    """Names ``make_tasks`` accepts as a string source (files, dataset objects and
+    ``package.module:function`` paths also work); installed ``fipgraph.data`` entry points included."""
+    from fipgraph.data.user import registered_sources
+
+    return sorted(IMAGE_SOURCES) + list(TEXT_SOURCES) + registered_sources()
 
 
 def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "single",
@@ -39,7 +42,8 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
     """Build a list of :class:`Task` from ``source``.
 
     ``source``: "digits", "mnist", "fashion-mnist", "vader", "wiki", "lee", a path to a CSV /
-    Parquet file, or a Hugging Face ``datasets.Dataset`` / ``DatasetDict``. ``seed`` fixes the
+    Parquet file, a Hugging Face ``datasets.Dataset`` / ``DatasetDict``, or the user's own function as
+    ``"package.module:function"`` or a ``fipgraph.data`` entry-point name (see :mod:`fipgraph.data.user`). ``seed`` fixes the
     held-out split (where the source has no official one) and pixel permutations.
     Text sources need ``tokenizer=``; tabular ones take ``label_column``, ``feature_columns``,
     ``text_column``, ``image_shape`` (see :mod:`fipgraph.data.tabular`).
@@ -62,10 +66,12 @@ def make_tasks(source: Any, split: Any = None, seed: int = 0, *, head: str = "si
         arrays = IMAGE_SOURCES[source](test_size, seed, **options)
         name = source
     else:
-        from fipgraph.data import tabular
+        from fipgraph.data import tabular, user
+        if user.is_user_source(source):
+            return user.user_tasks(source, split=split, seed=seed, head=head, test_size=test_size, **options)
         if not tabular.is_tabular(source):
-            raise ConfigError(f"unknown data source {source!r}; known names: {known_sources()}, "
-                              "or a .csv/.parquet path or a datasets.Dataset")
+            raise ConfigError(f"unknown data source {source!r}; known names: {known_sources()}, a .csv/.parquet "
+                              "path, a datasets.Dataset, or your own function as 'package.module:function'")
         arrays, name, extra = tabular.load_tabular(source, test_size=test_size, seed=seed, **options)
         if extra is not None:  # text classification: already tokenized dict batches
             return split_tasks(extra, split, name, head=head, seed=seed)

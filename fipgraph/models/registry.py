@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError
+from fipgraph.models.user import entry_point_builder, is_import_path, resolve_import_path
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -56,26 +57,42 @@ def normalize_spec(spec: str | dict) -> dict:
 def build_model(spec: str | dict) -> nn.Module:
     """Build a registered model from its spec and set ``model.fipgraph_spec``."""
     spec = normalize_spec(spec)
-    name = spec["name"]
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; known models: {known_models()}")
+    builder, name = _builder(spec), spec["name"]
     try:
-        model = _REGISTRY[name](**spec["kwargs"])
+        model = builder(**spec["kwargs"])
     except TypeError as e:  # wrong kwarg names surface here; say which model and what it takes
         raise ConfigError(f"cannot build model {name!r} with kwargs {spec['kwargs']}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if getattr(model, "fipgraph_spec", None) is None:  # a builder may set a cheaper rebuild spec itself
         model.fipgraph_spec = spec
     return model
+
+
+def _builder(spec: dict) -> Builder:
+    """Registered name, then ``package.module:callable``, then an installed ``fipgraph.models`` entry point."""
+    name = spec["name"]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if is_import_path(name):
+        return resolve_import_path(name, spec)
+    found = entry_point_builder(name)
+    if found is None:
+        raise ConfigError(f"unknown model {name!r}; known models: {known_models()}, or name your own as "
+                          f"\"package.module:factory\" (a callable returning an nn.Module)")
+    return found
 
 
 def model_from_node(store: Any, node_id: int) -> nn.Module:
     """Rebuild the architecture recorded for ``node_id`` and load its weights."""
     spec = store.arch_spec(node_id).get("model")
     if not spec:
-        raise ConfigError(f"node {node_id} has no model spec in the store (it was appended as a bare "
-                          "module or state dict); build the model yourself and call store.load_into(model, "
-                          f"{node_id}), or append models made by fipgraph.models.build_model")
-    model = build_model(spec)
+        raise ConfigError(f"node {node_id} has no model spec in the store (it was appended as a state dict); "
+                          f"build the model yourself and call store.load_into(model, {node_id})")
+    try:
+        model = build_model(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"node {node_id}: {exc}") from None
     store.load_into(model, node_id)
     return model
 
@@ -108,13 +125,29 @@ def _trim_padding(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.T
     return ids[:, :width], mask[:, :width]
 
 
+def _custom_logits(forward, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user's ``forward(model, batch)``: logits with the batch's labels, or its own (logits, labels)."""
+    out = forward(model, batch)
+    logits, labels = out if isinstance(out, tuple) and len(out) == 2 else (out, batch.get("labels"))
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ConfigError(f"forward= must return logits (and the batch must have labels) or (logits, labels); got "
+                          f"{type(out).__name__} for a batch with keys {sorted(batch)}")
+    return logits, labels
+
+
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (P, C) at the scored positions and their labels (P,).
 
     Classifier: one position per example. Masked LM: positions with label != -100. Causal LM:
     HF convention (labels == input_ids, unshifted); position t predicts token t+1.
     """
+    custom = getattr(model, "fipgraph_forward", None)  # fipgraph.walk(..., forward=): the user's own forward
+    if custom is not None:
+        return _custom_logits(custom, model, batch)
     kind = model_kind(model)
+    if "labels" not in batch:
+        raise ConfigError(f"the batch has no labels (keys {sorted(batch)}); give (inputs, labels) items or a 'labels' "
+                          f"key, or pass forward=lambda model, batch: (logits, labels)")
     labels = batch["labels"]
     if kind == "classifier":
         if "x" in batch:
@@ -123,6 +156,9 @@ def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
             ids, mask = _trim_padding(batch["input_ids"], batch.get("attention_mask"))
             out = model(input_ids=ids, attention_mask=mask)
         logits = out.logits if hasattr(out, "logits") else out
+        if not isinstance(logits, torch.Tensor):
+            raise ConfigError(f"{type(model).__name__} returned a {type(logits).__name__}, not logits; pass "
+                              f"forward=lambda model, batch: model(batch['x'])[0] (or whatever picks the logits)")
         if logits.shape[0] != labels.shape[0]:
             raise ConfigError(f"model gave {logits.shape[0]} rows of logits for {labels.shape[0]} labels")
         return logits, labels

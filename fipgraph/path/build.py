@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,7 @@ class Plan:
     group: str | None = None  # the config run this plan is a replica of (replicas = K): walked as one batch
     expect: dict | None = None  # the config's [model] when the start node's spec names it differently (a
     # pretrained LM is stored under its expanded "hf" spec): check_plan compares their layouts
+    user: Any = None  # fipgraph.walk: the user's own network, forward and loss (engine.recipe.UserCode)
 
 
 @dataclass

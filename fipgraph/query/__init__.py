@@ -17,6 +17,7 @@ _EXPORTS = {
     "interpolate": "interpolate",
     "NotFittedError": "pca", "WeightPCA": "pca",
     "pareto": "select", "select": "select", "select_sql": "select",
+    "recorded_data": "recorded", "recorded_tasks": "recorded",
     "spectrum": "spectrum",
 }
 __all__ = sorted(_EXPORTS)

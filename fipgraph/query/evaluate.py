@@ -135,8 +135,22 @@ def _query_data(dataset, *, name, batch_size, max_batches, max_length, tokenizer
                 mask_token_id=mask_token_id, mask_seed=mask_seed, device=device)
 
 
-def _run(store, nodes, dataset, metrics: Sequence[str], *, model, recompute, record, progress, desc,
-         **query) -> pd.DataFrame:
+def _run(store, nodes, dataset, metrics: Sequence[str], **kw) -> pd.DataFrame:
+    """One dataset's frame; for dataset=None every recorded task's, side by side as "{task}_{metric}"
+    (the wide view's names), for a task name ("task2") that recorded task's."""
+    from fipgraph.query.recorded import as_datasets
+
+    dataset = as_datasets(store, nodes, dataset)
+    if not isinstance(dataset, list) or not dataset or not hasattr(dataset[0], "test_loader"):
+        return _run_one(store, nodes, dataset, metrics, **kw)
+    frames = [_run_one(store, nodes, task, metrics, **kw).add_prefix(f"{task.name}_") for task in dataset]
+    df = pd.concat(frames, axis=1)
+    df.attrs["dataset"] = [task.name for task in dataset]
+    return df
+
+
+def _run_one(store, nodes, dataset, metrics: Sequence[str], *, model, recompute, record, progress, desc,
+             **query) -> pd.DataFrame:
     ids = resolve_nodes(store, nodes)
     data = _query_data(dataset, device=resolve_device(query.pop("device")), **query)
     done = {} if recompute else cached_evals(store, ids, data["name"], metrics)
@@ -162,12 +176,14 @@ def _run(store, nodes, dataset, metrics: Sequence[str], *, model, recompute, rec
     return df
 
 
-def evaluate(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
+def evaluate(store, nodes: Iterable[int] | None = None, dataset: Any = None, *, model: nn.Module | None = None,
              name: str | None = None, batch_size: int = 256, max_batches: int | None = None,
              recompute: bool = False, record: bool = True, progress: bool = True,
              device: str | torch.device = "auto") -> pd.DataFrame:
     """Accuracy and mean cross-entropy of each node on `dataset`; a DataFrame indexed by node_id.
-    Cached in evals as (dataset name, "accuracy" / "loss"); cached values are reused. A node built
+    Cached in evals as (dataset name, "accuracy" / "loss"); cached values are reused. `dataset=None`
+    scores every task of the data the nodes were built with (columns "task1_accuracy", ...), a name such
+    as "task2" that task (`fipgraph.query.recorded`). A node built
     with data.head = "per_task" is scored on its task's block of outputs, as the build scored it.
     `device`: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps"."""
     return _run(store, nodes, dataset, ("accuracy", "loss"), model=model, name=name,
@@ -176,7 +192,7 @@ def evaluate(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Modu
                 desc="evaluate", device=device)
 
 
-def perplexity(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Module | None = None,
+def perplexity(store, nodes: Iterable[int] | None = None, dataset: Any = None, *, model: nn.Module | None = None,
                name: str | None = None, batch_size: int = 32, max_batches: int | None = None,
                mask_token_id: int | None = None, mask_seed: int = 0, recompute: bool = False,
                record: bool = True, progress: bool = True, device: str | torch.device = "auto",
@@ -184,7 +200,8 @@ def perplexity(store, nodes: Iterable[int] | None, dataset: Any, *, model: nn.Mo
     """exp(mean cross-entropy) per node: over examples for classifiers, over masked tokens
     (15 %, fixed seed) for masked LMs, over next tokens for causal LMs. Cached in evals as
     (dataset name, "perplexity" / "perplexity_se" / "loss" / "loss_se"): standard errors over examples,
-    or LM blocks (``scoring.mean_se``), perplexity_se by the delta method.
+    or LM blocks (``scoring.mean_se``), perplexity_se by the delta method. `dataset=None` or a task name:
+    as in `evaluate`.
 
     `dataset` may be a list of strings: each is tokenized with the node's tokenizer (or
     `tokenizer`: an object, a name such as "smollm2", or a folder), truncated to `max_length`

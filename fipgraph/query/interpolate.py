@@ -20,6 +20,7 @@ from fipgraph.device import resolve_device
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import check_same_arch, resolve_nodes
 from fipgraph.query.evaluate import empty_model, query_batches
+from fipgraph.query.recorded import as_datasets
 from fipgraph.query.scoring import node_heads, score_batches, task_columns, to_device
 
 
@@ -36,10 +37,11 @@ def barrier(t: np.ndarray, values: np.ndarray, higher_is_worse: bool = True) -> 
     return float(excess.max())
 
 
-def interpolate(store, a: int, b: int, datasets: Any, *, points: int = 11, batch_size: int = 256,
+def interpolate(store, a: int, b: int, datasets: Any = None, *, points: int = 11, batch_size: int = 256,
                 max_batches: int | None = None, model: nn.Module | None = None, record: bool = True,
                 device: str | torch.device = "auto") -> pd.DataFrame:
-    """Loss and accuracy of w(t) on each dataset (a Task or a list of Tasks) at `points` evenly
+    """Loss and accuracy of w(t) on each dataset (a Task or a list of Tasks; None: every task of the data A
+    and B were built with, a name such as "task2": that one) at `points` evenly
     spaced t in [0, 1]; a DataFrame with a row per t and columns "{task}_loss", "{task}_accuracy".
     `df.attrs["barrier"]` holds each task's loss and accuracy barriers. With `record`, the curve
     and barriers are stored as evals of node `a` under dataset "interpolate:{b}/{task}" (metrics
@@ -51,6 +53,7 @@ def interpolate(store, a: int, b: int, datasets: Any, *, points: int = 11, batch
     if a == b:
         raise ConfigError(f"A and B are both node {a}; interpolate between two different networks")
     check_same_arch(store, [a, b])
+    datasets = as_datasets(store, [a, b], datasets)
     tasks = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
     heads = node_heads(store, [a, b])
     prepared = []

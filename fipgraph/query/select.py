@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from fipgraph.errors import ConfigError, FipgraphError
 from fipgraph.query._common import as_list, sql_quote_ident, wide_columns
-from fipgraph.query.catalog import query_rows
+from fipgraph.query.catalog import Rows, query_rows
 
 OPS = {">=": ">=", ">": ">", "<=": "<=", "<": "<", "==": "=", "=": "=", "!=": "<>",
        "in": "in", "not in": "not in", "between": "between", "is null": "is null",
@@ -114,6 +115,34 @@ def select(store, where: dict | str | None = None, order_by: str | Sequence[str]
 
     dev = resolve_device(device)
     return [model_from_node(store, n).to(dev) for n in ids]
+
+
+_STRING = re.compile(r"'(?:[^']|'')*'")  # SQL string literals: their words are values, not columns
+_NAME = re.compile(r'"((?:[^"]|"")+)"|\b([A-Za-z_][A-Za-z0-9_]*)\b')
+SHOWN = ("node_id", "run_id", "step")  # always in the table (as node, run name, step)
+
+
+def columns_named(store, *texts: str | Sequence[str] | None) -> list[str]:
+    """Wide-view columns that SQL conditions / order keys / objective names mention, in order of appearance."""
+    by_lower = {c.lower(): c for c in wide_columns(store)}
+    found: list[str] = []
+    for text in texts:
+        for part in as_list(text):
+            for quoted, bare in _NAME.findall(_STRING.sub("", part.lstrip("-"))):
+                col = by_lower.get((quoted.replace('""', '"') or bare).lower())
+                if col is not None and col not in found and col not in SHOWN:
+                    found.append(col)
+    return found
+
+
+def selection_rows(store, ids: Sequence[int], columns: Sequence[str] = ()) -> Rows:
+    """node, run (name), step and `columns` of `ids`, in the order of `ids` (catalog only: no torch)."""
+    extra = "".join(f", w.{sql_quote_ident(c)}" for c in columns)
+    id_list = ",".join(str(int(i)) for i in ids) or "NULL"
+    res = query_rows(store, f"select w.node_id as node, r.name as run, w.step{extra} from wide w "
+                            f"left join runs r on r.run_id = w.run_id where w.node_id in ({id_list})")
+    by_node = {int(row[0]): row for row in res.rows}
+    return Rows(res.columns, res.types, [by_node[int(i)] for i in ids])
 
 
 def pareto(store, maximize: Sequence[str] = (), minimize: Sequence[str] = (),

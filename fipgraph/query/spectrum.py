@@ -17,6 +17,7 @@ from torch.func import functional_call, jvp, vjp
 
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import resolve_nodes
+from fipgraph.query.recorded import recorded_tasks
 
 DENSE_LIMIT = 200  # below this dual size a dense eigvalsh (size matvecs) is as fast and exact
 
@@ -73,12 +74,13 @@ def metric_eigenvalues(model: nn.Module, batch: dict, k: int = 20, dtype: torch.
     return vals.clip(min=0.0), size, n_weights
 
 
-def spectrum(store, node: int, dataset: Any, k: int = 20, *, n_examples: int = 64,
+def spectrum(store, node: int, dataset: Any = None, k: int = 20, *, n_examples: int = 64,
              threshold: float = 1e-3, model: nn.Module | None = None, name: str | None = None,
              dtype: torch.dtype = torch.float32, record: bool = True,
              device: str | torch.device = "auto") -> dict:
     """Top-k eigenvalues of g at `node` over the first `n_examples` query examples, computed on
-    `device` ("auto": CUDA, then MPS, then CPU).
+    `device` ("auto": CUDA, then MPS, then CPU). `dataset`: a Task or batches; None: the first task of the
+    data the node was built with; a name such as "task2": that task.
 
     The fraction of g's n eigenvalues below `threshold` is bounded honestly: g has at most
     r = min(n, N·m) nonzero eigenvalues, so n - r are exactly 0; of the r others only the top k are
@@ -94,6 +96,8 @@ def spectrum(store, node: int, dataset: Any, k: int = 20, *, n_examples: int = 6
         raise ConfigError(f"k={k}; ask for at least one eigenvalue")
     dev = resolve_device(device)
     (nid,) = resolve_nodes(store, [node])
+    if dataset is None or isinstance(dataset, str):
+        dataset = recorded_tasks(store, [nid], task=dataset)[0]
     ds_name, _, batches, _ = query_batches(dataset, name=name, batch_size=n_examples, max_batches=1)
     batch = concat_batches(batches)
     mdl = model_from_node(store, nid) if model is None else store.load_into(model, nid)

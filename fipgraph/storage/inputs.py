@@ -11,9 +11,13 @@ from fipgraph.errors import FipgraphError
 
 
 def state_dict_of(weights: Any) -> dict[str, torch.Tensor]:
+    """The state dict to store: a wrapped module's (DDP, torch.compile) without the wrapper's key prefixes."""
+    from fipgraph.models.user import strip_wrapper_prefixes, unwrap
+
     if isinstance(weights, torch.nn.Module):
-        return dict(weights.state_dict())
+        return dict(unwrap(weights).state_dict())
     if isinstance(weights, Mapping):
+        weights = strip_wrapper_prefixes(dict(weights))
         bad = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
         if bad:
             raise FipgraphError(f"a state dict maps parameter names (str) to torch.Tensor; entry {bad[0]!r} "
@@ -25,14 +29,20 @@ def state_dict_of(weights: Any) -> dict[str, torch.Tensor]:
 
 
 def model_spec_of(weights: Any) -> dict | None:
-    """How to rebuild the module later: its fipgraph_spec, or a transformers class + config."""
+    """How to rebuild the module later: its fipgraph_spec, a transformers class + config, or the import path
+    of the user's own class (its init arguments unknown unless set as ``fipgraph_spec``); None for a state dict."""
+    from fipgraph.models.user import unwrap, user_spec
+
+    if not isinstance(weights, torch.nn.Module):
+        return None
+    weights = unwrap(weights)
     spec = getattr(weights, "fipgraph_spec", None)
     if spec is not None:
         return spec
     config = getattr(weights, "config", None)
-    if isinstance(weights, torch.nn.Module) and hasattr(config, "to_dict"):
+    if hasattr(config, "to_dict"):
         return {"name": "hf", "kwargs": {"hf_class": type(weights).__name__, "hf_config": config.to_dict()}}
-    return None
+    return user_spec(weights, None)
 
 
 def _number(value: Any, where: str) -> float:

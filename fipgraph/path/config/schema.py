@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fipgraph.data.user import call_arguments, is_user_source, resolve_source
 from fipgraph.errors import ConfigError, need
 from fipgraph.path.config.fields import check_types
 from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
@@ -19,8 +20,8 @@ from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
 
 @dataclass
 class DataConfig:
-    source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), or a
-    # list of image sources chained one task per source, e.g. ["mnist", "fashion-mnist"]
+    source: str | list[str] = "digits"  # a fipgraph.data source name (digits ships with scikit-learn), a list of
+    # image sources chained one task per source (["mnist", "fashion-mnist"]), or your own "package.module:function"
     split: list | str | None = field(default_factory=lambda: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # classes of task1, task2, ... (text sources: domain names; "permuted:N")
     seed: int = 0  # fixes the train/test split, independent of the training seed
     head: str = "single"  # single: label = class id on one head sized for all tasks from the start; per_task: logits sliced to the task's block
@@ -34,13 +35,26 @@ class DataConfig:
                   f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")
             self.split = None
             return
+        if is_user_source(self.source):
+            self._check_user_source()
+            return
         need(len(self.split) >= 1, f"data.split={self.split!r} is empty; give one class list per task")
+
+    def _check_user_source(self) -> None:
+        """Import the user's data function now (a bad path fails before any store is opened) and check that
+        it takes the settings given; the digits default split means "none" to a function of the user's."""
+        if self.split == DataConfig.__dataclass_fields__["split"].default_factory():
+            self.split = None
+        settings = {"split": self.split, "seed": self.seed, "head": self.head, "test_size": 0.2}
+        call_arguments(self.source, resolve_source(self.source), settings, self.kwargs)
 
     @property
     def n_tasks(self) -> int | None:
         """Tasks in the sequence, where the config alone tells (None for 'classes:K')."""
         if isinstance(self.source, list):
             return len(self.source)
+        if self.split is None:  # the user's own function: only its result tells
+            return None
         if isinstance(self.split, str):
             kind, _, num = self.split.partition(":")
             return int(num) if kind == "permuted" and num.isdigit() else None

@@ -99,6 +99,9 @@ def batch_stream(task, batch_size: int, seed: int, start_step: int, pin_memory: 
     """Task batches forever; epoch e is shuffled with derive_seed(seed, "epoch", e), and a resumed run
     skips the batches it already consumed, so step t sees the same batch whether or not the run was
     resumed. ``pin_memory`` (CUDA): page-locked batches, so the copy to the device can overlap."""
+    if getattr(task, "streamed", False):  # the user's stream (fipgraph.data.adapters): no epochs to index
+        yield from _stream_batches(task, batch_size, start_step, pin_memory)
+        return
     per_epoch = len(task.train_loader(batch_size, derive_seed(seed, "epoch", 0)))
     if per_epoch == 0:
         raise ValueError(f"task {task.name!r} has no training batches")
@@ -109,3 +112,17 @@ def batch_stream(task, batch_size: int, seed: int, start_step: int, pin_memory: 
                 yield batch
         epoch, skip = epoch + 1, 0
 
+
+
+def _stream_batches(task, batch_size: int, start_step: int, pin_memory: bool) -> Iterator[Batch]:
+    """A stream's batches in its own order, pass after pass; a resumed run skips the batches it consumed
+    (read again, not stored: the stream is never materialised)."""
+    seen = 0
+    while True:
+        empty = True
+        for batch in task.train_loader(batch_size, 0, pin_memory=pin_memory):
+            empty, seen = False, seen + 1
+            if seen > start_step:
+                yield {k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch
+        if empty:
+            raise ValueError(f"task {task.name!r}: the data stream yielded no batch")

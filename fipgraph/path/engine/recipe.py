@@ -19,8 +19,10 @@ import json
 import logging
 import math
 import time
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -75,6 +77,16 @@ class RunResult:
     stop_reason: str | None = None  # "limit" | "interrupt"
 
 
+@dataclass
+class UserCode:
+    """What a walk from Python brings instead of registry names (``fipgraph.walk``): the user's own network
+    (copied, never changed), and optionally its forward (model, batch) -> logits and task loss (logits, labels)."""
+
+    module: torch.nn.Module
+    forward: Any = None
+    loss: Any = None
+
+
 def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
     df = store.sql("SELECT node_id, step, tags FROM nodes WHERE run_id = ? ORDER BY step DESC, node_id DESC LIMIT 1", [int(run_id)])
     if df.empty:
@@ -93,12 +105,15 @@ class RunRecipe:
     """One run of a build: ``RunRecipe(...).run()`` walks it (or resumes it) and returns a RunResult."""
 
     def __init__(self, plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
-                 eval_all: bool = False, stop: StopSignal | None = None) -> None:
+                 eval_all: bool = False, stop: StopSignal | None = None, seen: dict | None = None) -> None:
         self.plan, self.cfg, self.name = plan, plan.run, plan.name
         self.store, self.store_dir, self.tasks, self.head = store, Path(store_dir), tasks, head
         self.limits, self.resolved, self.stop = limits, resolved, stop or StopSignal()
         self.task = tasks[self.cfg.task - 1]
-        self.seen = {f"task{i + 1}": t for i, t in enumerate(tasks if eval_all else tasks[: self.cfg.task])}
+        self.user: UserCode | None = getattr(plan, "user", None)
+        if seen is None:  # a build evaluates its tasks by number; a walk from Python names its test sets
+            seen = {f"task{i + 1}": t for i, t in enumerate(tasks if eval_all else tasks[: self.cfg.task])}
+        self.seen = seen
         self.run_id, self.found = -1, None  # store run id; (node, step, tags) of the node to resume from
         self.parent: int | None = None  # the last node of this run's branch (a new node's parent)
         self.parent_probe: torch.Tensor | None = None
@@ -169,6 +184,8 @@ class RunRecipe:
         self.start = self.resolved["start_node"]
         model = self._start_model()
         self.objective = OBJECTIVES[cfg.op](cfg, model)
+        if self.user is not None and self.user.loss is not None:
+            self.objective.loss_fn = self.user.loss
         self.odist = get_odist(cfg.odist)
         self.cols = head_slice(self.task, self.head)
         self.prunable = prunable_names(model, cfg.prunable)
@@ -191,7 +208,14 @@ class RunRecipe:
         self.saver = NodeSaver(self.store, self.device)  # on CUDA: pinned snapshots, appended behind the steps
 
     def _start_model(self) -> torch.nn.Module:
-        if self.start is None:
+        if self.user is not None:  # the user's network, copied; a stored start node's weights loaded into it
+            model = copy.deepcopy(self.user.module)
+            model.fipgraph_spec = self.plan.spec  # how its nodes are rebuilt: class path (+ init arguments if given)
+            if self.user.forward is not None:
+                model.fipgraph_forward = self.user.forward
+            if self.start is not None:
+                self.store.load_into(model, self.start)
+        elif self.start is None:
             torch.manual_seed(derive_seed(self.cfg.seed, "init"))  # same seed, same initial network, also when resuming
             model = build_model(self.plan.spec)
         else:

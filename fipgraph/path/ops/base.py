@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fipgraph.errors import need
 from fipgraph.path.config.fields import check_types
+from fipgraph.path.ops.ancestry import need_earlier_task
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -134,6 +136,8 @@ class Objective:
     # capabilities the batched engine reads (engine/replicas.py, engine/stacked.py):
     can_batch: ClassVar[bool] = False  # S(w) from the logits alone, no hook acting on one network between steps
     can_fuse: ClassVar[bool] = False  # S(w) = odist(memory) + λ·CE(task batch): one batched computation for K walks
+    needs_earlier_task: ClassVar[bool] = False  # learns task i while keeping tasks < i (its memory is theirs)
+    loss_fn: Callable | None = None  # the user's task loss(logits, labels); None = cross-entropy
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         self.run = run
@@ -144,6 +148,8 @@ class Objective:
     @classmethod
     def check(cls, run: Any) -> None:
         """Cross-field rules between this op's settings and the shared ones; raise ConfigError naming the fix."""
+        if cls.needs_earlier_task:
+            need_earlier_task(run)
 
     def prepare(self, ctx: Context) -> None:
         """Called once with the start network, before any resume or step (e.g. EWC's Fisher)."""
@@ -186,6 +192,10 @@ class Objective:
     def memory_tasks(self, task: int) -> list[int]:
         """1-based tasks whose memory buffers anchor the odist term."""
         return list(range(1, task + 1))
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The new task's loss: cross-entropy, or the user's ``loss`` (``fipgraph.walk(..., loss=...)``)."""
+        return F.cross_entropy(logits, labels) if self.loss_fn is None else self.loss_fn(logits, labels)
 
     def penalty(self, model: nn.Module, logits: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
         """L(w) given the new-task logits and labels (None when uses_task_batch is False)."""

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
 
-import torch.nn.functional as F
 
-from fipgraph.path.ops.ancestry import need_earlier_task
 from fipgraph.path.ops.base import Objective, register_objective
 
 
@@ -16,15 +13,12 @@ class Continual(Objective):
 
     uses_memory = True
     uses_task_batch = True
+    needs_earlier_task = True
     can_batch = True
     can_fuse = True
-
-    @classmethod
-    def check(cls, run: Any) -> None:
-        need_earlier_task(run)
 
     def memory_tasks(self, task: int) -> list[int]:
         return list(range(1, task))
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)

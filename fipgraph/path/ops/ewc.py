@@ -21,7 +21,7 @@ from fipgraph.device import move_batch
 from fipgraph.errors import ConfigError
 from fipgraph.path.engine.evaluate import task_logits
 from fipgraph.path.engine.memory import batch_size_of, index_batch
-from fipgraph.path.ops.ancestry import need_earlier_task, task_end_nodes
+from fipgraph.path.ops.ancestry import task_end_nodes
 from fipgraph.path.ops.base import Context, Objective, OpConfig, register_objective
 
 log = logging.getLogger("fipgraph.build")
@@ -67,10 +67,7 @@ class EWC(Objective):
     """Cross-entropy on task i plus the EWC quadratic penalty around each earlier task's end point."""
 
     uses_task_batch = True
-
-    @classmethod
-    def check(cls, run: Any) -> None:
-        need_earlier_task(run)
+    needs_earlier_task = True
 
     def __init__(self, run: Any, model: nn.Module) -> None:
         super().__init__(run, model)
@@ -102,7 +99,7 @@ class EWC(Objective):
                    for fisher, star in self.anchors)
         ewc = 0.5 * self.options.ewc_lambda * quad
         self.ewc_term = float(ewc.detach()) if torch.is_tensor(ewc) else float(ewc)
-        return F.cross_entropy(logits, labels) + ewc
+        return self.task_loss(logits, labels) + ewc
 
     def report(self) -> dict[str, float]:
         return {"ewc": self.ewc_term}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from fipgraph.path.ops.base import Objective, register_objective
 
@@ -16,4 +15,4 @@ class Finetune(Objective):
     can_fuse = True
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)

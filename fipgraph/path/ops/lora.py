@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fipgraph.data.seeds import derive_seed
@@ -104,4 +103,4 @@ class LoRA(Objective):
                 params[name].copy_(value)
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)

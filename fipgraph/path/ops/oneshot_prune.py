@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fipgraph.errors import ConfigError
@@ -74,7 +73,7 @@ class MaskedRetrain(SalientPruning, Objective):
                 "target": target, **self._scope_tags()}
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)
 
 
 @dataclass

@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch.nn.functional as F
 
 from fipgraph.path.engine.evaluate import head_slice
-from fipgraph.path.ops.ancestry import need_earlier_task
 from fipgraph.path.ops.base import Context, Objective, register_objective
 
 
@@ -20,11 +18,8 @@ class Replay(Objective):
     uses_memory = True
     uses_odist = False
     uses_task_batch = True
+    needs_earlier_task = True
     can_batch = True
-
-    @classmethod
-    def check(cls, run: Any) -> None:
-        need_earlier_task(run)
 
     def memory_tasks(self, task: int) -> list[int]:
         return list(range(1, task))  # the buffers `continual` anchors with odist
@@ -34,7 +29,7 @@ class Replay(Objective):
         self.tasks, self.head = ctx.tasks, ctx.head
 
     def penalty(self, model, logits, labels):
-        return F.cross_entropy(logits, labels)
+        return self.task_loss(logits, labels)
 
     def memory_loss(self, logits, labels, batch):
         if self.head == "single" or "task" not in batch:
