@@ -93,11 +93,15 @@ class SalientPruning:
         from fipgraph.device import move_batch
 
         size = max(1, run.eval_batch_size)
-        batches = [move_batch({k: v[i:i + size] for k, v in sample.items()}, ctx.device)
-                   for i in range(0, min(n, task.n_train), size)]
+        rows = len(next(iter(sample.values())))  # n, or fewer when the task has fewer examples
+        batches = [move_batch({k: v[i:i + size] for k, v in sample.items()}, ctx.device) for i in range(0, rows, size)]
         self.scales = input_norms(ctx.model, self.names, batches)
         skipped = [nm for nm, s in zip(self.names, self.scales) if s is None]
         if len(skipped) == len(self.names):
+            if self.options.saliency == "auto":  # e.g. GPT-2's Conv1D layers: no input norms to take
+                log.info("run %r: no prunable nn.Linear weight for Wanda's norms; ranked by magnitude", run.name)
+                self.saliency, self.scales = "magnitude", None
+                return
             raise ConfigError(f"run {run.name!r}: saliency='wanda' needs nn.Linear weights among the prunable "
                               f"parameters, found none in {self.names[:3]}...; use saliency='magnitude'")
         if skipped:
