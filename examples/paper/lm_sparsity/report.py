@@ -34,7 +34,7 @@ def read_store(path: Path) -> pd.DataFrame:
 
 
 ORDER = ["pretrained", "dense", "oneshot_magnitude_30", "oneshot_wanda_30", "fip_30 projection", "fip_30",
-         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50"]
+         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50", "fip_50_r90 projection", "fip_50_r90"]
 
 
 def last_nodes(df: pd.DataFrame) -> pd.DataFrame:
