@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import fipgraph
-from fipgraph.path import build
+from fipgraph.path import ReplicaSettings, build
 from fipgraph.path.config.schema import build_config
 
 replicas_mod = importlib.import_module("fipgraph.path.engine.replicas")
@@ -101,24 +101,29 @@ MODES = {"batched": None, "batched-vmap-1thread": (1, 1, False), "batched-1threa
 DEFAULT_MODES = ["sequential", "batched-vmap-1thread", "batched-1thread", "batched-2groups"]
 
 
+def replica_settings(mode: str) -> ReplicaSettings:
+    """The engine settings of one mode: sequential (the baseline), the build's own choice, or MODES' forcing."""
+    if mode == "sequential":
+        return ReplicaSettings(batch=False)
+    if MODES[mode] is None:
+        return ReplicaSettings()
+    groups, threads, fast_mlp = MODES[mode]
+    return ReplicaSettings(groups=groups, threads=threads, fast_mlp=fast_mlp)
+
+
 def timed_build(raw: dict, mode: str) -> dict:
     """One whole build into a fresh store; mode: sequential or one of MODES."""
     store = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    saved = replicas_mod.static_reason, replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP
-    if mode == "sequential":
-        replicas_mod.static_reason = lambda plan: "benchmark: sequential baseline"
-    elif MODES[mode] is not None:
-        replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP = MODES[mode]
+    settings = replica_settings(mode)
     torch.set_num_threads(1)  # builds run one thread by default; a batched CPU step raises it itself
     try:
         t0 = time.perf_counter()
         with LoopClock() as clock:
-            result = build(build_config(raw), store, progress=False)
+            result = build(build_config(raw), store, progress=False, replica_settings=settings)
         wall = time.perf_counter() - t0
         with fipgraph.open_store(store, "r") as s:
             nodes = int(s.sql("SELECT count(*) AS n FROM nodes WHERE step > 0")["n"][0])
     finally:
-        replicas_mod.static_reason, replicas_mod.GROUPS, replicas_mod.THREADS, replicas_mod.FAST_MLP = saved
         shutil.rmtree(store, ignore_errors=True)
     assert result.status == "finished", result.status
     steps = sum(r.steps_done for r in result.runs)

@@ -110,7 +110,7 @@ def bench_read(path: Path, n: int = 20) -> float:
 def bench_perplexity(quick: bool) -> dict:
     from fipgraph.models import build_model
     from fipgraph.query import perplexity
-    from fipgraph.query.evaluate import mask_tokens
+    from fipgraph.query.evaluation import mask_for_scoring
 
     spec = {"name": "bert", "kwargs": {"vocab_size": 8000, "hidden_size": 128, "num_hidden_layers": 2,
                                        "num_attention_heads": 2, "intermediate_size": 512}}
@@ -125,7 +125,7 @@ def bench_perplexity(quick: bool) -> dict:
     with fipgraph.open_store(path, mode="a") as st:
         nid = st.append(model)
         st.flush()
-        masked = [mask_tokens(b, 4, seed=i) for i, b in enumerate(batches)]
+        masked = [mask_for_scoring(b, 4, seed=i) for i, b in enumerate(batches)]
         tokens = sum(int((b["labels"] != -100).sum()) for b in masked)
 
         def plain() -> float:  # the loop a user would write with transformers alone

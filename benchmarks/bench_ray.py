@@ -11,12 +11,16 @@ printed with the numbers):
     object store, the actor call; asynchronous, so settled at the end) against a plain local
     store.append of the same network.
 
-    python benchmarks/bench_ray.py [--steps 1000] [--save-every 100] [--runs 4] [--cpus 2]
+    python benchmarks/tools/cores_free.py       # first: should print about 2 cores
+    python benchmarks/bench_ray.py [--steps 1000] [--save-every 100] [--runs 4] [--cpus 2] [--repeat 2]
+
+Writes benchmarks/results/ray.json (every pair's times and ratio, the merge cost, the load).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -31,6 +35,7 @@ from fipgraph.models import build_model
 from fipgraph.path import build, load_config
 from fipgraph.scale.ray_executor import build_ray, connect
 
+RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = """
 name = "bench"
 [data]
@@ -118,6 +123,13 @@ def _ray_build(config, store_dir: Path) -> tuple[float, float, tuple]:
     return seconds, started, (int(merged), float(writer_ms), float(cpu_ms), waited)
 
 
+def _write(args: argparse.Namespace, result: dict) -> None:
+    result = {"steps": args.steps, "save_every": args.save_every, "runs": args.runs, "cpus": args.cpus, **result}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
@@ -126,6 +138,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="pairs of builds, alternating which goes first")
     ap.add_argument("--log", help="copy the last Ray build's build.log here (where the time went)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ray.json", help="where the numbers go")
     args = ap.parse_args()
     import ray
 
@@ -139,7 +152,7 @@ def main() -> None:
         t0 = time.perf_counter()
         connect(None, num_cpus=args.cpus)  # as `fipgraph build --executor ray` starts a local Ray
         startup = time.perf_counter() - t0
-        ratios = []
+        ratios, pairs = [], []
         for i in range(args.repeat):
             for which in (("seq", "ray") if i % 2 == 0 else ("ray", "seq")):
                 load = os.getloadavg()[0]
@@ -153,6 +166,7 @@ def main() -> None:
                     print(f"[{i}] ray build         {par:7.1f} s   (load {load:.1f}; first run on a worker after "
                           f"{started:.1f} s)", flush=True)
             ratios.append(seq / par)
+            pairs.append({"sequential_s": seq, "ray_s": par, "first_run_after_s": started, "ratio": seq / par})
             print(f"[{i}] ratio sequential / ray {seq / par:.2f}x   (with ray.init's {startup:.1f} s: "
                   f"{seq / (par + startup):.2f}x)", flush=True)
         print(f"median ratio over {len(ratios)} pairs: {sorted(ratios)[len(ratios) // 2]:.2f}x "
@@ -168,6 +182,9 @@ def main() -> None:
         print(f"append from a Ray task    {remote_ms:7.2f} ms/node vs {local_ms:.2f} ms/node "
               f"local store.append, both flushed at the end ({remote_ms / local_ms:.2f}x)")
         ray.shutdown()
+        _write(args, {"pairs": pairs, "ray_init_s": startup, "median_ratio": sorted(ratios)[len(ratios) // 2],
+                      "merge_ms_per_node": writer_ms, "writer_cpu_ms_per_node": cpu_ms, "workers_waited_s": waited,
+                      "remote_append_ms": remote_ms, "local_append_ms": local_ms, "load_1min": os.getloadavg()[0]})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

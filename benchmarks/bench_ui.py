@@ -1,14 +1,15 @@
 """How long `fipgraph ui` takes to show a large store in headless Chromium.
 
     python benchmarks/bench_ui.py                 # 100k nodes (about 1 minute on 2 cores)
-    python benchmarks/bench_ui.py --nodes 20000 --screenshot /tmp/big.png
-    python benchmarks/bench_ui.py --store store --click 180 --screenshot benchmarks/figures/ui_graph.png
+    python benchmarks/bench_ui.py --nodes 20000 --screenshot big.png
+    python benchmarks/bench_ui.py --store store --click 180 --hover 205 --screenshot docs/images/ui_graph.png
 
 Builds a catalog-only store (nodes, edges, runs and evals rows written straight into DuckDB, as
 tests/test_store_scale.py does; the page reads no weights) with recorded PCA coordinates, starts
 `fipgraph ui` in a subprocess, and loads the page in Debian's chromium through Playwright. The time
 is from navigation start until the page has fetched, parsed and drawn every node
 (window.fipgraph.timings.total_ms); the first load after the server starts is reported apart.
+Writes benchmarks/results/ui.json (not with --store, which only takes the screenshot).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import pandas as pd
 
 import fipgraph
 
+RESULTS = Path(__file__).resolve().parent / "results"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -149,6 +152,7 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="an existing store: load it once and take the screenshot")
     ap.add_argument("--click", type=int, default=None, help="with --store: open this node's panel first")
     ap.add_argument("--hover", type=int, default=None, help="with --store: then point at this node")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ui.json", help="where the numbers go")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -177,7 +181,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
     med = {k: statistics.median(r[k] for r in warm) for k in warm[0]}
-    print(json.dumps({"nodes": args.nodes, "first_load": first, "warm_median": med, "uncached_api": uncached}, indent=1))
+    result = {"nodes": args.nodes, "first_load": first, "warm_median": med, "uncached_api": uncached,
+              "load_1min": os.getloadavg()[0]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
     print(f"{args.nodes:,} nodes: first load {first['total_ms'] / 1000:.2f} s, then median "
           f"{med['total_ms'] / 1000:.2f} s over {args.repeats} (fetch {med['fetch_ms']:.0f} ms, "
           f"parse {med['parse_ms']:.0f} ms, draw {med['draw_ms']:.0f} ms, {med['bytes'] / 1e6:.1f} MB JSON); "

@@ -65,7 +65,7 @@ def train_task1(store, net: Net, task1: tuple, steps: int) -> int:
     return rec.last_node
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="store-own", help="store folder (created if missing)")
     parser.add_argument("--steps", type=int, default=100, help="steps of the recorded loop and of the walk")
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     accs = {name: round(m["accuracy"], 3) for name, m in walk.evaluations.items() if "accuracy" in m}
     print(f"recorded loop: last node {start}; continual walk: {len(walk.nodes)} nodes, last {walk.last_node}, "
           f"accuracy {accs}")
+    return walk
 
 
 if __name__ == "__main__":

@@ -73,3 +73,8 @@ def need(ok: bool, msg: str) -> None:
     """Raise ``ConfigError(msg)`` unless ``ok``: the one guard config checks use (msg names key, value, fix)."""
     if not ok:
         raise ConfigError(msg)
+
+
+class RemoteStoreError(FipgraphError, OSError):
+    """A store URL cannot be used: no filesystem for its scheme, a missing bucket, refused credentials, an
+    endpoint that does not answer. The message names the URL and the fix, never a credential."""

@@ -12,7 +12,7 @@ from fipgraph.cli import main
 from fipgraph.errors import ConfigError
 from fipgraph.models import build_model
 from fipgraph.query import ensemble
-from fipgraph.query.ensemble import resolve_h
+from fipgraph.query.ensembles import resolve_h
 
 SPEC = {"name": "mlp", "kwargs": {"in_features": 4, "hidden": [3], "n_classes": 2}}
 ACC = [0.95, 0.96, 0.90, 0.955, 0.951, 0.97, 0.962, 0.80, 0.965, 0.958, 0.961, 0.952]

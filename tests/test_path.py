@@ -177,13 +177,6 @@ def test_default_config_and_overrides():
         parse_overrides(["=3"])
 
 
-def test_examples_default_is_the_embedded_default():
-    from importlib import resources
-    from pathlib import Path
-    embedded = resources.files("fipgraph.path").joinpath("default.toml").read_text()
-    assert (Path(__file__).parents[1] / "examples" / "default.toml").read_text() == embedded
-
-
 def test_objective_registry_rejects_a_second_registration():
     with pytest.raises(ValueError, match="registered twice"):
         register_objective("continual")(type("Again", (OBJECTIVES["continual"],), {}))

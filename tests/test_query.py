@@ -260,7 +260,7 @@ def test_graph_questions(store):
 
 
 def test_robust_ensemble_finds_h_recorded_per_task(store):
-    from fipgraph.query.ensemble import resolve_h
+    from fipgraph.query.ensembles import resolve_h
 
     assert resolve_h(store, "H") == "H"
     store.add_evals(0, {"taskx": {"Hx": 0.1}})
@@ -335,3 +335,19 @@ def test_ensemble_robustness_transfer_joint_recorded(tmp_path, tasks):
     with fipgraph.open_store(tmp_path / "rob", mode="r") as st:
         back = st.sql("select metric, value from ensemble_evals where name = 'three' order by created_at")
     assert back[back.metric == "pgd_transfer_ensemble"]["value"].iloc[-1] == pytest.approx(res["pgd_transfer_ensemble"])
+
+
+def test_every_query_export_stays_the_function_after_its_module_loads():
+    import importlib
+    import pkgutil
+    import types
+
+    import fipgraph.query as query
+
+    modules = {m.name for m in pkgutil.iter_modules(query.__path__)}
+    assert not modules & set(query.__all__)  # no module named like a function it exports
+    for name in modules:
+        importlib.import_module(f"fipgraph.query.{name}")
+    for name in query.__all__:
+        assert not isinstance(getattr(query, name), types.ModuleType), name
+    assert query.select.__module__ == "fipgraph.query.selection" and callable(query.evaluate)

@@ -124,9 +124,7 @@ def test_interpolate_ends_equal_the_nodes_and_the_middle_equals_the_blend(store_
 
 def test_a_running_query_never_holds_the_writer_lock(store_path, monkeypatch, capsys):
     """A build must be able to start while `fipgraph evaluate` computes; results are recorded after."""
-    import importlib
-
-    ev = importlib.import_module("fipgraph.query.evaluate")  # the package exports the function
+    from fipgraph.query import evaluation as ev
 
     opened = []
     real = ev.score_batches

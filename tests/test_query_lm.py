@@ -1,7 +1,6 @@
 """Perplexity of language models, the metric spectrum and robustness measures, each against a
 direct computation (tiny random transformers models, a tiny mlp)."""
 
-import importlib
 import math
 
 import numpy as np
@@ -14,11 +13,11 @@ from fipgraph.data import make_tasks
 from fipgraph.errors import ConfigError
 from fipgraph.models import build_model
 from fipgraph.query import Ensemble, perplexity, spectrum
-from fipgraph.query.evaluate import mask_tokens
+from fipgraph.query import spectra as spectrum_mod  # the module (the package exports the function)
+from fipgraph.query.evaluation import mask_for_scoring
 from fipgraph.query.robustness import adversarial_report, coherence, representation_diversity
 
 torch.set_num_threads(1)
-spectrum_mod = importlib.import_module("fipgraph.query.spectrum")  # the package exports the function
 VOCAB, MASK = 97, 3
 
 
@@ -54,7 +53,7 @@ def test_masked_lm_perplexity_equals_transformers_loss(tmp_path):
     st, ids = _store_with(tmp_path, spec)
     batches = _text_batches()
     got = perplexity(st, ids, batches, name="toy", mask_token_id=MASK, progress=False, device="cpu")
-    masked = [mask_tokens(b, MASK, seed=i) for i, b in enumerate(batches)]
+    masked = [mask_for_scoring(b, MASK, seed=i) for i, b in enumerate(batches)]
     for i, b in enumerate(masked):  # the fixed-seed masking: ~15 % of attended tokens, never padding
         chosen = b["labels"] != -100
         assert not (chosen & (batches[i]["attention_mask"] == 0)).any()

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 import fipgraph  # noqa: E402
 from fipgraph.errors import ConfigError  # noqa: E402
-from fipgraph.path import build  # noqa: E402
+from fipgraph.path import ReplicaSettings, build  # noqa: E402
 from fipgraph.path.config.schema import build_config  # noqa: E402
 
 replicas_mod = importlib.import_module("fipgraph.path.engine.replicas")
@@ -47,8 +47,8 @@ def _close(a: dict, b: dict, tol: float = REL_TOL) -> float:
     return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in a)
 
 
-def _sequential(monkeypatch) -> None:
-    monkeypatch.setattr(replicas_mod, "static_reason", lambda plan: "forced by the test")
+SEQUENTIAL = ReplicaSettings(batch=False)  # the oracle: the same walks one at a time
+TWO_GROUPS = ReplicaSettings(groups=2)  # two stacked groups in parallel threads, whatever the machine
 
 
 # -- config -----------------------------------------------------------------------------------------
@@ -82,13 +82,11 @@ def test_a_run_from_a_replicated_run_needs_the_same_seeds(tmp_path):
 
 
 # -- batched = separate ----------------------------------------------------------------------------
-def test_batched_replicas_equal_separate_walks_and_a_plain_run_of_that_seed(tmp_path, monkeypatch, caplog):
+def test_batched_replicas_equal_separate_walks_and_a_plain_run_of_that_seed(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fipgraph.build")
     batched = build(build_config(_raw()), tmp_path / "b", progress=False)
     assert batched.status == "finished" and "3 replicas walk batched" in caplog.text
-    with monkeypatch.context() as m:
-        _sequential(m)
-        separate = build(build_config(_raw()), tmp_path / "s", progress=False)
+    separate = build(build_config(_raw()), tmp_path / "s", progress=False, replica_settings=SEQUENTIAL)
     assert [r.name for r in batched.runs] == [r.name for r in separate.runs] == [
         f"r/{run}/s{s}" for run in ("t1", "c") for s in range(3)]
     b, s = _nodes(tmp_path / "b"), _nodes(tmp_path / "s")
@@ -117,12 +115,10 @@ def test_batched_replicas_equal_separate_walks_and_a_plain_run_of_that_seed(tmp_
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_other_elementwise_optimizers_batch_too(tmp_path, monkeypatch, optimizer):
+def test_other_elementwise_optimizers_batch_too(tmp_path, optimizer):
     raw = _raw(replicas=2, steps=8, optimizer=optimizer, weight_decay=0.01, lr_schedule="cosine")
     build(build_config(raw), tmp_path / "b", progress=False)
-    with monkeypatch.context() as m:
-        _sequential(m)
-        build(build_config(raw), tmp_path / "s", progress=False)
+    build(build_config(raw), tmp_path / "s", progress=False, replica_settings=SEQUENTIAL)
     b, s = _nodes(tmp_path / "b"), _nodes(tmp_path / "s")
     assert set(b) == set(s) and max(_close(b[k], s[k]) for k in b) <= REL_TOL
 
@@ -141,13 +137,12 @@ def test_batched_replicas_resume_bit_for_bit(tmp_path):
         assert all(torch.equal(w[key][k], r[key][k]) for k in w[key]), key
 
 
-def test_replicas_at_different_steps_resume_one_at_a_time_then_batch_again(tmp_path, monkeypatch, caplog):
+def test_replicas_at_different_steps_resume_one_at_a_time_then_batch_again(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fipgraph.build")
     build(build_config(_raw()), tmp_path / "w", progress=False)
     whole = _nodes(tmp_path / "w")
-    with monkeypatch.context() as m:
-        _sequential(m)  # the first invocation walks s0 to its end, then stops in s1 (max_steps counts every walk)
-        first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=17)
+    # the first invocation walks s0 to its end, then stops in s1 (max_steps counts every walk)
+    first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=17, replica_settings=SEQUENTIAL)
     assert [r.status for r in first.runs] == ["finished", "interrupted"]
     caplog.clear()
     build(build_config(_raw()), tmp_path / "r", progress=False)  # s1 at step 5, s2 new: different steps
@@ -178,11 +173,11 @@ def test_batched_cpu_walks_take_one_group_per_core_only_while_the_machine_is_idl
     assert replicas_mod.cpu_plan(8, 1, small_mlp) == (1, 1)  # mostly Python: the groups would take turns
     monkeypatch.setattr(replicas_mod.os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
     assert replicas_mod.cpu_plan(8, 1) == (1, 1)  # time-sliced threads wait for each other: keep the build's one
-    monkeypatch.setattr(replicas_mod, "THREADS", 2)
-    assert replicas_mod.cpu_plan(8, 1) == (1, 2)
-    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
-    monkeypatch.setattr(replicas_mod, "THREADS", None)
-    assert replicas_mod.cpu_plan(8, 4) == (2, 1) and replicas_mod.cpu_plan(1, 1) == (1, 1)
+    assert replicas_mod.cpu_plan(8, 1, settings=ReplicaSettings(threads=2)) == (1, 2)
+    two = ReplicaSettings(groups=2)
+    assert replicas_mod.cpu_plan(8, 4, settings=two) == (2, 1) and replicas_mod.cpu_plan(1, 1, settings=two) == (1, 1)
+    with pytest.raises(ConfigError, match=r"ReplicaSettings.threads = 0: use a whole number >= 1"):
+        ReplicaSettings(threads=0)
 
 
 @pytest.mark.parametrize("groups, fast, fused, odist", [(2, True, True, "bhattacharyya"), (1, False, False, "bhattacharyya"),
@@ -191,16 +186,12 @@ def test_groups_in_parallel_threads_and_both_forwards_match_separate_walks(tmp_p
                                                                            fused, odist):
     caplog.set_level(logging.INFO, logger="fipgraph.build")
     raw = _raw(replicas=3, steps=8, odist=odist)
-    with monkeypatch.context() as m:
-        _sequential(m)
-        build(build_config(raw), tmp_path / "s", progress=False)
-    monkeypatch.setattr(replicas_mod, "GROUPS", groups)
-    monkeypatch.setattr(replicas_mod, "FAST_MLP", fast)
-    monkeypatch.setattr(replicas_mod, "FUSED_LOSS", fused)
+    build(build_config(raw), tmp_path / "s", progress=False, replica_settings=SEQUENTIAL)
+    settings = ReplicaSettings(groups=groups, fast_mlp=fast, fused_loss=fused)
     calls = []
     real = replicas_mod.fused_terms
     monkeypatch.setattr(replicas_mod, "fused_terms", lambda *a: calls.append(1) or real(*a))
-    build(build_config(raw), tmp_path / "b", progress=False)
+    build(build_config(raw), tmp_path / "b", progress=False, replica_settings=settings)
     kind = "batched matmuls" if fast else "vmap over stacked weights"
     assert f"3 replicas walk batched ({kind}; {groups} group(s) in parallel, 1 thread(s) each)" in caplog.text
     b, s = _nodes(tmp_path / "b"), _nodes(tmp_path / "s")
@@ -224,12 +215,11 @@ def test_batched_odists_equal_the_single_forms_walk_by_walk(name):
     # scales up, so batched and separate walks differ by ~8e-5 after 8 steps on every path, vmap included
 
 
-def test_groups_in_parallel_threads_resume_bit_for_bit(tmp_path, monkeypatch):
-    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
-    build(build_config(_raw()), tmp_path / "w", progress=False)
-    first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=7)
+def test_groups_in_parallel_threads_resume_bit_for_bit(tmp_path):
+    build(build_config(_raw()), tmp_path / "w", progress=False, replica_settings=TWO_GROUPS)
+    first = build(build_config(_raw()), tmp_path / "r", progress=False, max_steps=7, replica_settings=TWO_GROUPS)
     assert [r.steps_done for r in first.runs] == [7, 7, 7]  # --max-steps counts a step of all groups once
-    build(build_config(_raw()), tmp_path / "r", progress=False)
+    build(build_config(_raw()), tmp_path / "r", progress=False, replica_settings=TWO_GROUPS)
     w, r = _nodes(tmp_path / "w"), _nodes(tmp_path / "r")
     for key in w:
         assert all(torch.equal(w[key][k], r[key][k]) for k in w[key]), key
@@ -259,9 +249,8 @@ def test_free_running_groups_agree_on_one_step_to_stop_at():
 
 def test_a_stop_seen_by_one_group_stops_every_walk_at_one_step_and_resumes_batched(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="fipgraph.build")
-    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
     raw = _raw(steps=12)
-    build(build_config(raw), tmp_path / "w", progress=False)
+    build(build_config(raw), tmp_path / "w", progress=False, replica_settings=TWO_GROUPS)
     real = replicas_mod.StackedWalks.step
     worker = []
 
@@ -273,7 +262,7 @@ def test_a_stop_seen_by_one_group_stops_every_walk_at_one_step_and_resumes_batch
         return out
 
     monkeypatch.setattr(replicas_mod.StackedWalks, "step", step)
-    first = build(build_config(raw), tmp_path / "r", progress=False)
+    first = build(build_config(raw), tmp_path / "r", progress=False, replica_settings=TWO_GROUPS)
     monkeypatch.setattr(replicas_mod.StackedWalks, "step", real)
     assert worker and worker[0].startswith("fipgraph-replicas")  # the group of s2 steps in the pool's thread
     assert first.status == "interrupted" and [r.status for r in first.runs] == ["interrupted"] * 3
@@ -281,7 +270,7 @@ def test_a_stop_seen_by_one_group_stops_every_walk_at_one_step_and_resumes_batch
         last = s.sql("SELECT r.name, max(n.step) AS step FROM nodes n JOIN runs r USING (run_id) GROUP BY r.name")
     assert sorted(last["step"]) == [int(last["step"][0])] * 3 and int(last["step"][0]) >= 5  # one step for all
     caplog.clear()
-    build(build_config(raw), tmp_path / "r", progress=False)
+    build(build_config(raw), tmp_path / "r", progress=False, replica_settings=TWO_GROUPS)
     assert "t1: 3 replicas walk batched" in caplog.text  # resumed together, not one at a time
     w, r = _nodes(tmp_path / "w"), _nodes(tmp_path / "r")
     for key in w:
@@ -336,7 +325,6 @@ def test_stacked_linear_gives_autograds_gradients_in_the_weights_own_layout(bias
 
 
 def test_an_error_in_a_group_thread_reaches_the_build_and_stops_the_other_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(replicas_mod, "GROUPS", 2)
     real, taken = replicas_mod.StackedWalks.step, []
 
     def step(group, streams):
@@ -347,7 +335,7 @@ def test_an_error_in_a_group_thread_reaches_the_build_and_stops_the_other_groups
 
     monkeypatch.setattr(replicas_mod.StackedWalks, "step", step)
     with pytest.raises(RuntimeError, match="boom in the worker's group"):
-        build(build_config(_raw(steps=400)), tmp_path / "s", progress=False)
+        build(build_config(_raw(steps=400)), tmp_path / "s", progress=False, replica_settings=TWO_GROUPS)
     assert max(taken) < 399  # the build thread's group stopped soon after, not at the end of its walk
     with fipgraph.open_store(tmp_path / "s", "r") as s:  # the nodes saved before the error are stored
         steps = s.sql("SELECT r.name, n.step FROM nodes n JOIN runs r USING (run_id)")

@@ -282,3 +282,27 @@ def test_closing_the_view_waits_for_its_background_threads(store_path, monkeypat
     with pytest.raises(RuntimeError):
         live._fit([0, 1, 2])  # a real failure while open still surfaces
     assert crashes == []
+
+
+def test_a_merge_shows_every_parent(tmp_path):
+    """A node with two parents: both edges in the graph payload, both parents (with weights) in its panel."""
+    path = tmp_path / "merged"
+    with fipgraph.open_store(path) as st:
+        states = [{"w": torch.full((3,), float(i))} for i in range(4)]
+        st.append(states[0])
+        st.append(states[1], parent=0)
+        st.append(states[2], parent=0)
+        st.append(states[3], parents={1: 0.4, 2: 0.6}, op="merge")
+    v = StoreView(path)
+    try:
+        c = TestClient(create_app(v), base_url="http://127.0.0.1")
+        g = c.get("/api/graph", params={"layout": "lineage"}).json()
+        i = g["id"].index(3)
+        assert g["id"][g["parent"][i]] == 1  # the primary parent
+        assert [[g["id"][a], g["id"][b]] for a, b in g["merge_edges"]] == [[3, 2]]
+        d = c.get("/api/node/3").json()
+        assert d["parents"] == [{"id": 1, "weight": 0.4}, {"id": 2, "weight": 0.6}] and d["parent"] == 1
+        assert c.get("/api/node/2").json()["children"] == [3]
+        assert c.get("/api/node/1").json()["parents"] == [{"id": 0, "weight": None}]
+    finally:
+        v.close()

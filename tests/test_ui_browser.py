@@ -97,18 +97,39 @@ def test_clicking_a_node_shows_its_metrics(page, demo_store):
           if (near > far) { far = near; best = id; } });
         return best; }""")
     pos = page.evaluate(f"window.fipgraph.graph.screenPos({target})")
-    page.mouse.move(pos["x"], pos["y"])
-    assert f"node {target}" in page.inner_text("#tooltip")
-    page.mouse.click(pos["x"], pos["y"])
-    page.wait_for_selector(f"#node-panel[data-node='{target}']")
     with fipgraph.open_store(demo_store, mode="r") as st:
         row = st.sql("SELECT task1_accuracy, step FROM wide WHERE node_id = ?", [target]).iloc[0]
+    exact = float(row["task1_accuracy"])
+    shown = f"{float(f'{exact * 100:.4g}'):g} %"  # 4 significant digits of the percentage
+    page.mouse.move(pos["x"], pos["y"])
+    assert f"node {target}" in page.inner_text("#tooltip") and f"task1_accuracy {shown}" in page.inner_text("#tooltip")
+    page.mouse.click(pos["x"], pos["y"])
+    page.wait_for_selector(f"#node-panel[data-node='{target}']")
     panel = page.inner_text("#node-panel")
     assert f"node {target}" in panel and "task1_accuracy" in panel
-    assert repr(float(row["task1_accuracy"])) in panel  # the exact value, not a rounded one
+    cell = page.locator("table.metrics tr", has_text="task1_accuracy").locator("td.num")
+    assert cell.inner_text() == shown and cell.get_attribute("title") == repr(exact)  # exact on hover
+    copied = page.evaluate("""() => {  // select the metrics table and copy: the clipboard gets the exact values
+        const table = document.querySelector("table.metrics"), range = document.createRange();
+        range.selectNodeContents(table);
+        getSelection().removeAllRanges(); getSelection().addRange(range);
+        const event = new ClipboardEvent("copy", {clipboardData: new DataTransfer(), bubbles: true, cancelable: true});
+        table.rows[0].cells[1].dispatchEvent(event);
+        return event.clipboardData.getData("text/plain"); }""")
+    assert f"task1_accuracy\t{exact!r}" in copied.splitlines()
     assert page.inner_text("#export-command").startswith(f"fipgraph export {target} --store ")
     assert page.locator(".charts canvas").count() >= 2  # the run's metric curves
     assert page.errors == []
+
+
+def test_metric_values_show_four_significant_digits_and_known_units(page):
+    cases = {("task1_accuracy", 0.912345678): "91.23 %", ("interpolate:7/task1_accuracy_barrier", -0.0123456): "-1.235 %",
+             ("wiki_perplexity", 123.456789): "123.5 ppl", ("wiki_inverse_perplexity", 0.00812345): "0.008123",
+             ("task1_loss", 0.123456789): "0.1235", ("task1_loss", 1234567.89): "1.235e+6", ("n", 3): "3",
+             ("task1_accuracy", None): "–"}
+    for (name, value), want in cases.items():
+        got = page.evaluate("([n, v]) => window.graphUtil.fmtMetric(n, v)", [name, value])
+        assert got == want, (name, value, got)
 
 
 def test_sql_console_shows_rows_errors_and_downloads_csv(page, demo_store):

@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "fipgraph.cli.build_cmd",  # build
     "fipgraph.cli.query_cmds",  # pca, perplexity, evaluate, select, ensemble, spectrum, plot
     "fipgraph.cli.ui_cmd",  # ui
+    "fipgraph.cli.zoo_cmds",  # merge, soup, export-zoo
+    "fipgraph.cli.remote_cmds",  # store push, store pull
 ]
 
 
@@ -47,4 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default="store", help="store directory (default: ./store)")
+    parser.add_argument("--store", default="store",
+                        help="store directory or URL such as s3://bucket/prefix (credentials from the AWS_* "
+                             "environment; see docs/storage-remote.md) (default: ./store)")

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build", help="build FIP paths into a store (no arguments: the digits demo)",
         description="Run every [[runs]] entry of CONFIG.toml (default: the embedded digits demo, also in "
-                    "examples/default.toml). Rerunning the same command resumes each run from its last node.")
+                    "fipgraph/path/default.toml). Rerunning the same command resumes each run from its last node.")
     add_store_argument(p)
     p.add_argument("--run", default=None, metavar="NAME",
                    help="build name: runs are stored as NAME/<run> (default: the config's name)")

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from fipgraph.cli import add_store_argument
 from fipgraph.errors import ConfigError
+from fipgraph.heads import HEADS
 
 
 @contextmanager
@@ -92,7 +93,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=f"data source: digits, mnist, wiki, a CSV path, package.module:function {rec}")
     p.add_argument("--split", help=f'class split as JSON, e.g. "[[0,1,2,3,4],[5,6,7,8,9]]" {rec}')
     p.add_argument("--task", help="task name or index (default: every task)")
-    p.add_argument("--head", choices=["single", "per_task"],
+    p.add_argument("--head", choices=list(HEADS),
                    help="label layout of the tasks (default: the data.head the nodes were built with)")
     p.add_argument("--seed", type=int, help=f"data split seed {rec}")
     p.add_argument("--data-kwargs", help='extra make_tasks options as JSON (the build\'s [data] kwargs), e.g. '
@@ -152,7 +153,7 @@ def cmd_select(args) -> int:
     from fipgraph.cli.store_cmds import format_csv, format_json, format_table
     from fipgraph.query import pareto, select, select_sql
     from fipgraph.query.catalog import open_catalog
-    from fipgraph.query.select import columns_named, selection_rows
+    from fipgraph.query.selection import columns_named, selection_rows
 
     with open_catalog(args.store) as store:  # the catalog only: no weights, no torch
         if args.maximize or args.minimize:
@@ -260,7 +261,7 @@ def cmd_robustness(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from fipgraph.query._common import node_or_run
-    from fipgraph.query.interpolate import interpolate, plot_interpolation
+    from fipgraph.query.interpolation import interpolate, plot_interpolation
 
     with _reading(args) as store:
         a, b = node_or_run(store, args.a, "A"), node_or_run(store, args.b, "B")

@@ -1,4 +1,4 @@
-"""Store commands: info, sql, check, export, import.
+"""Store commands: info, sql, check, compact, export, import.
 
 `info` and `sql` read a snapshot of the catalog only (fipgraph.query.catalog): no torch, zarr or
 pandas is imported, so they answer in about the time of a bare duckdb process.
@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repair", action="store_true", help="delete orphaned chunks (takes the writer lock)")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("compact", help="recompress chunks written with compressor='lz4' with zstd (takes the "
+                       "writer lock)")
+    add_store_argument(p)
+    p.set_defaults(func=cmd_compact)
+
     p = sub.add_parser("export", help="write a node as safetensors (or a transformers folder)")
     add_store_argument(p)
     p.add_argument("node", type=int)
@@ -68,7 +73,7 @@ def cmd_info(args) -> int:
         runs = cat.rows("SELECT r.run_id, r.name, r.op, r.status, count(n.node_id) AS nodes FROM runs r "
                         "LEFT JOIN nodes n USING (run_id) GROUP BY ALL ORDER BY r.run_id")
     values = dict(zip(counts.columns, counts.rows[0]))
-    print(f"store        {Path(args.store).resolve()}")
+    print(f"store        {args.store if '://' in args.store else Path(args.store).resolve()}")
     for key, value in values.items():
         print(f"{key:<12} {int(value):,}")
     if values["raw_float32_bytes"]:
@@ -156,6 +161,16 @@ def cmd_check(args) -> int:
     report = check_store(args.store, repair=args.repair)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def cmd_compact(args) -> int:
+    from fipgraph.query.catalog import require_store
+    from fipgraph.storage.compact import compact_store
+
+    require_store(args.store)  # never creates a store
+    r = compact_store(args.store)
+    print(f"{r.files} chunk files recompressed with zstd: {r.bytes_before:,} -> {r.bytes_after:,} bytes")
+    return 0
 
 
 def cmd_export(args) -> int:

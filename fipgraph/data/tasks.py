@@ -17,8 +17,8 @@ from fipgraph.data.seeds import derive_seed
 from fipgraph.data.task import Task
 from fipgraph.data.vision import Arrays, load_digits, load_fashion_mnist, load_mnist, permute_pixels
 from fipgraph.errors import ConfigError
+from fipgraph.heads import HEADS
 
-HEADS = ("single", "per_task")
 
 # name -> loader(test_size, seed, **options); image sources only, text sources dispatch below
 IMAGE_SOURCES: dict[str, Callable[..., Arrays]] = {

@@ -12,10 +12,11 @@ from fipgraph.path.build import BuildResult, build, format_table
 from fipgraph.path.config import BuildConfig, DataConfig, RunConfig, load_config
 from fipgraph.path.engine.memory import FrozenReference
 from fipgraph.path.engine.recipe import RunRecipe
+from fipgraph.path.engine.replicas import ReplicaSettings
 from fipgraph.path.engine.step import Amp, fip_loss, fip_step
 from fipgraph.path.ops import OBJECTIVES, Objective, OpConfig, register_objective
 from fipgraph.path.ops.odist import ODISTS, get_odist, register_odist
 
 __all__ = ["Amp", "BuildConfig", "BuildResult", "DataConfig", "FrozenReference", "OBJECTIVES", "ODISTS", "Objective",
-           "OpConfig", "RunConfig", "RunRecipe", "build", "fip_loss", "fip_step", "format_table", "get_odist", "load_config",
-           "register_objective", "register_odist"]
+           "OpConfig", "ReplicaSettings", "RunConfig", "RunRecipe", "build", "fip_loss", "fip_step", "format_table",
+           "get_odist", "load_config", "register_objective", "register_odist"]

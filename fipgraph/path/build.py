@@ -23,9 +23,10 @@ from fipgraph.models import build_model, forward_logits, normalize_spec
 from fipgraph.path.config.schema import BuildConfig, RunConfig, config_to_dict, refuse_changed_run
 from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.ops import OBJECTIVES
-from fipgraph.path.engine.replicas import group_plans, replica_runs, walk_replicas
+from fipgraph.path.engine.replicas import ReplicaSettings, group_plans, replica_runs, walk_replicas
 from fipgraph.path.engine.recipe import Limits, RunResult, walk
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.remote import as_location
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -152,15 +153,16 @@ def last_accuracies(store, node_id: int) -> dict[str, float]:
 
 def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
           max_hours: float | None = None, max_steps: int | None = None, progress: bool = True,
-          durable: bool = False) -> BuildResult:
+          durable: bool = False, replica_settings: ReplicaSettings | None = None) -> BuildResult:
     """Run (or resume) every run of ``config`` into the store at ``store_dir``.
 
     Ctrl-C anywhere (loading data and models, a step, an evaluation, the final save) stops cleanly:
     the result says "interrupted" and a rerun of the same build resumes (``fipgraph.path.engine.interrupt``).
-    ``durable`` fsyncs each node's files and the catalog before its commit (survives a power loss)."""
+    ``durable`` fsyncs each node's files and the catalog before its commit (survives a power loss).
+    ``replica_settings`` tunes how replicas (``replicas = K``) step together; the defaults choose by themselves."""
     limits = Limits(deadline=None if max_hours is None else time.time() + 3600 * max_hours,
                     max_steps=max_steps, progress=progress)
-    store_dir = Path(store_dir)
+    store_dir = as_location(store_dir)  # a URL (s3://...) stays a string
     with StopSignal() as stop, fipgraph.open_store(store_dir, mode="a", durable=durable,
                                                              **config.store) as store:
         try:
@@ -170,7 +172,7 @@ def build(config: BuildConfig, store_dir: str | Path = "store", *, start: int | 
             return BuildResult("interrupted", [], {}, StoreFiles(store_dir).build_log)
         handler = _setup_log(store_dir)
         try:
-            return _walk_all(config, plans, store, store_dir, tasks, limits, stop)
+            return _walk_all(config, plans, store, store_dir, tasks, limits, stop, replica_settings)
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -200,7 +202,7 @@ def resolved_config(config: BuildConfig, plan: Plan, start_node: int | None) -> 
 
 
 def _walk_all(config: BuildConfig, plans: list[Plan], store, store_dir: Path, tasks: list, limits: Limits,
-              stop: StopSignal) -> BuildResult:
+              stop: StopSignal, replica_settings: ReplicaSettings | None = None) -> BuildResult:
     log.info("build %s: %d runs into %s", config.name, len(plans), store_dir)
     results, last = [], {}
     for batch in group_plans(plans):  # one plan, or the K replicas of one config run
@@ -208,7 +210,8 @@ def _walk_all(config: BuildConfig, plans: list[Plan], store, store_dir: Path, ta
         if len(batch) == 1:
             done = [walk(batch[0], store, store_dir, tasks, config.data.head, limits, resolved[0], config.eval_all_tasks, stop)]
         else:
-            done = walk_replicas(batch, store, store_dir, tasks, config.data.head, limits, resolved, config.eval_all_tasks, stop)
+            done = walk_replicas(batch, store, store_dir, tasks, config.data.head, limits, resolved, config.eval_all_tasks, stop,
+                                 replica_settings)
         results += done
         last.update({p.run.name: r.last_node for p, r in zip(batch, done)})
         if any(r.status != "finished" for r in done) or len(done) < len(batch):

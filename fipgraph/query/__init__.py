@@ -1,24 +1,27 @@
 """Readers: questions asked of the stored networks (PCA, evaluation, selection, ensembles, geometry).
 
 Names are imported on first use: `select` and `pareto` need only the catalog, while evaluation,
-PCA and ensembles pull in torch, so a command that only selects does not pay for them.
+PCA and ensembles pull in torch, so a command that only selects does not pay for them. No module
+is named like a function it exports (`selection` holds `select`), so loading a module never hides
+the function behind the package attribute of the same name.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 _EXPORTS = {
-    "Ensemble": "ensemble", "ensemble": "ensemble", "load_ensemble": "ensemble",
-    "evaluate": "evaluate", "perplexity": "evaluate",
+    "Ensemble": "ensembles", "ensemble": "ensembles", "load_ensemble": "ensembles",
+    "evaluate": "evaluation", "perplexity": "evaluation",
     "branches": "graph", "lineage": "graph", "path_between": "graph",
-    "interpolate": "interpolate",
+    "interpolate": "interpolation",
+    "Merged": "merging", "merge": "merging",
     "NotFittedError": "pca", "WeightPCA": "pca",
-    "pareto": "select", "select": "select", "select_sql": "select",
+    "pareto": "selection", "select": "selection", "select_sql": "selection",
     "recorded_data": "recorded", "recorded_tasks": "recorded",
-    "spectrum": "spectrum",
+    "soup": "soups",
+    "spectrum": "spectra",
+    "WeightDataset": "zoo", "to_dataset": "zoo", "export_zoo": "zoo_export",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -34,16 +37,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # The import system binds every loaded submodule as an attribute of its package. Where a
-        # submodule shares its name with the function it exports (evaluate, select, spectrum, ...),
-        # `fipgraph.query.select` must stay the function, as it was with eager imports.
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

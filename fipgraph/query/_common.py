@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
 from fipgraph.query.catalog import query_rows
+from fipgraph.storage.sql import LAST_NODE_OF_RUN_NAME
 
 if TYPE_CHECKING:  # torch and numpy load only where weights are read: `select` needs neither
     import numpy as np
@@ -129,10 +130,6 @@ def check_metric(store, name: str, what: str = "metric") -> None:
         )
 
 
-def sql_quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def as_list(x: Any) -> list:
     if x is None:
         return []
@@ -143,9 +140,8 @@ def node_or_run(store, spec: int | str, what: str = "node") -> int:
     """A node id from an id (int or digits) or a run name (that run's last node)."""
     if isinstance(spec, numbers.Integral) or str(spec).strip().isdigit():
         return resolve_nodes(store, [int(spec)])[0]
-    rows = query_rows(store, "select max(n.node_id) as n from nodes n join runs r using (run_id) "
-                             "where r.name = ?", [str(spec)])
-    if not rows.rows or rows.rows[0][0] is None:
+    rows = query_rows(store, LAST_NODE_OF_RUN_NAME, [str(spec)])  # the node the build reports as the run's last
+    if not rows.rows:
         runs = query_rows(store, "select name from runs order by run_id").column("name")
         raise ConfigError(f"{what} {spec!r} is neither a node id nor the name of a run with nodes; "
                           f"runs: {runs[:20]}")

@@ -9,9 +9,10 @@ commits meanwhile waits milliseconds, never for the query, and the query cannot 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 
@@ -22,9 +23,11 @@ MARKER = "fipgraph.json"  # written last when a store is created: its presence m
 CATALOG = "metrics.duckdb"
 
 
-def require_store(path: str | Path) -> Path:
-    """The store directory `path`; StoreNotFoundError (and nothing created) when none is there."""
-    root = Path(path)
+def require_store(path: str | Path):
+    """The store directory (or URL: a RemotePath) `path`; StoreNotFoundError (and nothing created) when none is there."""
+    from fipgraph.storage.remote import resolve  # fsspec loads only for URLs
+
+    root = resolve(path)
     if not (root / MARKER).is_file():
         raise StoreNotFoundError(
             f"no store at {root} (no {MARKER}: not a fipgraph store); pass --store DIR of an existing "
@@ -53,11 +56,12 @@ class CatalogSnapshot:
         self.root = require_store(path)
         self.mode = "r"
         self._con = duckdb.connect(":memory:")
-        attach_read_only(self._con, self.root / CATALOG, timeout=lock_timeout)  # waits out a writer's commit
-        try:
-            self._con.execute("COPY FROM DATABASE src TO memory")
-        finally:
-            self._con.execute("DETACH src")
+        with _local_catalog(self.root) as local:
+            attach_read_only(self._con, local, timeout=lock_timeout)  # waits out a writer's commit
+            try:
+                self._con.execute("COPY FROM DATABASE src TO memory")
+            finally:
+                self._con.execute("DETACH src")
 
     def _relation(self, query: str, params: list | None = None):
         try:
@@ -102,6 +106,20 @@ class CatalogSnapshot:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def _local_catalog(root) -> Iterator[Path]:
+    """The catalog file of a store folder, or the latest published snapshot of a store on object storage."""
+    if isinstance(root, Path):
+        yield root / CATALOG
+        return
+    import tempfile
+
+    from fipgraph.storage.published import fetch_snapshot
+
+    with tempfile.TemporaryDirectory(prefix="fipgraph-sql-") as tmp:
+        yield fetch_snapshot(root, Path(tmp))
 
 
 def open_catalog(path: str | Path) -> CatalogSnapshot:

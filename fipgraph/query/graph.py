@@ -29,28 +29,35 @@ def path_between(store, a: int, b: int, weight: str = "distance") -> tuple[list[
     return nodes, length
 
 
-def lineage(store, node: int) -> list[int]:
-    """`node`, its parent, grandparent, ... up to the root."""
+def lineage(store, node: int, every_parent: bool = False) -> list[int]:
+    """`node`, its parent, grandparent, ... up to the root, following primary parents (`nodes.parent_id`).
+    With `every_parent`, every ancestor instead (a merge has several parents): breadth-first, nearest first,
+    each once."""
     g = store.graph()
     _check(g, node)
-    out = [node]
-    while True:
-        parents = list(g.predecessors(out[-1]))
-        if not parents:
-            return out
-        out.append(parents[0])
+    out, seen = [node], {node}
+    for n in out:  # grows while iterating: a breadth-first walk up the parents
+        for p in g.nodes[n]["parents"][: None if every_parent else 1]:
+            if p not in seen and p in g:
+                seen.add(p)
+                out.append(p)
+    return out
 
 
 def branches(store) -> list[list[int]]:
-    """The tree cut at every fork: each branch is a chain of nodes that starts at a root or at a
-    child of a node with several children, and ends at a leaf or at the next fork."""
+    """The lineage cut at every fork and every merge: each branch is a chain of nodes that starts at a root,
+    at a child of a node with several children or at a node with several parents, and ends at a leaf or
+    before the next fork or merge."""
     g = store.graph()
-    starts = [n for n in g if g.in_degree(n) == 0 or g.out_degree(next(iter(g.predecessors(n)))) > 1]
+
+    def starts_branch(n: int) -> bool:
+        return g.in_degree(n) != 1 or g.out_degree(next(iter(g.predecessors(n)))) > 1
+
     out = []
-    for s in sorted(starts):
+    for s in sorted(n for n in g if starts_branch(n)):
         chain = [s]
-        while g.out_degree(chain[-1]) == 1:
-            chain.append(next(iter(g.successors(chain[-1]))))
+        while g.out_degree(chain[-1]) == 1 and not starts_branch(nxt := next(iter(g.successors(chain[-1])))):
+            chain.append(nxt)
         out.append(chain)
     return out
 

@@ -103,7 +103,7 @@ class _ColumnChunks:
             os.unlink(self.path)
 
 
-def _check_finite(d: np.ndarray, nid: int) -> None:
+def _check_finite_difference(d: np.ndarray, nid: int) -> None:
     # one NaN would silently turn every coordinate into NaN; name the node instead
     if not np.isfinite(d.sum(dtype=np.float64)):
         raise NonFiniteWeightsError(f"node {nid} has NaN/Inf weights (or differs from the first node by "
@@ -208,7 +208,7 @@ class WeightPCA(BaseEstimator):
                 if vec.size != p:
                     raise ConfigError(f"node {ids[i]} has {vec.size} weights, node {ids[0]} {p}")
                 d = (vec - first).astype(np.float32)
-                _check_finite(d, ids[i])
+                _check_finite_difference(d, ids[i])
                 dsum += d
                 cols.write_row(i, d)
             dmean = dsum / n
@@ -260,7 +260,7 @@ class WeightPCA(BaseEstimator):
         y = np.empty((n, ell), np.float64)
         for i, vec in self._bar(read_rows(store, ids, self.param_names_, self.n_readers), n, "pca: sketch"):
             d = vec - first
-            _check_finite(d, ids[i])
+            _check_finite_difference(d, ids[i])
             dsum += d
             ssq += float(np.dot(d.astype(np.float64), d))
             y[i] = d @ omega
@@ -291,7 +291,7 @@ class WeightPCA(BaseEstimator):
         def check(pos: int, d: np.ndarray) -> None:
             if d.size != p:
                 raise ConfigError(f"node {ids[pos]} has {d.size} weights, node {ids[0]} {p}")
-            _check_finite(d, ids[pos])
+            _check_finite_difference(d, ids[pos])
 
         rows = read_rows(store, ids, self.param_names_, self.n_readers)
         sketch_rows(self._bar(rows, n, "pca: one-pass sketch"), acc, first, check)

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fipgraph.errors import ConfigError  # noqa: E402
-from fipgraph.query._common import as_list, check_metric, sql_quote_ident  # noqa: E402
+from fipgraph.query._common import as_list, check_metric  # noqa: E402
+from fipgraph.storage.sql import quote_ident  # noqa: E402
 
 
 def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = "pca",
@@ -25,7 +26,7 @@ def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = 
     cols = list(store.sql("select * from wide limit 0").columns)
     if color is not None:
         check_metric(store, color)
-    sel = f", {sql_quote_ident(color)} as c" if color else ""
+    sel = f", {quote_ident(color)} as c" if color else ""
     if x_col not in cols or y_col not in cols:
         if not fit_if_missing:
             raise ConfigError(f"no PCA coordinates ({x_col}, {y_col}) in the store; run `fipgraph pca` first")
@@ -37,7 +38,7 @@ def plot_graph(store, out: str, color: str | None = None, *, pca_dataset: str = 
         coords = pd.DataFrame({"node_id": pca.nodes_, "x": pca.coords_[:, 0], "y": pca.coords_[:, 1]})
         df = coords.merge(df, on="node_id", how="left")
     else:
-        df = store.sql(f"select node_id, {sql_quote_ident(x_col)} as x, {sql_quote_ident(y_col)} as y{sel} "
+        df = store.sql(f"select node_id, {quote_ident(x_col)} as x, {quote_ident(y_col)} as y{sel} "
                        "from wide order by node_id").dropna(subset=["x", "y"])
     pos = {int(n): (x, y) for n, x, y in zip(df["node_id"], df["x"], df["y"])}
     edges = store.sql("select src, dst from edges")
@@ -82,7 +83,7 @@ def run_series(store, run: str | int, metrics: Sequence[str] | None = None,
         check_metric(store, m)
     if x not in ("step", "path_length", "node_id"):
         raise ConfigError(f"x={x!r}; use 'step', 'path_length' or 'node_id'")
-    sel = ", ".join(sql_quote_ident(m) for m in metrics)
+    sel = ", ".join(quote_ident(m) for m in metrics)
     df = store.sql(f"select {x}, {sel} from wide where run_id = {run_id} order by {x}")
     if df.empty:
         raise ConfigError(f"run {run} has no nodes")

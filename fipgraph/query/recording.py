@@ -46,7 +46,7 @@ class DeferredWrites:
         from fipgraph.storage import open_store
 
         try:
-            writer = open_store(Path(self._store.root), mode="a", **open_options)
+            writer = open_store(self._store.root, mode="a", **open_options)  # a folder or a bucket (RemotePath)
         except WriterLockedError:
             return False
         with writer:

@@ -158,7 +158,7 @@ def ensemble_robustness(store, name: str, x: torch.Tensor, y: torch.Tensor, *, n
     """
     from fipgraph.device import resolve_device
     from fipgraph.models import model_from_node
-    from fipgraph.query.ensemble import load_ensemble
+    from fipgraph.query.ensembles import load_ensemble
 
     dev = resolve_device(device)
     if dev.type == "mps" and str(device) == "auto":

@@ -20,8 +20,6 @@ from torch import nn
 
 from fipgraph.errors import ConfigError
 
-HEADS = ("single", "per_task")
-
 
 def head_slice(task: Any, head: str) -> slice:
     """Logit columns a task is scored on: all of them (single head) or its own block (per_task)."""

@@ -25,6 +25,7 @@ from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.engine.recipe import Limits, RunRecipe, RunResult
 from fipgraph.scale.remote import RemoteStore
 from fipgraph.scale.shard import StoreWriter, worker_identity
+from fipgraph.storage.remote import is_url
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -136,6 +137,9 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
               max_hours: float | None = None, durable: bool = False, address: str | None = None,
               threads: int = 1, num_cpus: int | None = None) -> BuildResult:
     """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
+    if is_url(store_dir):  # workers writing their own chunks to a bucket is not built yet (issue 23, section 2)
+        raise ConfigError(f"--executor ray with a store on object storage ({store_dir}) is not supported yet; build "
+                          "with the local executor, or into a folder and `fipgraph store push` it afterwards")
     store_dir = Path(store_dir)
     if config.store:  # the writer actor opens the store with the defaults: say so rather than write other rows
         raise ConfigError(f"[store] {config.store} is not supported with --executor ray yet; build with the "

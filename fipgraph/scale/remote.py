@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from fipgraph.errors import ConfigError
-from fipgraph.scale.shard import FORWARDED, PendingNode, from_wire, to_wire
+from fipgraph.scale.shard import PendingNode, from_wire, to_wire
+from fipgraph.storage.sql import NodeAt
 
 BATCH_NODES = 4  # nodes per actor call: one call's fixed cost (scheduling, a task spec) shared by several nodes
 MAX_IN_FLIGHT = 2  # unanswered batches per worker before append waits: bounds memory and a kill's lost work
@@ -51,7 +52,8 @@ class _RemoteFiles:
 
 
 class RemoteStore:
-    """What a worker's run engine sees as its store (see the module docstring)."""
+    """What a worker's run engine sees as its store (see the module docstring): it satisfies
+    ``fipgraph.storage.protocol.EngineStore``, each method a call on the writer's Store."""
 
     def __init__(self, actor: Any, root: str | Path, sender: str | None = None, *, batch_nodes: int = BATCH_NODES,
                  max_in_flight: int = MAX_IN_FLIGHT, max_delay: float = MAX_DELAY) -> None:
@@ -69,11 +71,6 @@ class RemoteStore:
         self._real: dict[int, int] = {}  # pending id -> the writer's node id, once answered
         self._next_pending = -1
         self.waited = 0.0  # s this worker spent blocked on the writer (back-pressure and answers)
-
-    def __getattr__(self, method: str) -> Any:
-        if method not in FORWARDED:
-            raise AttributeError(method)
-        return lambda *args, **kwargs: self._call(method, *args, **kwargs)
 
     # -- nodes ------------------------------------------------------------------------------------
     def append(self, weights: Any, **meta: Any) -> PendingNode:
@@ -146,6 +143,54 @@ class RemoteStore:
             return ray.get(ref)
         finally:
             self.waited += time.perf_counter() - t0
+
+    # -- runs -----------------------------------------------------------------------------------
+    def find_run(self, name: str) -> dict | None:
+        return self._call("find_run", name)
+
+    def run_by_id(self, run_id: int) -> dict | None:
+        return self._call("run_by_id", run_id)
+
+    def start_run(self, name: str, op: str | None = None, config: Mapping | None = None) -> int:
+        return self._call("start_run", name, op, config)
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        self._call("set_run_status", run_id, status)
+
+    def finish_run(self, run_id: int, status: str = "finished", error: str | None = None) -> None:
+        self._call("finish_run", run_id, status, error)
+
+    def last_node(self, run_id: int) -> NodeAt | None:
+        return self._call("last_node", run_id)
+
+    def first_tagged(self, run_id: int, tag: str) -> NodeAt | None:
+        return self._call("first_tagged", run_id, tag)
+
+    # -- evaluations, reads ------------------------------------------------------------------------
+    def add_evals(self, node_id: int, metrics: Mapping) -> None:
+        self._call("add_evals", node_id, metrics)
+
+    def add_evals_many(self, metrics_by_node: Mapping[int, Mapping]) -> None:
+        self._call("add_evals_many", metrics_by_node)
+
+    def has_evals(self, node_id: int) -> bool:
+        return self._call("has_evals", node_id)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def node(self, node_id: int) -> dict:
+        return self._call("node", node_id)
+
+    def node_tags(self, node_id: int) -> dict:
+        return self._call("node_tags", node_id)
+
+    def arch_spec(self, node_id: int) -> dict:
+        return self._call("arch_spec", node_id)
+
+    def sql(self, query: str, params: list | None = None):
+        """Read-only SQL on the writer's catalog (not used by the engine: tests and diagnostics)."""
+        return self._call("sql", query, params)
 
     def state_dict(self, node_id: int) -> dict[str, torch.Tensor]:
         arrays, _ = self._call("state_dict", node_id)

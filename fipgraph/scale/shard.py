@@ -208,8 +208,9 @@ class StoreWriter:
             self.store.close()
 
 
-FORWARDED = {"find_run", "start_run", "set_run_status", "finish_run", "add_evals", "add_evals_many",
-             "flush", "sql", "node", "arch_spec"}
+# the Store methods a worker's RemoteStore calls by name (state_dict and files.* are handled above)
+FORWARDED = {"find_run", "run_by_id", "start_run", "set_run_status", "finish_run", "last_node", "first_tagged",
+             "add_evals", "add_evals_many", "has_evals", "flush", "sql", "node", "node_tags", "arch_spec"}
 
 
 def worker_identity() -> tuple[int, str]:

@@ -24,6 +24,12 @@ if TYPE_CHECKING:  # pandas loads on first query: the catalog-only CLI commands 
 
 from fipgraph.errors import FipgraphError
 
+# every parent of a node that has several (merges, soups), primary first (position 0); nodes.parent_id stays
+# that primary parent, so SQL, encodings and stores written before keep working. Added after format 1 shipped:
+# created on open for writing, and in a reader's copy of an older catalog (Catalog._mirror_connection).
+NODE_PARENTS_TABLE = ("CREATE TABLE IF NOT EXISTS node_parents "
+                      "(node_id BIGINT, parent_id BIGINT, weight DOUBLE, position INTEGER)")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS archs (arch_id VARCHAR PRIMARY KEY, spec JSON);
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,7 +52,7 @@ ALTER TABLE storage ADD COLUMN IF NOT EXISTS max_error_ratio DOUBLE;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR;  -- why a failed run failed (NULL otherwise)
 -- results of an ensemble as a whole (before format 2 they were evals of its first member, dataset 'ensemble:<name>')
 CREATE TABLE IF NOT EXISTS ensemble_evals (name VARCHAR, dataset VARCHAR, metric VARCHAR, value DOUBLE, created_at TIMESTAMP);
-"""
+""" + NODE_PARENTS_TABLE + ";\n"
 
 NODE_COLUMNS = ["node_id", "parent_id", "run_id", "op", "step", "created_at", "arch_id", "n_params",
                 "l2_norm", "sparsity", "path_length", "tags"]
@@ -57,6 +63,7 @@ EDGE_COLUMNS = ["src", "dst", "distance", "output_distance"]
 RUN_COLUMNS = ["run_id", "name", "op", "config", "status", "started_at", "finished_at"]
 ENSEMBLE_COLUMNS = ["name", "members", "rule", "created_at"]
 ENSEMBLE_EVAL_COLUMNS = ["name", "dataset", "metric", "value", "created_at"]
+NODE_PARENT_COLUMNS = ["node_id", "parent_id", "weight", "position"]
 
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -151,6 +158,10 @@ class Catalog:
                 if p.exists():
                     fsync_path(p)
 
+    def version(self) -> tuple:
+        """Changes with every commit: (size, mtime) of the file and its log; on object storage the snapshot's tag."""
+        return self._file_state()
+
     def _file_state(self) -> tuple:
         return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
                      for p in (self.path, self.path.with_name(self.path.name + ".wal")))
@@ -175,6 +186,7 @@ class Catalog:
                 views = mirror.execute("SELECT sql FROM duckdb_views() WHERE database_name = 'src' AND NOT internal").fetchall()
             finally:
                 mirror.execute("DETACH src")
+            mirror.execute(NODE_PARENTS_TABLE)  # a catalog written before merges existed: no node has several
             for (view_sql,) in views:
                 mirror.execute(view_sql)
             # materialise the wide pivot once per change, not once per query (100k nodes: ~10 ms a query)
@@ -242,8 +254,13 @@ def _insert_ensemble(con, row: tuple) -> None:
     insert_frame(con, "ensembles", ENSEMBLE_COLUMNS, [row])
 
 
+def _add_stored_bytes(con, rows: list[tuple]) -> None:
+    """(bytes to add, arch_id, row): chunks recompressed by `fipgraph compact`."""
+    con.executemany("UPDATE storage SET stored_bytes = stored_bytes + ? WHERE arch_id = ? AND row = ?", rows)
+
+
 CATALOG_OPS = {"insert_run": _insert_run, "finish_run": _finish_run, "set_run_status": _set_run_status,
-               "insert_ensemble": _insert_ensemble}
+               "insert_ensemble": _insert_ensemble, "add_stored_bytes": _add_stored_bytes}
 
 
 @dataclass
@@ -257,6 +274,7 @@ class Batch:
     evals: list[tuple] = field(default_factory=list)  # EVAL_COLUMNS
     storage: list[tuple] = field(default_factory=list)  # STORAGE_COLUMNS
     ensemble_evals: list[tuple] = field(default_factory=list)  # ENSEMBLE_EVAL_COLUMNS
+    node_parents: list[tuple] = field(default_factory=list)  # NODE_PARENT_COLUMNS
     wide_pairs: list[tuple[str, str]] | None = None  # every (dataset, metric) when the wide view must grow
 
 
@@ -271,6 +289,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
     insert_frame(con, "evals", EVAL_COLUMNS, batch.evals)
     insert_frame(con, "storage", STORAGE_COLUMNS, batch.storage)
     insert_frame(con, "ensemble_evals", ENSEMBLE_EVAL_COLUMNS, batch.ensemble_evals)
+    insert_frame(con, "node_parents", NODE_PARENT_COLUMNS, batch.node_parents)
     if batch.wide_pairs is not None:
         con.execute(wide_view_sql(batch.wide_pairs))
 

@@ -25,7 +25,8 @@ from fipgraph.errors import CorruptNodeError, StoreNotFoundError
 from fipgraph.storage import codec
 from fipgraph.storage.catalog import attach_read_only
 from fipgraph.storage.layout import Layout
-from fipgraph.storage.lock import WriterLock
+from fipgraph.storage.remote import RemotePath, resolve
+from fipgraph.storage.published import acquire_writer, fetch_snapshot
 from fipgraph.storage.reader import NodeInfo, RowReader
 from fipgraph.storage.weights import WeightArrays
 
@@ -73,37 +74,43 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _catalog_rows(root: Path) -> tuple[dict[int, NodeInfo], dict[str, Layout]]:
-    """Every committed node's storage row and every architecture, read from a snapshot of the catalog."""
+def _catalog_rows(root: Path | RemotePath) -> tuple[dict[int, NodeInfo], dict[str, Layout]]:
+    """Every committed node's storage row and every architecture, read from a snapshot of the catalog
+    (on object storage: the latest published one)."""
+    import tempfile
+
     con = duckdb.connect(":memory:")
+    tmp = tempfile.TemporaryDirectory(prefix="fipgraph-check-")  # the downloaded snapshot (object storage)
     try:
-        attach_read_only(con, root / "metrics.duckdb")
+        attach_read_only(con, fetch_snapshot(root, Path(tmp.name)) if isinstance(root, RemotePath) else root / "metrics.duckdb")
         rows = con.execute(
             "SELECT s.node_id, n.parent_id, s.arch_id, s.row, s.encoding, s.chain_depth, n.path_length, s.checksum "
             "FROM src.storage s JOIN src.nodes n USING (node_id) ORDER BY s.node_id").fetchall()
         archs = con.execute("SELECT arch_id, spec FROM src.archs").fetchall()
     finally:
         con.close()
+        tmp.cleanup()
     layouts = {arch_id: Layout.from_arch_spec(spec) for arch_id, spec in archs}
     return {int(r[0]): NodeInfo(*r[1:]) for r in rows}, layouts
 
 
-def check_store(path: str | Path, *, repair: bool = False, progress: bool = True) -> CheckReport:
+def check_store(path: str | Path, *, repair: bool = False, progress: bool = True,
+                storage_options: dict | None = None) -> CheckReport:
     """Check every node's weights against its checksum; with repair=True delete orphaned chunks
     (chunk files holding no committed row; an uncommitted row inside a shared chunk is simply
     overwritten by the next append).
 
     Repair takes the writer lock, so it never races a running build (whose in-flight chunks
-    would otherwise look orphaned).
+    would otherwise look orphaned); on object storage it takes the writer's lease.
     """
-    root = Path(path)
+    root = resolve(path, storage_options)
     if not (root / "fipgraph.json").is_file():
         raise StoreNotFoundError(f"no store at {root} (no fipgraph.json: not a fipgraph store); pass the folder of "
                                  "an existing store")
     report = CheckReport()
     with ExitStack() as stack:
         if repair:
-            stack.callback(WriterLock(root / "writer.lock").acquire().release)
+            stack.callback(acquire_writer(root).release)
         index, layouts = _catalog_rows(root)
         weights = WeightArrays(root / "weights.zarr", read_only=True)
         reader = RowReader(weights, layouts.__getitem__, index.__getitem__, root)

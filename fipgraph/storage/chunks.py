@@ -16,14 +16,14 @@ of being decoded from bytes past its end.
 
 from __future__ import annotations
 
-import os
 import struct
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from numcodecs import Blosc
+
+from fipgraph.storage.remote import atomic_write
 
 BLOSC_HEADER = struct.Struct("<4xIII")  # Blosc 1 frame header: version, versionlz, flags, typesize, then
 # uncompressed bytes, block size, compressed bytes (the whole frame), little-endian uint32 each
@@ -43,8 +43,7 @@ def _threads() -> ThreadPoolExecutor:
 def read_frame(path: Path, decoded_bytes: int) -> bytes:
     """A chunk file's Blosc frame, checked against its header before decompressing: a truncated or foreign
     file raises (ValueError) instead of being decoded from bytes past its end."""
-    with open(path, "rb") as f:
-        frame = f.read()
+    frame = path.read_bytes()  # a local file or an object (RemotePath)
     nbytes, _, cbytes = BLOSC_HEADER.unpack_from(frame) if len(frame) >= BLOSC_HEADER.size else (0, 0, -1)
     if cbytes != len(frame) or nbytes != decoded_bytes:
         raise ValueError(f"chunk file {path} is {len(frame)} bytes holding {nbytes} decoded bytes; its Blosc "
@@ -87,17 +86,7 @@ class RowChunks:
         return sum(_threads().map(lambda part: self._write_one(row, *part), parts))
 
     def _write_one(self, row: int, k: int, words: np.ndarray) -> int:
-        frame = self.codec.encode(words)
-        final = self.path(row, k)
-        tmp = final.with_suffix(f".{uuid.uuid4().hex}.partial")  # zarr's own temp-file name pattern
-        try:
-            with open(tmp, "wb") as f:
-                f.write(frame)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return len(frame)
+        return atomic_write(self.path(row, k), self.codec.encode(words))
 
     def read(self, row: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Words lo..hi of ``row``, reading only the chunks they overlap (a new, writeable array)."""

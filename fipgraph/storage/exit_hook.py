@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import weakref
 from typing import Any
 
 _OPEN_WRITERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    # a forked child (a DataLoader worker reading a weight dataset) does not own its parent's writers: closing
+    # them at its exit would wait on the parent's writer thread (absent here, its locks perhaps held) forever
+    os.register_at_fork(after_in_child=_OPEN_WRITERS.clear)
 
 
 def track(store: Any) -> None:

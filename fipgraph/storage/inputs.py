@@ -33,8 +33,8 @@ def model_spec_of(weights: Any) -> dict | None:
     of the user's own class (its init arguments unknown unless set as ``fipgraph_spec``); None for a state dict."""
     from fipgraph.models.user import unwrap, user_spec
 
-    if not isinstance(weights, torch.nn.Module):
-        return None
+    if not isinstance(weights, torch.nn.Module):  # a plain state dict has none; host copies (HostWeights) carry theirs
+        return getattr(weights, "fipgraph_spec", None)
     weights = unwrap(weights)
     spec = getattr(weights, "fipgraph_spec", None)
     if spec is not None:

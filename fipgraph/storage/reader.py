@@ -24,9 +24,10 @@ import xxhash
 from fipgraph.errors import CorruptNodeError
 from fipgraph.storage import codec
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.options import DEFAULT_CACHE_BYTES
+from fipgraph.storage.remote import RemotePath
 from fipgraph.storage.weights import WeightArrays
 
-DEFAULT_CACHE_BYTES = 1 << 30  # decoded rows kept for reuse: 1 GiB (two SmolLM2-135M nodes)
 
 
 @dataclass(slots=True)
@@ -136,10 +137,18 @@ class RowReader:
 
     def _decode_row(self, wanted: int, node_id: int, info: NodeInfo, parent, grandparent) -> dict[str, np.ndarray]:
         layout = self.layout_of(info.arch_id)
-        self.check_files(wanted, node_id, info)
+        names = codec.array_names(layout, info.encoding)
+        # on a bucket each look is a request: rows fipgraph reads itself raise on a missing object anyway,
+        # so there the files are looked for only when a read fails (to name the missing one)
+        look_first = not (isinstance(self.weights.path, RemotePath)
+                          and all(self.weights.meta(info.arch_id, n).direct for n, (_, k) in names.items() if k))
+        if look_first:
+            self.check_files(wanted, node_id, info)
         try:
-            stored = self.weights.read_row(info.arch_id, info.row, codec.array_names(layout, info.encoding))
+            stored = self.weights.read_row(info.arch_id, info.row, names)
         except Exception as exc:  # truncated or scrambled compressed bytes
+            if not look_first and isinstance(exc, FileNotFoundError):
+                self.check_files(wanted, node_id, info)
             raise self._corrupt(wanted, node_id, self._files(info),
                                 f"its chunks do not decompress ({type(exc).__name__}: {exc})") from exc
         rows = codec.decode_step(layout, stored, parent, grandparent, info.encoding)

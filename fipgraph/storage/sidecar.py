@@ -8,6 +8,7 @@ resumes.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from fipgraph.errors import FipgraphError
 from fipgraph.storage.catalog import fsync_path
+from fipgraph.storage.remote import RemotePath, cache_dir, is_url
 
 BUILD_LOG = "build.log"
 OPTIM_DIR = "optim"
@@ -25,12 +27,16 @@ OPTIM_DIR = "optim"
 class StoreFiles:
     """Paths and safe reads/writes of the files beside a store's weights and catalog."""
 
-    def __init__(self, root: Path, *, durable: bool = False) -> None:
-        self.root, self.durable = Path(root), durable
+    def __init__(self, root: Path | RemotePath | str, *, durable: bool = False) -> None:
+        self.root = root if is_url(root) else Path(root)
+        self.durable = durable
 
     @property
     def build_log(self) -> Path:
-        """The build log (written by ``fipgraph build``)."""
+        """The build log (written by ``fipgraph build``). A store on object storage keeps it in this machine's
+        working folder for the store; its writer uploads it beside the store as it grows."""
+        if is_url(self.root):
+            return cache_dir(str(self.root)) / BUILD_LOG
         return self.root / BUILD_LOG
 
     def optimizer_state_path(self, run_id: int) -> Path:
@@ -40,6 +46,11 @@ class StoreFiles:
         """Keep ``state`` (an optimizer's state_dict) as belonging to ``node``; atomic: a crash leaves
         the previous file or the new one."""
         path = self.optimizer_state_path(run_id)
+        if isinstance(path, RemotePath):  # one PUT: the old object or the new one
+            buf = io.BytesIO()
+            torch.save({"node": int(node), "state": dict(state)}, buf)
+            path.write_bytes(buf.getvalue())
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"node": int(node), "state": dict(state)}, tmp)
@@ -56,7 +67,8 @@ class StoreFiles:
         if not path.exists():
             return None
         try:
-            saved = torch.load(path, weights_only=True, map_location="cpu")
+            source = io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path
+            saved = torch.load(source, weights_only=True, map_location="cpu")
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
             raise FipgraphError(f"optimizer state {path} cannot be loaded safely ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to resume the run "

@@ -8,11 +8,12 @@ Layout of a store directory (see store/README.md):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -22,22 +23,26 @@ import torch
 from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
                              NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec, exit_hook, stream
-from fipgraph.storage.catalog import Catalog, CatalogOp, to_json
+from fipgraph.storage.catalog import CatalogOp, to_json
 from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
-from fipgraph.storage.lock import WriterLock
-from fipgraph.storage.reader import DEFAULT_CACHE_BYTES, NodeInfo, RowReader
+from fipgraph.storage.options import ENCODINGS, StoreOptions
+from fipgraph.storage.published import acquire_writer, open_catalog
+from fipgraph.storage.reader import NodeInfo, RowReader
+from fipgraph.storage.recorder import Recorder
+from fipgraph.storage.remote import RemotePath, resolve
 from fipgraph.storage.sidecar import StoreFiles
+from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
-from fipgraph.storage.writer import DEFAULT_RECENT_BYTES, EvalJob, NodeJob, OpJob, Writer
+from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
-ENCODINGS = {"lossless": "lossless", "int8": "q8", "bounded": "bnd"}
 
 
 def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "Store":
-    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``.
+    """Open (mode="a": create if needed, one writer) or read (mode="r") the store at ``path``: a folder, or a
+    URL on object storage (``s3://bucket/prefix``, any fsspec URL; see docs/storage-remote.md).
 
     Options: ``encoding`` ("lossless" | "int8"), ``keyframe_every`` (32), ``commit_interval`` (0.25 s; the
     writer spaces commits further, up to 2 s, when one takes over a tenth of that), ``max_pending_bytes`` (1 GiB
@@ -45,8 +50,20 @@ def open_store(path: str | Path = "store", mode: str = "a", **options: Any) -> "
     decoded rows kept for reads), ``recent_bytes`` (512 MiB of recently written nodes the writer keeps as
     parents, beyond the last one or two a chain needs; rows whose two newest do not fit are encoded against
     the parent alone), ``durable`` (False; True fsyncs chunk files and the catalog before a
-    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s)."""
+    commit is reported, so a power loss loses no committed node), ``lock_timeout`` (60 s).
+    For URLs: ``storage_options`` (fsspec options such as key, secret, endpoint_url; by default the AWS_*
+    environment), ``lease_ttl`` (30 s, or FIPGRAPH_LEASE_TTL: how long a killed writer keeps the next one out).
+    ``writer_threads``: threads that encode and write large rows (default: the cores torch leaves free, 1-4).
+    ``compressor``: "zstd" (default) or "lz4" for rows with chunk files of their own (faster to write, larger
+    until ``fipgraph compact`` recompresses them with zstd)."""
     return Store(path, mode, **options)
+
+
+def default_writer_threads() -> int:
+    """Cores the build's torch threads leave free (at least 1, at most 4): zstd and numpy release the GIL."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
@@ -62,35 +79,32 @@ def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
 
 
 class Store:
-    def __init__(self, path: str | Path = "store", mode: str = "a", *, encoding: str = "lossless",
-                 keyframe_every: int = 32, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 lock_timeout: float = 60.0, cache_bytes: int = DEFAULT_CACHE_BYTES, durable: bool = False,
-                 tolerance: float = 0.1, recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
+    def __init__(self, path: str | Path = "store", mode: str = "a", options: StoreOptions | None = None, *,
+                 storage_options: dict | None = None, **keywords: Any) -> None:
+        """``options``, or the same as keywords (``encoding="int8"``; they override ``options``'s): see StoreOptions.
+        ``storage_options``: credentials and endpoint of a URL (never part of the options: they hold secrets)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
-        if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
-            raise ValueError(f"tolerance (max error per weight / its tensor's RMS step, for encoding='bounded') "
-                             f"must be a positive number, got {tolerance!r}")
-        if not (isinstance(keyframe_every, int) and keyframe_every >= 1):
-            raise ValueError(f"keyframe_every must be an integer >= 1, got {keyframe_every!r}")
-        self.root, self.mode = Path(path), mode
+        self.options = opts = dataclasses.replace(options or StoreOptions(), **keywords)  # checked here, once
+        # a bucket is checked here (scheme installed, bucket there, credentials accepted): nothing written yet
+        self.root = resolve(path, storage_options)
+        self.mode, self.remote = mode, isinstance(self.root, RemotePath)
+        durable = opts.durable and not self.remote  # an object store's PUT is durable when it returns
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
-        self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[encoding], keyframe_every, float(tolerance)
-        self._lock = None
+        self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[opts.encoding], opts.keyframe_every, float(opts.tolerance)
+        self._lock, self._tmp = None, None
         if mode == "a":
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._lock = WriterLock(self.root / "writer.lock").acquire()
+            self._lock = acquire_writer(self.root, opts.lease_ttl)
         try:
+            self.catalog, self._tmp = open_catalog(self.root, mode, self._lock, lock_timeout=opts.lock_timeout,
+                                                   durable=durable)
             self._check_marker(create=mode == "a")
-            self.catalog = Catalog(self.root / "metrics.duckdb", read_only=mode == "r", lock_timeout=lock_timeout,
-                                   durable=durable)
-            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable)
+            self.weights = WeightArrays(self.root / "weights.zarr", read_only=mode == "r", durable=durable,
+                                        compressor=opts.compressor)
             self._layouts: dict[str, Layout] = {}
             self._index: dict[int, NodeInfo] = {}
             self._run_names: dict[str, int] = {}
-            self._reader = RowReader(self.weights, self.layout, self._info, self.root, cache_bytes=cache_bytes)
+            self._reader = RowReader(self.weights, self.layout, self._info, self.root, cache_bytes=opts.cache_bytes)
             self._new_ensembles: set[str] = set()
             self._load_index()
         except BaseException:
@@ -106,8 +120,9 @@ class Store:
             self._next_row = dict(zip(rows["arch_id"], rows["r"].astype(int) + 1))
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
-                                  commit_interval=commit_interval, max_pending_bytes=max_pending_bytes,
-                                  recent_bytes=recent_bytes)
+                                  commit_interval=opts.commit_interval, max_pending_bytes=opts.max_pending_bytes,
+                                  recent_bytes=opts.recent_bytes,
+                                  threads=default_writer_threads() if opts.writer_threads is None else opts.writer_threads)
             self._writer.start()
             exit_hook.track(self)
 
@@ -118,25 +133,36 @@ class Store:
             if not create:
                 raise StoreNotFoundError(f"{self.root} is not a fipgraph store (no {MARKER}); "
                                          "create one with fipgraph.open_store(path, mode='a') or `fipgraph build`")
-            partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}  # an interrupted creation
-            stray = [p.name for p in self.root.iterdir()
-                     if p.name not in {"README.md", ".gitignore", "writer.lock"} | partial]
-            if stray:
-                raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
-                                         "choose an empty or new directory")
-            for name in partial:  # no marker means creation never finished: nothing was committed there
-                target = self.root / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            Catalog(self.root / "metrics.duckdb", read_only=False).create()
+            self._clear_partial()
+            self.catalog.create()  # on object storage: also published
             # the marker is written last: a store whose creation was interrupted is simply recreated
             marker.write_text(json.dumps({"format": "fipgraph-store", "format_version": FORMAT_VERSION}))
+        elif self.remote and self.mode == "a":
+            self.catalog.pull()  # the writer starts from the latest published snapshot
         meta = json.loads(marker.read_text())
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise FormatVersionError(f"{self.root} was written with store format {meta['format_version']}, "
                                      f"this fipgraph reads up to {FORMAT_VERSION}: upgrade with `pip install -U fipgraph`")
+
+    def _clear_partial(self) -> None:
+        """Remove what an interrupted creation left (no marker: nothing was committed there); refuse a
+        non-empty folder or prefix that is not a store."""
+        partial = {"metrics.duckdb", "metrics.duckdb.wal", "weights.zarr"}
+        stray = [p.name for p in self.root.iterdir()
+                 if p.name not in {"README.md", ".gitignore", "writer.lock", "writer.lease"} | partial]
+        if stray:
+            raise StoreNotFoundError(f"{self.root} is not empty and not a fipgraph store (found {stray[:5]}); "
+                                     "choose an empty or new directory" + (" or prefix" if self.remote else ""))
+        if self.remote:
+            self.catalog.reset()
+        for name in partial:
+            target = self.root / name
+            if isinstance(target, RemotePath):
+                target.remove_tree()
+            elif target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
     def _load_index(self, after: int = -1) -> None:
         df = self.catalog.query(
@@ -178,11 +204,17 @@ class Store:
         return self._writer
 
     def append(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], *, parent: int | None = None,
-               run: int | None = None, op: str | None = None, step: int | None = None,
+               parents: Sequence[int] | Mapping[int, float] | None = None, run: int | None = None,
+               op: str | None = None, step: int | None = None,
                metrics: Mapping | None = None, tags: Mapping | None = None, output_distance: float | None = None,
                allow_nonfinite: bool = False, allow_arch_change: bool = False) -> int:
-        """Add a network as a node (child of ``parent``) and return its id; the write commits in the background."""
+        """Add a network as a node (child of ``parent``) and return its id; the write commits in the background.
+
+        ``parents``: a node made from several (a merge): their ids, or {id: weight}, primary first; ``parent`` may
+        then be left out (it is the first). Each parent gets an edge with its Euclidean distance, and all of them
+        a row in ``node_parents``; ``nodes.parent_id`` is the primary one."""
         writer = self._writable()
+        parent, parent_rows = self._several_parents(parent, parents)
         state = state_dict_of(weights)
         parent_info = None if parent is None else self._info(parent)
         state, layout, same_arch = self._layout_against_parent(state, parent_info)
@@ -212,13 +244,35 @@ class Store:
         grandparent = parent_info.parent_id if codec.uses_grandparent(encoding) else None
         job = NodeJob(node_id, parent, grandparent, layout, rows, row, encoding, depth, same_arch, node_row,
                       [(node_id, *e) for e in evals], output_distance, arch_spec,
-                      nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance)
+                      nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance,
+                      parent_rows=[(node_id, *r) for r in parent_rows],
+                      other_parents=[p for p, _w, pos in parent_rows
+                                     if pos and self._index[p].arch_id == layout.arch_id])
         self._layouts[layout.arch_id] = layout
         writer.put(job)
         self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1
         self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
         self._pending.add(node_id)
         return node_id
+
+    def _several_parents(self, parent: int | None, parents) -> tuple[int | None, list[tuple]]:
+        """(primary parent, node_parents rows (parent_id, weight, position)) of an append; no rows for one parent."""
+        if parents is None:
+            return parent, []
+        listed = list(parents)
+        ids = [int(p) for p in listed]
+        if len(set(ids)) != len(ids) or not ids:
+            raise FipgraphError(f"parents={listed}: give each parent once, at least one")
+        weights = dict(parents) if isinstance(parents, Mapping) else dict.fromkeys(listed)
+        if parent is not None and int(parent) != ids[0]:
+            raise FipgraphError(f"parent={parent} but parents starts with {ids[0]}: the primary parent is the "
+                                "first of parents; leave parent out or put it first")
+        for p, w in weights.items():
+            self._info(p)  # an unknown id fails here, naming it
+            if w is not None and not (isinstance(w, (int, float)) and np.isfinite(w)):
+                raise FipgraphError(f"parents: the weight of node {p} is {w!r}; weights are finite numbers")
+        rows = [(p, None if w is None else float(w), i) for i, (p, w) in enumerate(zip(ids, weights.values()))]
+        return ids[0], rows if len(rows) > 1 else []
 
     def _layout_against_parent(self, state: dict, parent_info: NodeInfo | None) -> tuple[dict, Layout, bool]:
         """(state, layout, same architecture as the parent): a state whose names only come in another order
@@ -321,6 +375,12 @@ class Store:
         self._run_names[name] = run_id
         return run_id
 
+    def recorder(self, run: str, config: Mapping | None = None, parent: int | None = None, *,
+                 model_kwargs: Mapping | None = None, resume: bool = False, op: str = "record") -> Recorder:
+        """Record any training loop as run ``run``: ``with store.recorder(run="x") as rec: rec.save(model, step=s)``
+        appends chained nodes; see fipgraph/storage/recorder.py (resume=True continues a run of that name)."""
+        return Recorder(self, run, config=config, parent=parent, model_kwargs=model_kwargs, resume=resume, op=op)
+
     def finish_run(self, run_id: int, status: str = "finished", error: str | None = None) -> None:
         """Mark a run ended; ``error`` (for status 'failed') says why, in ``runs.error``."""
         writer = self._writable()
@@ -332,13 +392,42 @@ class Store:
         writer.put(OpJob(CatalogOp("set_run_status", (int(run_id), status))))
 
     def find_run(self, name: str) -> dict | None:
+        """The runs row named ``name`` (config decoded), or None."""
+        return self._run_where("name", name)
+
+    def run_by_id(self, run_id: int) -> dict | None:
+        """The runs row ``run_id`` (config decoded), or None."""
+        return self._run_where("run_id", int(run_id))
+
+    def _run_where(self, column: str, value) -> dict | None:
         self.flush()
-        df = self.catalog.query("SELECT * FROM runs WHERE name = ?", [name])
+        df = self.catalog.query(f"SELECT * FROM runs WHERE {column} = ?", [value])
         if df.empty:
             return None
         run = df.iloc[0].to_dict()
         run["config"] = json.loads(run["config"]) if run["config"] else {}
         return run
+
+    # -- named reads of the run engine (fipgraph.storage.protocol.EngineStore) ---------------------------
+    def last_node(self, run_id: int) -> NodeAt | None:
+        """The run's node furthest along its walk (the rule: ``fipgraph.storage.sql``), or None."""
+        return self._node_at(LAST_NODE_OF_RUN_ID, [int(run_id)])
+
+    def first_tagged(self, run_id: int, tag: str) -> NodeAt | None:
+        """The run's first node (by step) whose tags hold ``tag: true``, or None."""
+        return self._node_at(FIRST_TAGGED, [int(run_id), tag_path(tag)])
+
+    def _node_at(self, query: str, params: list) -> NodeAt | None:
+        df = self.sql(query, params)
+        if df.empty:
+            return None
+        return NodeAt(int(df["node_id"][0]), int(df["step"][0]), decode_tags(df["tags"][0]))
+
+    def node_tags(self, node_id: int) -> dict:
+        return decode_tags(self.node(node_id).get("tags"))
+
+    def has_evals(self, node_id: int) -> bool:
+        return int(self.sql("SELECT count(*) AS n FROM evals WHERE node_id = ?", [int(node_id)])["n"][0]) > 0
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every appended node and evaluation is committed. Raises WriterError if the
@@ -347,11 +436,13 @@ class Store:
             self._writer.flush(timeout)
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer and release the lock; raises WriterError if the
-        final commit fails (the lock is released either way)."""
+        """Commit (and on object storage publish) what is queued, stop the writer and release the lock;
+        raises WriterError if the final commit fails (the lock is released either way)."""
         if self._writer is not None:
             try:
                 self._writer.flush()
+                if self.remote:
+                    self.catalog.publish_extra()  # the build log's last lines
             finally:
                 self._writer.stop()
                 self._writer = None
@@ -359,9 +450,14 @@ class Store:
         self._release_lock()
 
     def _release_lock(self) -> None:
+        if getattr(self, "weights", None) is not None:
+            self.weights.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> "Store":
         return self
@@ -436,7 +532,8 @@ class Store:
             raise
 
     def graph(self) -> nx.DiGraph:
-        """The lineage graph with every nodes column as node attributes; no weights are read."""
+        """The lineage graph with every nodes column as node attributes, plus ``parents`` (every parent, primary
+        first: several for a merge, whose edges carry ``merge_weight``); no weights are read."""
         self.flush()
         nodes = self.catalog.query_arrow("SELECT * FROM nodes ORDER BY node_id")
         edges = self.catalog.query_arrow("SELECT src, dst, distance, output_distance FROM edges")
@@ -447,6 +544,16 @@ class Store:
         g.add_nodes_from(zip(nodes.column("node_id").to_pylist(), (dict(zip(cols, row)) for row in zip(*values))))
         g.add_edges_from((s, d, {"distance": x, "output_distance": o})
                          for s, d, x, o in zip(*(edges.column(c).to_pylist() for c in edges.column_names)))
+        for n, attrs in g.nodes(data=True):
+            attrs["parents"] = [] if attrs.get("parent_id") is None else [attrs["parent_id"]]
+        several = self.catalog.query_arrow("SELECT node_id, parent_id, weight FROM node_parents "
+                                           "ORDER BY node_id, position").to_pylist()
+        for node in {r["node_id"] for r in several}:
+            g.nodes[node]["parents"] = []
+        for r in several:  # a merge: every parent in order, each edge with the parent's weight in the merge
+            g.nodes[r["node_id"]]["parents"].append(r["parent_id"])
+            if g.has_edge(r["parent_id"], r["node_id"]):
+                g.edges[r["parent_id"], r["node_id"]]["merge_weight"] = r["weight"]
         return g
 
     def __len__(self) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from fipgraph.storage.catalog import fsync_path
 from fipgraph.storage.chunks import RowChunks, read_frame
+from fipgraph.storage.remote import RemotePath, _fs_options
 
 if TYPE_CHECKING:  # zarr is imported when an array is created or read through it
     import zarr
@@ -82,11 +83,18 @@ class ArrayMeta:
 class WeightArrays:
     """Opens, creates and reads/writes rows of the per-architecture arrays."""
 
-    def __init__(self, path: Path, *, read_only: bool, clevel: int = 1, durable: bool = False) -> None:
-        self.path = path
+    def __init__(self, path: Path | RemotePath, *, read_only: bool, clevel: int = 1, durable: bool = False,
+                 compressor: str = "zstd") -> None:
+        self.path = path  # a folder, or a prefix on an object store (RemotePath)
         self.read_only = read_only
-        self.durable = durable  # fsync every chunk file written, and the folders naming them
+        # fsync every chunk file written, and the folders naming them (an object store's PUT is durable already)
+        self.durable = durable and not isinstance(path, RemotePath)
+        self._known: set[tuple[str, str]] = set()  # arrays seen to exist (on a bucket each look is a request)
         self.clevel = clevel
+        # Blosc's compressor for rows with chunk files of their own: "lz4" writes ~2.5x faster, ~14 % larger,
+        # until `fipgraph compact` recompresses them with the arrays' own zstd (frames name their compressor,
+        # so readers, zarr included, decode either). zarr.json always says zstd: the codec at rest.
+        self.compressor = compressor
         self._store = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._metas: dict[tuple[str, str], ArrayMeta] = {}
@@ -99,8 +107,8 @@ class WeightArrays:
             from zarr.codecs import BloscCodec
 
             if self._store is None:
-                self._store = zarr.storage.LocalStore(self.path, read_only=self.read_only)
-            if (self.path / arch_id / name / "zarr.json").exists() or n_words is None:
+                self._store = self._zarr_store()
+            if self.has_array(arch_id, name) or n_words is None:
                 self._arrays[key] = zarr.open_array(self._store, path=f"{arch_id}/{name}", mode="r" if self.read_only else "r+")
             else:
                 rows_per_chunk = _rows_per_chunk(n_words * np.dtype(dtype).itemsize)
@@ -117,7 +125,33 @@ class WeightArrays:
                                            blocksize=BLOSC_BLOCK_BYTES if rows_per_chunk == 1 else 0),
                     config={"write_empty_chunks": True},  # an all-zero delta is still a committed row
                 )
+        self._known.add(key)
         return self._arrays[key]
+
+    def _zarr_store(self):
+        """Zarr's own store for this location: LocalStore, or FsspecStore on an object store."""
+        import zarr
+
+        if isinstance(self.path, RemotePath):
+            options = {**_fs_options(self.path.protocol, self.path.options), "asynchronous": True}
+            return zarr.storage.FsspecStore.from_url(str(self.path), storage_options=options, read_only=self.read_only)
+        return zarr.storage.LocalStore(self.path, read_only=self.read_only)
+
+    def close(self) -> None:
+        """Close zarr's connection to an object store (its aiohttp session warns at exit when left open)."""
+        client = getattr(getattr(self._store, "fs", None), "_s3", None)
+        if client is not None:
+            from zarr.core.sync import sync
+
+            sync(client.__aexit__(None, None, None))
+            self._store.fs._s3 = None
+        self._store, self._arrays = None, {}
+
+    def has_array(self, arch_id: str, name: str) -> bool:
+        """True once the array's zarr.json exists (remembered: arrays are never removed)."""
+        if (arch_id, name) not in self._known and (self.path / arch_id / name / "zarr.json").exists():
+            self._known.add((arch_id, name))
+        return (arch_id, name) in self._known
 
     def meta(self, arch_id: str, name: str) -> ArrayMeta:
         """Shape, chunking and codecs of an existing array (its zarr.json, read once)."""
@@ -136,7 +170,8 @@ class WeightArrays:
         key = (arch_id, name)
         if key not in self._direct:
             m = self.meta(arch_id, name)
-            self._direct[key] = RowChunks(self.path / arch_id / name, m.chunk_len, m.n_words, m.dtype, m.blosc) if m.one_row else None
+            blosc = {**m.blosc, "cname": self.compressor} if m.one_row and self.compressor != "zstd" else m.blosc
+            self._direct[key] = RowChunks(self.path / arch_id / name, m.chunk_len, m.n_words, m.dtype, blosc) if m.one_row else None
         return self._direct[key]
 
     def row_chunks(self, arch_id: str, name: str, dtype, n_words: int) -> RowChunks | None:
@@ -177,7 +212,7 @@ class WeightArrays:
 
     def chunk_words(self, arch_id: str, name: str, n_words: int) -> int:
         """Words per chunk of the array's rows (as created; rows above MAX_CHUNK_WORDS are split evenly)."""
-        if (self.path / arch_id / name / "zarr.json").exists():
+        if self.has_array(arch_id, name):
             return self.meta(arch_id, name).chunk_len
         return _chunk_len(n_words)
 
@@ -224,7 +259,7 @@ class WeightArrays:
             out[k * m.chunk_len:(k + 1) * m.chunk_len] = chunk.reshape(m.rows_per_chunk, m.chunk_len)[within]
         return out
 
-    def row_files(self, arch_id: str, name: str, row: int) -> list[Path]:
+    def row_files(self, arch_id: str, name: str, row: int) -> list[Path | RemotePath]:
         """The chunk files (absolute paths) that together hold ``row`` of one array."""
         m = self.meta(arch_id, name)
         folder = self.path / arch_id / name / "c" / str(row // m.rows_per_chunk)
@@ -236,7 +271,7 @@ class WeightArrays:
 
     def is_direct(self, arch_id: str, name: str) -> bool:
         """True when the array exists and its chunk files are read and written directly (one row each)."""
-        return (self.path / arch_id / name / "zarr.json").exists() and self.direct(arch_id, name) is not None
+        return self.has_array(arch_id, name) and self.direct(arch_id, name) is not None
 
     def chunk_bytes(self, arch_id: str, names, first_row: int, last_row: int | None = None,
                     shared_only: bool = False) -> int:
@@ -244,7 +279,7 @@ class WeightArrays:
         when rows are small); ``shared_only``: only arrays whose rows share chunks."""
         total = 0
         for n in names:
-            if not (self.path / arch_id / n / "zarr.json").exists():  # not created yet
+            if not self.has_array(arch_id, n):  # not created yet
                 continue
             if shared_only and self.direct(arch_id, n) is not None:
                 continue
@@ -253,7 +288,7 @@ class WeightArrays:
                 total += sum(p.stat().st_size for p in (self.path / arch_id / n / "c" / str(k)).glob("*"))
         return total
 
-    def chunk_files(self) -> list[Path]:
+    def chunk_files(self) -> list[Path | RemotePath]:
         """Every chunk file (and leftover temp file) on disk, for orphan detection."""
         if not self.path.exists():
             return []

@@ -16,8 +16,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +29,7 @@ from fipgraph.storage.chunks import submit_chunks
 from fipgraph.errors import WriterError
 from fipgraph.storage.catalog import NODE_COLUMNS, Batch, Catalog, CatalogOp, to_json
 from fipgraph.storage.layout import Layout
+from fipgraph.storage.options import DEFAULT_RECENT_BYTES
 from fipgraph.storage.reader import checksum
 from fipgraph.storage.weights import WeightArrays
 
@@ -50,6 +51,9 @@ class NodeJob:
     arch_spec: dict | None  # set when this arch is new to the catalog
     nbytes: int = 0
     tolerance: float | None = None  # encoding="bounded": max error / RMS step per tensor
+    parent_rows: list[tuple] = field(default_factory=list)  # NODE_PARENT_COLUMNS rows of a node with several parents
+    other_parents: list[int] = field(default_factory=list)  # its parents after the first, of its architecture
+    other_distances: list = field(default_factory=list)  # Euclidean distance to each of them (set when written)
 
 
 @dataclass
@@ -72,8 +76,6 @@ log = logging.getLogger("fipgraph.build.store")
 STALL_REPORT_EVERY = 30.0  # seconds between back-pressure reports
 
 
-DEFAULT_RECENT_BYTES = 512 << 20  # decoded rows of recent nodes the writer keeps as parents (beyond the two
-# a chain needs): a branch off a recent node then needs no read from disk
 RECENT_MAX_NODES = 4
 
 STREAM_BYTES = 64 << 20  # lossless nodes above this are encoded and written a few chunks at a time
@@ -124,8 +126,12 @@ class Writer(threading.Thread):
     def __init__(self, catalog: Catalog, weights: WeightArrays, read_decoded: Callable[[int], dict],
                  path_length_of: Callable[[int], float], on_commit: Callable[[list[NodeJob]], None],
                  known_pairs: set, *, commit_interval: float = 0.25, max_pending_bytes: int = 1 << 30,
-                 recent_bytes: int = DEFAULT_RECENT_BYTES) -> None:
+                 recent_bytes: int = DEFAULT_RECENT_BYTES, threads: int = 1) -> None:
         super().__init__(name="fipgraph-writer", daemon=True)
+        if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+            raise ValueError(f"writer_threads must be an integer >= 1, got {threads!r}")
+        # threads > 1: large lossless rows are encoded and written on a pool of that many threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fipgraph-encode") if threads > 1 else None
         self.catalog, self.weights = catalog, weights
         self.read_decoded, self.path_length_of, self.on_commit = read_decoded, path_length_of, on_commit
         self.known_pairs = known_pairs
@@ -211,6 +217,8 @@ class Writer(threading.Thread):
             self._stopping = True
             self._cv.notify_all()
         self.join()
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _check_alive(self) -> None:
         if self.error is not None:
@@ -273,14 +281,24 @@ class Writer(threading.Thread):
 
     def _write_weights(self, jobs: list[NodeJob]) -> None:
         """Encode each node (in order: a node may be the next one's parent), then write the rows of
-        each array in contiguous runs, one zarr call per run: tiny networks append ~10x faster."""
-        encoded = []
+        each array in contiguous runs, one zarr call per run: tiny networks append ~10x faster.
+
+        With ``threads`` > 1, large lossless rows (own chunk files) are encoded, measured, checksummed and
+        written on a pool: their decoded rows are their snapshots, so the next node needs none of their
+        results. Path lengths (a running sum along the lineage) are added up afterwards, in order."""
+        encoded, pooled = [], []
         self._unwritten = {}
         for job in jobs:
             parent = self._decoded(job.parent_id) if job.same_arch_as_parent else None
             grandparent = self._decoded(job.grandparent_id) if codec.uses_grandparent(job.encoding) else None
             streamed = job.encoding in codec.LOSSLESS and job.nbytes > STREAM_BYTES
             immediate = not streamed and job.nbytes >= IMMEDIATE_BYTES and job.encoding in codec.LOSSLESS
+            if immediate and self._pool is not None and not job.other_parents:  # a merge reads other parents: here
+                self._create_arrays(job)  # here, so no two pool threads race to create an array
+                self._unwritten[job.node_id] = job.rows
+                pooled.append(self._pool.submit(self._encode_and_write, job, parent, grandparent))
+                self._keep_recent(job.node_id, job.rows, recyclable=True)
+                continue
             if streamed:  # decoded == the snapshot; the residual is made and written a few chunks at a time
                 enc = codec.Encoded({}, job.rows, 0.0)
             else:
@@ -290,18 +308,7 @@ class Writer(threading.Thread):
             # a large row's chunks are encoded and written on the chunk threads while this thread computes
             # its statistics and checksum (SmolLM2: 1.4 s -> 1.0 s per node, measured in RESULTS.md, issue 14)
             written = self._start_streamed(job, parent, grandparent) if streamed else None
-            l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
-            parent_len = 0.0
-            if job.parent_id is not None:
-                parent_len = self._path_length.get(job.parent_id)
-                if parent_len is None:
-                    parent_len = self.path_length_of(job.parent_id)
-            self._path_length[job.node_id] = parent_len + (dist or 0.0)
-            job.node_row.update(l2_norm=l2, sparsity=sparsity, path_length=self._path_length[job.node_id])
-            job.distance = dist
-            job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
-                               checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
-                               job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
+            self._measure(job, enc, parent)
             self._keep_recent(job.node_id, enc.decoded, recyclable=job.encoding in codec.LOSSLESS)
             if streamed:
                 job.storage_row[7] = written()
@@ -311,11 +318,50 @@ class Writer(threading.Thread):
                 encoded.append((job, enc))
             job.rows = None  # free the snapshot
         self._write_runs(encoded)
+        wait(pooled)  # every pooled task ends before any buffer is handed back, even when one failed
+        for future in pooled:
+            future.result()
+        for job in jobs:
+            self._add_path_length(job)
         self._unwritten = {}
         # only now can nothing read the retired snapshots (a later node of this batch may have used one
         # as its parent, a keyframe's snapshot is its own stored row): the next appends may refill them
         self.buffers.give(self._retired)
         self._retired = []
+
+    def _measure(self, job: NodeJob, enc: codec.Encoded, parent: dict | None) -> None:
+        """Norm, sparsity, distance to the parent and checksum of a node (its storage row, bytes still 0)."""
+        l2, sparsity, dist = float_stats(job.layout, enc.decoded, parent)
+        job.other_distances = [float_stats(job.layout, enc.decoded, self._decoded(p))[2] for p in job.other_parents]
+        job.node_row.update(l2_norm=l2, sparsity=sparsity)
+        job.distance = dist
+        job.storage_row = [job.node_id, job.layout.arch_id, job.row, job.encoding, job.chain_depth,
+                           checksum(job.layout, enc.decoded), enc.max_abs_error, 0,
+                           job.tolerance if job.encoding in ("bnd", "bndp") else None, enc.max_error_ratio]
+
+    def _encode_and_write(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> None:
+        """One large lossless node, on a pool thread (numpy, zstd and file writes release the GIL)."""
+        if getattr(_scratch, "residuals", None) is None:
+            _scratch.residuals = {}  # one reused residual row per array, per thread
+        enc = codec.encode(job.layout, job.rows, parent, grandparent, job.encoding, job.tolerance,
+                           out=_scratch.residuals)
+        self._measure(job, enc, parent)
+        self._write_runs([(job, enc)])
+        job.rows = None
+
+    def _create_arrays(self, job: NodeJob) -> None:
+        for name, (dtype, n_words) in codec.array_names(job.layout, job.encoding).items():
+            if n_words:
+                self.weights.row_chunks(job.layout.arch_id, name, dtype, n_words)
+
+    def _add_path_length(self, job: NodeJob) -> None:
+        parent_len = 0.0
+        if job.parent_id is not None:
+            parent_len = self._path_length.get(job.parent_id)
+            if parent_len is None:
+                parent_len = self.path_length_of(job.parent_id)
+        self._path_length[job.node_id] = parent_len + (job.distance or 0.0)
+        job.node_row["path_length"] = self._path_length[job.node_id]
 
     def _start_streamed(self, job: NodeJob, parent: dict | None, grandparent: dict | None) -> Callable[[], int]:
         """Start encoding and writing a large lossless row chunk by chunk (the residual of a whole SmolLM2
@@ -415,6 +461,8 @@ class Writer(threading.Thread):
         batch.archs = [(j.layout.arch_id, to_json(j.arch_spec)) for j in nodes if j.arch_spec is not None]
         batch.nodes = [tuple(j.node_row[c] for c in NODE_COLUMNS) for j in nodes]
         batch.edges = [(j.parent_id, j.node_id, j.distance, j.output_distance) for j in nodes if j.parent_id is not None]
+        batch.edges += [(p, j.node_id, d, None) for j in nodes for p, d in zip(j.other_parents, j.other_distances)]
+        batch.node_parents = [r for j in nodes for r in j.parent_rows]
         batch.evals = [e for j in nodes for e in j.evals] + [r for j in jobs if isinstance(j, EvalJob) for r in j.rows]
         batch.ensemble_evals = [r for j in jobs if isinstance(j, EvalJob) for r in (j.ensemble_rows or [])]
         batch.storage = [tuple(j.storage_row) for j in nodes]

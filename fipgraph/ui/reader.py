@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from fipgraph.errors import ConfigError, NodeNotFoundError
+from fipgraph.storage.remote import as_location, is_url
 from fipgraph.storage import open_store
+from fipgraph.storage.sql import decode_tags, quote_ident
 from fipgraph.ui.console import SqlConsole, jsonable
 from fipgraph.ui.layout import PcaPlacer, lineage_layout, place_at_ancestors
 
@@ -30,10 +32,6 @@ PCA_X, PCA_Y = "pca_pc1", "pca_pc2"  # what `fipgraph pca` records (dataset "pca
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL")
 NOT_A_METRIC = {"node_id", "parent_id", "run_id"}
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def rounded(values: np.ndarray, digits: int = 6) -> list:
@@ -53,7 +51,7 @@ class StoreView:
     """A read-only view of one store for the web app: graph, nodes, SQL, selection, ensembles."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = as_location(path)  # a URL (s3://...) stays a string
         self.store = open_store(self.path, mode="r")  # raises StoreNotFoundError: creates nothing
         self.console = SqlConsole(self.store, self.version)
         self.pca = PcaPlacer(lambda: open_store(self.path, mode="r"))
@@ -93,13 +91,8 @@ class StoreView:
     # -- change detection -------------------------------------------------------------------
     def version(self) -> str:
         """Changes with every commit to the catalog (its files' size and mtime) and every PCA fit."""
-        parts = []
-        for name in ("metrics.duckdb", "metrics.duckdb.wal"):
-            try:
-                st = (self.path / name).stat()
-                parts.append(f"{st.st_size}.{st.st_mtime_ns}")
-            except FileNotFoundError:
-                parts.append("-")
+        parts = ["-" if st is None else ".".join(map(str, st)) if isinstance(st, tuple) else str(st)
+                 for st in self.store.catalog.version()]  # on a bucket: the published snapshot's ETag
         return "-".join(parts) + f"-{self.pca.generation}"
 
     # -- metadata ---------------------------------------------------------------------------
@@ -121,7 +114,7 @@ class StoreView:
         preferred = [c for c in metrics if c.endswith("_accuracy")] or [c for c in metrics if c == "l2_norm"]
         counts = self.store.sql("SELECT (SELECT count(*) FROM nodes) AS n, (SELECT count(*) FROM ensembles) AS e")
         runs = self.store.sql("SELECT run_id, name, op, status FROM runs ORDER BY run_id")
-        return {"store": str(self.path.resolve()), "version": self.version(), "n_nodes": int(counts["n"][0]),
+        return {"store": str(self.path) if is_url(self.path) else str(self.path.resolve()), "version": self.version(), "n_nodes": int(counts["n"][0]),
                 "n_ensembles": int(counts["e"][0]), "metrics": metrics, "columns": list(columns),
                 "default_color": preferred[0] if preferred else None,
                 "runs": [jsonable(r) for r in runs.to_dict("records")]}
@@ -165,11 +158,22 @@ class StoreView:
             "id": ids[keep].tolist(), "x": rounded(x[keep]), "y": rounded(y[keep]), "parent": parent.tolist(),
             "run": run_codes, "runs": [self._run_name(r) for r in run_values], "op": op_codes,
             "ops": [str(o) for o in op_values], "step": _ints_or_none(df["step"].to_numpy(np.float64)[keep]),
-            "color": None,
+            "color": None, "merge_edges": self._merge_edges(ids[keep]),
         }
         if color:
             payload["color"] = {"name": color, "values": rounded(df["_color"].to_numpy(np.float64)[keep], 7)}
         return payload
+
+    def _merge_edges(self, drawn: np.ndarray) -> list[list[int]]:
+        """[child, parent] row indices into the drawn nodes for each parent after the first (a merge's
+        other edges; `parent` holds the primary one). Pairs with an undrawn end are left out."""
+        df = self.store.sql("SELECT node_id, parent_id FROM node_parents WHERE position > 0 ORDER BY node_id")
+        if df.empty:
+            return []
+        child = _parent_index(drawn, df["node_id"].to_numpy(np.float64))
+        parent = _parent_index(drawn, df["parent_id"].to_numpy(np.float64))
+        ok = (child >= 0) & (parent >= 0)
+        return np.stack([child[ok], parent[ok]], 1).tolist()
 
     def _positions(self, layout, df, ids, parent, has_pca):
         if layout == "pca":
@@ -207,7 +211,8 @@ class StoreView:
 
     # -- one node ---------------------------------------------------------------------------
     def node(self, node_id: int) -> dict:
-        """A node's properties, metrics, tags, parent and children, its run's curves, and its export command."""
+        """A node's properties, metrics, tags, parents (several for a merge, with their weights) and children,
+        its run's curves, and its export command."""
         row = self.store.sql("SELECT * FROM wide WHERE node_id = ?", [int(node_id)])
         if row.empty:
             n = int(self.store.sql("SELECT count(*) AS n FROM nodes")["n"][0])
@@ -217,8 +222,11 @@ class StoreView:
         props = self.store.catalog.query_arrow("SELECT * FROM nodes WHERE node_id = ?", [int(node_id)]).to_pylist()[0]
         metrics = {c: jsonable(v) for c, v in rec.items() if c not in props and _present(v)}
         props = {c: jsonable(v) for c, v in props.items() if c != "tags"}
-        tags = json.loads(rec["tags"]) if isinstance(rec.get("tags"), str) else None
-        children = self.store.sql("SELECT node_id FROM nodes WHERE parent_id = ? ORDER BY node_id", [int(node_id)])
+        tags = decode_tags(rec.get("tags")) or None
+        children = self.store.sql("SELECT node_id FROM nodes WHERE parent_id = ? UNION SELECT node_id FROM "
+                                  "node_parents WHERE parent_id = ? ORDER BY node_id", [int(node_id)] * 2)
+        parents = self.store.sql("SELECT parent_id, weight FROM node_parents WHERE node_id = ? ORDER BY position",
+                                 [int(node_id)])
         run = None
         if _present(rec.get("run_id")):
             runs = self.store.sql("SELECT run_id, name, op, status FROM runs WHERE run_id = ?", [int(rec["run_id"])])
@@ -227,8 +235,10 @@ class StoreView:
         return {
             "node": props, "metrics": metrics, "tags": jsonable(tags), "run": run,
             "parent": props.get("parent_id"), "children": [int(c) for c in children["node_id"]],
+            "parents": [{"id": int(p), "weight": jsonable(w)} for p, w in zip(parents["parent_id"], parents["weight"])]
+            or ([{"id": props["parent_id"], "weight": None}] if props.get("parent_id") is not None else []),
             "curves": self._curves(rec, [c for c in metrics if not c.startswith("pca_")]),
-            "export_command": f"fipgraph export {int(node_id)} --store {shlex.quote(str(self.path.resolve()))} "
+            "export_command": f"fipgraph export {int(node_id)} --store {shlex.quote(str(self.path) if is_url(self.path) else str(self.path.resolve()))} "
                               f"--out {out}",
         }
 
@@ -266,7 +276,7 @@ class StoreView:
 
     def _where(self, where: list[dict], condition: str | None) -> str | None:
         """Constraints [{column, op, value}] (and an optional raw SQL condition) as one SQL condition."""
-        from fipgraph.query.select import where_sql
+        from fipgraph.query.selection import where_sql
 
         metrics = self.metric_columns() + [c for c in self.columns() if c in ("op", "run_id", "arch_id")]
         parts = [where_sql({c["column"]: (c["op"], c["value"])}, metrics) for c in where or []]

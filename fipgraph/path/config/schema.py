@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from fipgraph.data.user import call_arguments, is_user_source, resolve_source
 from fipgraph.errors import ConfigError, need
+from fipgraph.heads import HEADS
 from fipgraph.path.config.fields import check_types
 from fipgraph.path.engine.optim import OPTIMIZERS, SCHEDULES
+from fipgraph.storage.options import StoreOptions
 
 
 
@@ -29,7 +31,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "data")
-        need(self.head in ("single", "per_task"), f"data.head={self.head!r}; use 'single' or 'per_task'")
+        need(self.head in HEADS, f"data.head={self.head!r}; use one of {list(HEADS)}")
         if isinstance(self.source, list):  # chained sources: the task sequence is the source list
             need(self.split in (None, DataConfig.__dataclass_fields__["split"].default_factory()),
                   f"data.split={self.split!r} with chained sources {self.source}; remove split (one task per source)")
@@ -245,7 +247,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "config", skip=("data", "runs"))
-        _check_store_options(self.store)
+        StoreOptions.from_build_table(self.store)  # a bad value fails here, before any data or model loads
         _check_device_words(self.device, self.precision, "config")
         need(len(self.runs) >= 1, "the config has no [[runs]]; add at least one")
         for run in self.runs:  # a run without its own device/precision takes the build's
@@ -262,27 +264,6 @@ class BuildConfig:
 
     def run_name(self, run: RunConfig) -> str:
         return f"{self.name}/{run.name}"
-
-
-STORE_OPTIONS = ("encoding", "tolerance", "keyframe_every")  # [store] keys: how a build writes its rows
-
-
-def _check_store_options(options: dict[str, Any]) -> None:
-    """[store] may only choose how rows are encoded; a bad value fails here, before any data or model loads."""
-    if not options:
-        return
-    from fipgraph.storage.store import ENCODINGS  # imports torch: only for a config that has a [store] table
-
-    bad = sorted(set(options) - set(STORE_OPTIONS))
-    need(not bad, f"[store] has unknown keys {bad}; allowed: {list(STORE_OPTIONS)}")
-    enc = options.get("encoding", "lossless")
-    need(enc in ENCODINGS, f"[store] encoding={enc!r}; choose one of {sorted(ENCODINGS)}")
-    tol = options.get("tolerance", 0.1)
-    need(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf"),
-          f"[store] tolerance={tol!r} must be a positive number (max error / RMS step, encoding='bounded'), e.g. 0.1")
-    every = options.get("keyframe_every", 32)
-    need(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
-          f"[store] keyframe_every={every!r} must be an integer >= 1, e.g. 32")
 
 
 def shared_keys() -> set[str]:

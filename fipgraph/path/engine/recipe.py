@@ -15,7 +15,6 @@ once; between steps it saves the current network as a node and stops; a second o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -37,6 +36,7 @@ from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.engine.memory import FrozenReference, batch_size_of, batch_stream, cat_batches, index_batch
 from fipgraph.path.ops import OBJECTIVES, Context
 from fipgraph.path.ops.odist import get_odist
+from fipgraph.storage.remote import as_location
 from fipgraph.path.engine.optim import lr_at, make_optimizer, set_lr
 from fipgraph.path.engine.snapshot import PENDING, NodeSaver
 from fipgraph.path.ops.sparsity import prunable_names, sparsity_of
@@ -87,27 +87,13 @@ class UserCode:
     loss: Any = None
 
 
-def last_node(store, run_id: int) -> tuple[int, int, dict] | None:
-    df = store.sql("SELECT node_id, step, tags FROM nodes WHERE run_id = ? ORDER BY step DESC, node_id DESC LIMIT 1", [int(run_id)])
-    if df.empty:
-        return None
-    tags = df["tags"][0]
-    return int(df["node_id"][0]), int(df["step"][0]), (json.loads(tags) if isinstance(tags, str) and tags else {})
-
-
-def node_tags_of(store, node: int | None) -> dict:
-    tags = store.node(node).get("tags") if node is not None else None
-    tags = json.loads(tags) if isinstance(tags, str) and tags else tags
-    return tags if isinstance(tags, dict) else {}
-
-
 class RunRecipe:
     """One run of a build: ``RunRecipe(...).run()`` walks it (or resumes it) and returns a RunResult."""
 
     def __init__(self, plan, store, store_dir: Path, tasks: list, head: str, limits: Limits, resolved: dict,
                  eval_all: bool = False, stop: StopSignal | None = None, seen: dict | None = None) -> None:
         self.plan, self.cfg, self.name = plan, plan.run, plan.name
-        self.store, self.store_dir, self.tasks, self.head = store, Path(store_dir), tasks, head
+        self.store, self.store_dir, self.tasks, self.head = store, as_location(store_dir), tasks, head
         self.limits, self.resolved, self.stop = limits, resolved, stop or StopSignal()
         self.task = tasks[self.cfg.task - 1]
         self.user: UserCode | None = getattr(plan, "user", None)
@@ -166,7 +152,7 @@ class RunRecipe:
             return None
         refuse_changed_run(self.name, existing["config"], self.resolved, self.cfg)
         self.run_id = int(existing["run_id"])
-        self.found = last_node(self.store, self.run_id)
+        self.found = self.store.last_node(self.run_id)
         return existing
 
     def _enter_run(self, existing: dict | None) -> None:
@@ -242,7 +228,7 @@ class RunRecipe:
 
     def _keep_zeros(self, model: torch.nn.Module) -> list | None:
         """(param, 0/1 mask) pairs whose zeros stay zero: a sparse start node's mask, or keep_zeros = true."""
-        mask_info = node_tags_of(self.store, self.start).get("sparse_mask")
+        mask_info = (self.store.node_tags(self.start) if self.start is not None else {}).get("sparse_mask")
         if not (self.cfg.keep_zeros or (self.cfg.keep_zeros is None and mask_info)):
             return None
         params = dict(model.named_parameters())
@@ -300,8 +286,7 @@ class RunRecipe:
         return False
 
     def _evaluate_if_missing(self, node: int) -> None:
-        has = self.store.sql("SELECT count(*) AS n FROM evals WHERE node_id = ?", [int(node)])
-        if int(has["n"][0]) == 0:
+        if not self.store.has_evals(node):
             self.store.add_evals(node, self.evaluate(self.objective.export(self.model), self.step))
 
     # -- the loop -----------------------------------------------------------------------------

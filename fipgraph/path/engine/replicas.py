@@ -49,11 +49,24 @@ from fipgraph.path.ops import OBJECTIVES
 log = logging.getLogger("fipgraph.build")
 
 ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")  # one optimizer over stacked weights = K optimizers
-THREADS: int | None = None  # intra-op threads per group of a batched CPU step; None: see cpu_plan
-GROUPS: int | None = None  # stacked groups stepped in parallel threads on a CPU; None: see cpu_plan
-MIN_GROUP_FLOPS = 2e7  # a group in its own thread needs this much kernel work per step (see cpu_plan)
-FAST_MLP = True  # MLPs step as chains of batched matmuls (stacked.py); False: vmap for every model
-FUSED_LOSS = True  # finetune/continual: the K walks' S(w) as one batched computation (stacked.fused_terms)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaSettings:
+    """How the batched engine steps K walks; the defaults are the measured best (benchmarks/bench_engine.py)."""
+
+    threads: int | None = None  # intra-op threads per group of a batched CPU step; None: see cpu_plan
+    groups: int | None = None  # stacked groups stepped in parallel threads on a CPU; None: see cpu_plan
+    min_group_flops: float = 2e7  # a group in its own thread needs this much kernel work per step (see cpu_plan)
+    fast_mlp: bool = True  # MLPs step as chains of batched matmuls (stacked.py); False: vmap for every model
+    fused_loss: bool = True  # finetune/continual: the K walks' S(w) as one batched computation (stacked.fused_terms)
+    batch: bool = True  # False: the K walks always run one after another (the oracle of tests and benchmarks)
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "groups"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"ReplicaSettings.{name} = {value!r}: use a whole number >= 1, or None to let cpu_plan choose")
 
 
 def replica_runs(run, start, groups: dict) -> list[tuple[object, int | str | None]]:
@@ -115,10 +128,11 @@ class ReplicaRun(RunRecipe):
 
 
 def walk_replicas(plans: list, store, store_dir, tasks: list, head: str, limits, resolved: list[dict],
-                  eval_all: bool = False, stop=None) -> list[RunResult]:
+                  eval_all: bool = False, stop=None, settings: ReplicaSettings | None = None) -> list[RunResult]:
     """Walk (or resume) the K replica runs of one config run: batched when they can be, else one by one."""
+    settings = settings or ReplicaSettings()
     recipes = [ReplicaRun(p, store, store_dir, tasks, head, limits, r, eval_all, stop) for p, r in zip(plans, resolved)]
-    reason = static_reason(plans[0])
+    reason = static_reason(plans[0]) if settings.batch else "batching is switched off (ReplicaSettings.batch = False)"
     if reason is not None:
         log.info("%s: %d replicas walk one at a time: %s", plans[0].group, len(plans), reason)
         return _one_by_one(recipes)
@@ -139,7 +153,7 @@ def walk_replicas(plans: list, store, store_dir, tasks: list, head: str, limits,
                 stops = [r.stop_reason or "interrupt" for r in results.values() if r.status != "finished"]
                 results[i] = recipes[i].complete(stops[0] if stops else "loop")
         else:
-            for i, res in zip(active, walk_stacked(live, plans[0].group)):
+            for i, res in zip(active, walk_stacked(live, plans[0].group, settings)):
                 results[i] = res
     return [results[i] for i in range(len(recipes))]
 
@@ -163,8 +177,9 @@ def _stop_rest(recipes, results: dict, end: int, begun: list[int]) -> list[RunRe
 class StackedWalks:
     """K recipes at the same step, stepped as one: stacked weights, one batched forward, one optimizer."""
 
-    def __init__(self, recipes: list[ReplicaRun], name: str) -> None:
+    def __init__(self, recipes: list[ReplicaRun], name: str, settings: ReplicaSettings | None = None) -> None:
         self.recipes, self.name, self.k = recipes, name, len(recipes)
+        self.settings = settings or ReplicaSettings()
         first = recipes[0]
         self.cfg = first.cfg
         self.names = [n for n, p in first.model.named_parameters() if p.requires_grad]
@@ -179,7 +194,7 @@ class StackedWalks:
         fused = first.device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in self.holder)
         self.optimizer = make_optimizer(self.cfg, self.holder, **({"fused": True} if fused else {}))
         self.import_state()
-        self.kind, self.batched = stacked_forward(first.model, self.names, FAST_MLP)
+        self.kind, self.batched = stacked_forward(first.model, self.names, self.settings.fast_mlp)
         for r in recipes:
             r.group = self
 
@@ -247,7 +262,7 @@ class StackedWalks:
         stacked = {key: torch.stack([j[key] for j in joined]) for key in joined[0]}  # (K, N, ...)
         with self.recipes[0].amp.autocast():
             logits, labels = self.batched(list(self.holder), stacked)  # (K, P, C), (K, P)
-            fused = fused_terms(self.recipes, logits, labels, tasks, mems, refs) if FUSED_LOSS else None
+            fused = fused_terms(self.recipes, logits, labels, tasks, mems, refs) if self.settings.fused_loss else None
             if fused is None:
                 outs = [fip_terms(r.model, r.objective, r.odist, r.cfg.lam, logits[k], labels[k], tasks[k], mems[k],
                                   refs[k], r.cols) for k, r in enumerate(self.recipes)]
@@ -261,17 +276,18 @@ class StackedWalks:
         return outs
 
 
-def walk_stacked(recipes: list[ReplicaRun], name: str) -> list[RunResult]:
+def walk_stacked(recipes: list[ReplicaRun], name: str, settings: ReplicaSettings | None = None) -> list[RunResult]:
     """Step the K walks to their budget (or a stop), then let each recipe finish or record its stop.
 
     On a CPU with idle cores the walks split into one stacked group per core (``cpu_plan``), stepped
     in parallel threads (torch kernels release the GIL) with one intra-op thread each; each group's
     thread also saves and evaluates its own walks, one append to the store at a time."""
+    settings = settings or ReplicaSettings()
     threads = torch.get_num_threads()
     on_cpu = recipes[0].device.type == "cpu"
-    n_groups, n_threads = cpu_plan(len(recipes), threads, step_flops(recipes[0])) if on_cpu else (1, threads)
+    n_groups, n_threads = cpu_plan(len(recipes), threads, step_flops(recipes[0]), settings) if on_cpu else (1, threads)
     size = -(-len(recipes) // n_groups)
-    groups = [StackedWalks(recipes[i:i + size], name) for i in range(0, len(recipes), size)]
+    groups = [StackedWalks(recipes[i:i + size], name, settings) for i in range(0, len(recipes), size)]
     appending = threading.Lock()  # Store.append numbers nodes: one group's append at a time
     for r in recipes:
         r.saver.store_lock = appending
@@ -344,20 +360,22 @@ def _walk_group(g: int, group: StackedWalks, halt: GroupStop, bar) -> None:
         raise
 
 
-def cpu_plan(k: int, current: int, flops_per_walk: float = float("inf")) -> tuple[int, int]:
+def cpu_plan(k: int, current: int, flops_per_walk: float = float("inf"),
+             settings: ReplicaSettings | None = None) -> tuple[int, int]:
     """(groups stepped in parallel, intra-op threads each) for K batched walks on a CPU.
 
     While the machine is otherwise idle: one group per core (at most K), one thread each, as long as
-    each group keeps at least MIN_GROUP_FLOPS of kernels per step; below that a step is mostly
+    each group keeps at least ``settings.min_group_flops`` of kernels per step; below that a step is mostly
     Python, which holds the GIL, so the groups would take turns (the 64-128-10 MLP: 2 groups ran
     0.58x as fast as 1). Else one group on the build's threads: on a busy machine threads that are
     time-sliced wait for each other (with load 17 on 2 cores, 2 intra-op threads ran 0.3-0.8x as fast
-    as 1). GROUPS / THREADS force it."""
-    if GROUPS is not None or THREADS is not None:
-        groups = max(1, min(k, GROUPS or 1))
-        return groups, max(1, THREADS) if THREADS is not None else (1 if groups > 1 else current)
+    as 1). ``settings.groups`` / ``settings.threads`` force it."""
+    settings = settings or ReplicaSettings()
+    if settings.groups is not None or settings.threads is not None:
+        groups = max(1, min(k, settings.groups or 1))
+        return groups, settings.threads if settings.threads is not None else (1 if groups > 1 else current)
     cores = len(os.sched_getaffinity(0))
-    groups = int(min(k, cores, max(1.0, k * flops_per_walk / MIN_GROUP_FLOPS)))
+    groups = int(min(k, cores, max(1.0, k * flops_per_walk / settings.min_group_flops)))
     if groups >= 2 and os.getloadavg()[0] < cores:
         return groups, 1
     return 1, current

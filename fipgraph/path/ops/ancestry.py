@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fipgraph.errors import ConfigError
@@ -19,8 +18,9 @@ def need_earlier_task(run: Any) -> None:
                           f"set from = a run name or node id")
 
 
-def lineage(store: Any, node: int) -> list[dict]:
-    """``node`` and its ancestors (rows of the nodes table), nearest first."""
+def ancestor_rows(store: Any, node: int) -> list[dict]:
+    """``node`` and its ancestors by primary parent (rows of the nodes table), nearest first: one node at a
+    time through the engine's store, where ``fipgraph.query.lineage`` reads the whole graph for ids."""
     import pandas as pd  # here, not at module level: every Ray worker imports this module (0.4 s for pandas)
 
     rows: list[dict] = []
@@ -42,11 +42,10 @@ def _trained_task(store: Any, run_id: Any, cache: dict) -> int | None:
     if rid not in cache:
         from fipgraph.path.ops.base import OBJECTIVES
 
-        df = store.sql("SELECT op, config FROM runs WHERE run_id = ?", [rid])
+        run = store.run_by_id(rid)
         task = None
-        if not df.empty and df["op"][0] in OBJECTIVES and OBJECTIVES[df["op"][0]].uses_task_batch:
-            config = json.loads(df["config"][0]) if df["config"][0] else {}
-            task = (config.get("run") or {}).get("task")
+        if run is not None and run["op"] in OBJECTIVES and OBJECTIVES[run["op"]].uses_task_batch:
+            task = (run["config"].get("run") or {}).get("task")
         cache[rid] = task
     return cache[rid]
 
@@ -55,7 +54,7 @@ def task_end_nodes(store: Any, start: int, wanted: list[int]) -> dict[int, int]:
     """For each task in ``wanted``, the nearest ancestor of ``start`` (itself included) whose run trained it."""
     found: dict[int, int] = {}
     cache: dict = {}
-    for row in lineage(store, start):
+    for row in ancestor_rows(store, start):
         task = _trained_task(store, row.get("run_id"), cache)
         if task in wanted and task not in found:
             found[task] = int(row["node_id"])

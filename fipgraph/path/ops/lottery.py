@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fipgraph.errors import ConfigError
-from fipgraph.path.ops.ancestry import lineage
+from fipgraph.path.ops.ancestry import ancestor_rows
 from fipgraph.path.ops.base import Context, SparseTargetConfig, register_objective
 from fipgraph.path.ops.oneshot_prune import MaskedRetrain
 
@@ -33,7 +33,7 @@ def lottery_levels(target: float, rate: float) -> list[float]:
 
 def rewind_node(store: Any, start: int, rewind_step: int) -> int:
     """The start node's ancestor in its lineage's first run at the latest saved step <= rewind_step."""
-    chain = lineage(store, start)
+    chain = ancestor_rows(store, start)
     root_run = chain[-1]["run_id"]
     same = [r for r in chain if r["run_id"] == root_run and int(r["step"]) <= rewind_step]
     return int(max(same, key=lambda r: int(r["step"]))["node_id"]) if same else int(chain[-1]["node_id"])

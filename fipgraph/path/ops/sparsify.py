@@ -20,7 +20,6 @@ A run's length is ``steps`` (walk cap) + ``recovery_steps``. Every evaluated wal
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -114,11 +113,10 @@ class Sparsify(SalientPruning, Objective):
         self._calibrate(ctx)
         if ctx.run_id < 0:
             return
-        df = ctx.store.sql("SELECT step, tags FROM nodes WHERE run_id = ? AND tags LIKE '%\"projection\": true%' "
-                           "ORDER BY step LIMIT 1", [int(ctx.run_id)])
-        if not df.empty:
-            self.projection = json.loads(df["tags"][0])
-            self.phase, self.recover_end = "recover", int(df["step"][0]) + self.options.recovery_steps
+        projected = ctx.store.first_tagged(ctx.run_id, "projection")
+        if projected is not None:
+            self.projection = projected.tags
+            self.phase, self.recover_end = "recover", projected.step + self.options.recovery_steps
 
     def total_steps(self, steps: int) -> int:
         opt = self.options

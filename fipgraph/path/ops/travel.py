@@ -1,7 +1,7 @@
 """The ``travel`` op: an undirected FIP (Algorithm 3) whose secondary goal is to move.
 
 Algorithm 3 as written (L = 0) starts at the minimum of what it descends, so it stays in the start's well: on
-digits a 4,000-step walk ends 0.04 from its start (benchmarks/travel_digits.py, RESULTS.md issue 15). ``travel``
+digits a 4,000-step walk ends 0.04 from its start (examples/paper/adversarial_ensembles/travel_digits.py). ``travel``
 keeps the same odist constraint to the frozen start network and adds
 
     L(w) = −⟨w − w_start, v⟩,   v a random unit vector over all trainable weights, fixed per walk,

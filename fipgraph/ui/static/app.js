@@ -4,7 +4,7 @@
 
 const POLL_MS = 2000;  // "within a few seconds" while a build writes; one stat() per poll on the server
 const $ = id => document.getElementById(id);
-const {fmt, GLYPHS, SHAPES, viridis} = window.graphUtil;
+const {fmt, fmtMetric, GLYPHS, SHAPES, viridis} = window.graphUtil;
 const state = {meta: null, graph: null, version: null, loading: false, node: null, sqlIds: null};
 const timings = {};
 window.fipgraph = {ready: false, timings, state};
@@ -30,7 +30,7 @@ window.fipgraph.graph = view;
 view.onSelect = id => showNode(id);
 view.describe = i => {
   const d = view.d, c = d.color;
-  const value = c ? `<br>${escapeHtml(c.name)} <b>${fmt(c.values[i])}</b>` : "";
+  const value = c ? `<br>${escapeHtml(c.name)} <b>${escapeHtml(fmtMetric(c.name, c.values[i]))}</b>` : "";
   return `node <b>${d.id[i]}</b> · ${escapeHtml(d.ops[d.op[i]])}<br>run ${escapeHtml(d.runs[d.run[i]])} · step ${fmt(d.step[i])}${value}`;
 };
 
@@ -99,8 +99,8 @@ function renderLegend(g) {
   if (!g.color) return;
   const cb = $("colorbar"), ctx = cb.getContext("2d");
   for (let x = 0; x < cb.width; x++) { ctx.fillStyle = viridis(x / (cb.width - 1)); ctx.fillRect(x, 0, 1, cb.height); }
-  $("colorbar-labels").replaceChildren(el("span", {}, range ? fmt(range[0]) : "–"),
-    el("span", {class: "name"}, g.color.name), el("span", {}, range ? fmt(range[1]) : "–"));
+  $("colorbar-labels").replaceChildren(el("span", {}, range ? fmtMetric(g.color.name, range[0]) : "–"),
+    el("span", {class: "name"}, g.color.name), el("span", {}, range ? fmtMetric(g.color.name, range[1]) : "–"));
 }
 
 function setHighlight(ids, label) {
@@ -130,6 +130,20 @@ function kvTable(obj) {
     el("tr", {}, el("td", {}, k), el("td", {class: typeof v === "number" ? "num" : ""}, String(v ?? "–")))));
 }
 
+// Metrics at 4 significant digits with their units; the exact value is the cell's title (shown on hover)
+// and what a copy of the table's rows puts on the clipboard.
+function metricsTable(obj) {
+  return el("table", {class: "kv metrics", oncopy: copyExactRows}, Object.entries(obj).map(([k, v]) =>
+    el("tr", {}, el("td", {}, k), el("td", {class: "num", title: String(v ?? "")}, fmtMetric(k, v)))));
+}
+
+function copyExactRows(event) {
+  const sel = window.getSelection(), rows = [...event.currentTarget.rows].filter(tr => sel.containsNode(tr, true));
+  if (!rows.length || !event.clipboardData) return;
+  event.clipboardData.setData("text/plain", rows.map(tr => `${tr.cells[0].textContent}\t${tr.cells[1].title}`).join("\n"));
+  event.preventDefault();
+}
+
 function nodeLink(id) { return el("span", {class: "chip", onclick: () => showNode(id)}, id); }
 
 async function showNode(id, switchTab = true) {
@@ -147,9 +161,12 @@ async function showNode(id, switchTab = true) {
     el("h2", {}, `node ${d.node.node_id}`),
     el("div", {class: "muted"}, `${d.run ? d.run.name : "(no run)"} · ${d.node.op ?? "–"} · step ${d.node.step ?? "–"}`),
     el("h3", {}, "Export"), el("div", {class: "cmd"}, el("code", {id: "export-command"}, d.export_command), copy),
-    el("h3", {}, "Metrics"), Object.keys(d.metrics).length ? kvTable(d.metrics) : el("p", {class: "muted"}, "no evaluations recorded"),
+    el("h3", {}, "Metrics"), Object.keys(d.metrics).length ? metricsTable(d.metrics) : el("p", {class: "muted"}, "no evaluations recorded"),
     el("h3", {}, "Lineage"),
-    el("div", {}, "parent ", d.parent !== null ? nodeLink(d.parent) : el("span", {class: "muted"}, "none (a root)")),
+    d.parents.length > 1
+      ? el("div", {id: "node-parents"}, `parents (${d.parents.length}, a merge) `,
+           d.parents.map(p => el("span", {}, nodeLink(p.id), p.weight !== null ? ` ×${fmt(p.weight)} ` : " ")))
+      : el("div", {}, "parent ", d.parent !== null ? nodeLink(d.parent) : el("span", {class: "muted"}, "none (a root)")),
     el("div", {}, `children (${d.children.length}) `, d.children.slice(0, 50).map(nodeLink), d.children.length > 50 ? " …" : ""),
     el("h3", {}, "Run curves"), d.curves ? charts : el("p", {class: "muted"}, "no metrics along this run"),
     el("h3", {}, "Tags"), d.tags ? el("pre", {class: "small"}, JSON.stringify(d.tags, null, 2)) : el("p", {class: "muted"}, "none"),

@@ -42,6 +42,21 @@ function fmt(v) {
   return (a !== 0 && (a < 1e-3 || a >= 1e5)) ? v.toExponential(3) : Number(v.toPrecision(4)).toString();
 }
 
+// A metric's unit where its name tells it: accuracies (and their barriers) are fractions shown as %, a
+// perplexity is a perplexity (not its inverse). Unknown names get none rather than a guess.
+function metricUnit(name) {
+  const n = String(name).toLowerCase();
+  if (/perplexity/.test(n) && !/inverse/.test(n)) return "ppl";
+  return /(^|[_/:])(accuracy|acc)([_/:]|$)/.test(n) ? "%" : "";
+}
+
+// a metric value for the screen: 4 significant digits (fmt) and its unit; the exact value is String(v)
+function fmtMetric(name, v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return fmt(v);
+  const unit = metricUnit(name);
+  return unit === "%" ? `${fmt(v * 100)} %` : unit ? `${fmt(v)} ${unit}` : fmt(v);
+}
+
 function shapePath(ctx, shape, x, y, r) {
   switch (shape) {
     case "square": ctx.rect(x - r * 0.85, y - r * 0.85, r * 1.7, r * 1.7); break;
@@ -68,6 +83,7 @@ class GraphView {
     this.xs = Float64Array.from(d.x, v => (v === null ? NaN : v));
     this.ys = Float64Array.from(d.y, v => (v === null ? NaN : v));
     this.parent = Int32Array.from(d.parent);
+    this.mergeEdges = d.merge_edges || [];  // [child, parent] of each merge's parents after the first
     this.index = new Map(); d.id.forEach((id, i) => this.index.set(id, i));
     this.sx = new Float32Array(n); this.sy = new Float32Array(n);
     const key = d.layout;
@@ -202,6 +218,10 @@ class GraphView {
       if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
       line(data, W, H, sx[p] * dpr, sy[p] * dpr, sx[i] * dpr, sy[i] * dpr, EDGE_RGB, a);
     }
+    for (const [i, p] of this.mergeEdges) {
+      if (Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
+      line(data, W, H, sx[p] * dpr, sy[p] * dpr, sx[i] * dpr, sy[i] * dpr, EDGE_RGB, a);
+    }
   }
 
   _vectorEdges(ctx) {  // antialiased lines while there are few
@@ -211,6 +231,10 @@ class GraphView {
     for (let i = 0; i < n; i++) {
       const p = parent[i];
       if (p < 0 || Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
+      ctx.moveTo(sx[p], sy[p]); ctx.lineTo(sx[i], sy[i]);
+    }
+    for (const [i, p] of this.mergeEdges) {
+      if (Number.isNaN(sx[i]) || Number.isNaN(sx[p])) continue;
       ctx.moveTo(sx[p], sy[p]); ctx.lineTo(sx[i], sy[i]);
     }
     ctx.stroke();
@@ -316,5 +340,5 @@ class GraphView {
 }
 
 window.GraphView = GraphView;
-window.graphUtil = {viridis, fmt, shapePath, GLYPHS, SHAPES, NULL_COLOR};
+window.graphUtil = {viridis, fmt, fmtMetric, metricUnit, shapePath, GLYPHS, SHAPES, NULL_COLOR};
 })();
