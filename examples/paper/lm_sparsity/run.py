@@ -3,7 +3,7 @@
     python examples/paper/lm_sparsity/run.py build --store STORE [--runs fip_50 ...] [--threads 1]
     python examples/paper/lm_sparsity/run.py report --store STORE [STORE ...] --out DIR
 
-``build`` runs the [[runs]] of lm_sparsity.toml (all, or those named by --runs; "dense" is always kept,
+``build`` runs the [[runs]] of config.toml (all, or those named by --runs; "dense" is always kept,
 since every other run starts from it) into STORE (the config it used is kept as STORE.toml); rerunning resumes. Several stores may each hold a
 share of the runs (two processes on two cores), each with its own, identical dense node (same seed,
 same step: the report checks that their perplexities agree). ``report`` writes DIR/lm_sparsity.md (the
@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE / "lm_sparsity.toml"
+CONFIG = HERE / "config.toml"
 
 
 def _toml_value(v) -> str:
@@ -35,7 +35,7 @@ def _toml_value(v) -> str:
 
 
 def subset_config(runs: list[str] | None) -> str:
-    """lm_sparsity.toml with only the named runs (and "dense"), as TOML text."""
+    """config.toml with only the named runs (and "dense"), as TOML text."""
     cfg = tomllib.loads(CONFIG.read_text())
     names = [r["name"] for r in cfg["runs"]]
     unknown = sorted(set(runs or []) - set(names))
@@ -76,7 +76,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="run the experiment's runs into a store (resumable)")
     b.add_argument("--store", required=True, help="store directory (created if missing)")
-    b.add_argument("--runs", nargs="+", help="only these runs of lm_sparsity.toml (dense is always included)")
+    b.add_argument("--runs", nargs="+", help="only these runs of config.toml (dense is always included)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     b.add_argument("--max-hours", type=float, help="stop after this long; rerun to continue")
     b.set_defaults(fn=cmd_build)
