@@ -92,6 +92,36 @@ def test_causal_lm_perplexity_equals_transformers_loss(tmp_path):
     st.close()
 
 
+def test_causal_lm_perplexity_standard_error_is_over_blocks(tmp_path):
+    """perplexity_se: each block's mean loss from transformers, SE of the token-weighted mean over blocks."""
+    spec = {"name": "llama", "kwargs": {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 1,
+                                        "num_attention_heads": 2, "intermediate_size": 64}}
+    st, ids = _store_with(tmp_path, spec)
+    batches = _text_batches(2)  # 8 blocks, one padded to 8 of 12 tokens
+    for b in batches:
+        b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    got = perplexity(st, ids, batches, name="toy", progress=False, device="cpu")
+    m = build_model(spec).eval()
+    m.load_state_dict(st.state_dict(ids[0]))
+    sums, counts = [], []
+    with torch.no_grad():
+        for b in batches:
+            for r in range(len(b["input_ids"])):
+                one = {k: v[r:r + 1] for k, v in b.items()}
+                n = int((one["labels"][0, 1:] != -100).sum())
+                sums.append(float(m(**one).loss) * n)
+                counts.append(n)
+    sums, counts = np.array(sums), np.array(counts, dtype=float)
+    mean = sums.sum() / counts.sum()
+    se = math.sqrt(len(sums) / (len(sums) - 1) * ((sums - mean * counts) ** 2).sum()) / counts.sum()
+    assert got.loc[ids[0], "loss"] == pytest.approx(mean, rel=1e-5)
+    assert got.loc[ids[0], "loss_se"] == pytest.approx(se, rel=1e-4) and se > 0
+    assert got.loc[ids[0], "perplexity_se"] == pytest.approx(math.exp(mean) * se, rel=1e-4)
+    cached = st.sql("select metric from evals where dataset = 'toy' and node_id = ?", [int(ids[0])])
+    assert {"perplexity", "perplexity_se", "loss", "loss_se"} <= set(cached["metric"])
+    st.close()
+
+
 @pytest.fixture(scope="module")
 def digits():
     return make_tasks("digits", seed=0)[0]

@@ -6,7 +6,6 @@ Every node of one architecture is scored by loading its weights into ONE model i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,7 +17,8 @@ from tqdm.auto import tqdm
 from fipgraph.device import resolve_device
 from fipgraph.errors import ConfigError, ReadOnlyStoreError
 from fipgraph.query._common import cached_evals, resolve_nodes
-from fipgraph.query.scoring import node_heads, score_batches, task_columns, to_device
+from fipgraph.query.scoring import (PERPLEXITY_METRICS, node_heads, perplexity_of, score_batches, task_columns,
+                                     to_device)
 from fipgraph.query.text import is_texts, node_tokenizer, text_batches, texts_name
 
 __all__ = ["evaluate", "perplexity", "query_batches", "mask_for_scoring", "score_batches", "empty_model"]
@@ -165,7 +165,7 @@ def _run_one(store, nodes, dataset, metrics: Sequence[str], *, model, recompute,
         for nid in tqdm(group, desc=desc, disable=not progress, leave=False):
             store.load_into(mdl, nid)
             s = score_batches(mdl, batches, columns[nid])
-            s["perplexity"] = math.exp(min(s["loss"], 700.0))  # exp overflows float past ~709
+            s.update(perplexity_of(s["loss"], s["loss_se"]))
             done[nid] = {m: s[m] for m in metrics}
             if record:
                 try:
@@ -200,12 +200,14 @@ def perplexity(store, nodes: Iterable[int] | None = None, dataset: Any = None, *
                tokenizer: Any = None, max_length: int = 512) -> pd.DataFrame:
     """exp(mean cross-entropy) per node: over examples for classifiers, over masked tokens
     (15 %, fixed seed) for masked LMs, over next tokens for causal LMs. Cached in evals as
-    (dataset name, "perplexity" / "loss"). `dataset=None` or a task name: as in `evaluate`.
+    (dataset name, "perplexity" / "perplexity_se" / "loss" / "loss_se"): standard errors over examples,
+    or LM blocks (``scoring.mean_se``), perplexity_se by the delta method. `dataset=None` or a task name:
+    as in `evaluate`.
 
     `dataset` may be a list of strings: each is tokenized with the node's tokenizer (or
     `tokenizer`: an object, a name such as "smollm2", or a folder), truncated to `max_length`
     tokens, and scored on its own (cached as "text-<hash of the texts>" unless `name` is given)."""
-    return _run(store, nodes, dataset, ("perplexity", "loss"), model=model, name=name,
+    return _run(store, nodes, dataset, PERPLEXITY_METRICS, model=model, name=name,
                 batch_size=batch_size, max_batches=max_batches, max_length=max_length, tokenizer=tokenizer,
                 mask_token_id=mask_token_id, mask_seed=mask_seed, recompute=recompute, record=record,
                 progress=progress, desc="perplexity", device=device)

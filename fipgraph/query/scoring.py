@@ -10,6 +10,7 @@ they cannot disagree again.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -40,21 +41,67 @@ def to_device(batch: dict, device: torch.device | None) -> dict:
 def score_batches(model: nn.Module, batches: Iterable[dict], columns: slice = slice(None),
                   device: torch.device | None = None) -> dict[str, float]:
     """Example- (or token-) weighted mean cross-entropy and accuracy of `model` over `batches`,
-    on the logit `columns` only (see head_slice); positions labelled -100 are not scored."""
+    on the logit `columns` only (see head_slice); positions labelled -100 are not scored.
+    ``loss_se``: the standard error of that mean over rows (examples, or LM blocks: see ``mean_se``)."""
     from fipgraph.models import forward_logits
 
-    loss, count, correct = 0.0, 0, 0
+    correct, row_loss, row_n = 0, [], []
     for batch in batches:
-        logits, labels = forward_logits(model, to_device(batch, device))
+        batch = to_device(batch, device)
+        logits, labels = forward_logits(model, batch)
         logits = logits[:, columns]
         keep = labels != -100
         logits, labels = logits[keep], labels[keep]
-        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        count += int(labels.numel())
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")
+        sizes = _row_sizes(model, batch, keep)
+        rows = torch.repeat_interleave(torch.arange(len(sizes), device=ce.device), sizes.to(ce.device))
+        row_loss.append(torch.zeros(len(sizes), device=ce.device, dtype=torch.float64).index_add_(0, rows, ce.double()).cpu())
+        row_n.append(sizes.cpu())
         correct += int((logits.argmax(-1) == labels).sum())
+    loss, n = torch.cat(row_loss), torch.cat(row_n)
+    count = int(n.sum())
     if count == 0:
         raise ConfigError("the query batches contain no scored position (all labels are -100)")
-    return {"loss": loss / count, "accuracy": correct / count, "n": count}
+    mean, se = mean_se(loss, n)
+    return {"loss": mean, "loss_se": se, "accuracy": correct / count, "n": count}
+
+
+PERPLEXITY_METRICS = ("perplexity", "perplexity_se", "loss", "loss_se")
+
+
+def perplexity_of(loss: float, loss_se: float) -> dict[str, float]:
+    """exp(loss) and its standard error by the delta method (d exp(l) = exp(l)·dl)."""
+    ppl = math.exp(min(loss, 700.0))  # exp overflows float past ~709
+    return {"perplexity": ppl, "perplexity_se": ppl * loss_se}
+
+
+def _row_sizes(model: nn.Module, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Scored positions per example of `batch`, in forward_logits' row-major order (LM: per block)."""
+    from fipgraph.models import model_kind
+
+    labels = batch["labels"]
+    if labels.dim() >= 2:
+        if model_kind(model) == "causal_lm":
+            labels = labels[:, 1:]  # position t predicts token t+1
+        sizes = (labels != -100).sum(1)
+        # a layout forward_logits scores otherwise: one row, so no standard error rather than a wrong one
+        return sizes if int(sizes.sum()) == int(keep.sum()) else keep.sum().reshape(1)
+    return keep.long()  # a classifier: one position per example
+
+
+def mean_se(row_loss: torch.Tensor, row_n: torch.Tensor) -> tuple[float, float]:
+    """Σloss/Σn and its standard error with the rows as the independent units (tokens inside one LM block
+    are correlated, blocks much less): the ratio estimator's sqrt(B/(B−1)·Σ(L_b − mean·n_b)²)/Σn,
+    which for equal-size blocks is std(block means)/sqrt(B). NaN with a single row."""
+    rows = row_n > 0
+    loss, n = row_loss[rows].double(), row_n[rows].double()
+    total = float(n.sum())
+    mean = float(loss.sum()) / total
+    b = int(rows.sum())
+    if b < 2:
+        return mean, float("nan")
+    se = math.sqrt(b / (b - 1) * float(((loss - mean * n) ** 2).sum())) / total
+    return mean, se
 
 
 def node_heads(store: Any, ids: Sequence[int]) -> dict[int, str | None]:

@@ -8,7 +8,9 @@ from torch import nn
 
 from fipgraph.models import forward_logits
 from fipgraph.path.engine.memory import Batch
-from fipgraph.query.scoring import head_slice, score_batches  # one scorer for build and query time
+from fipgraph.query.scoring import head_slice, perplexity_of, score_batches  # one scorer for build and query time
+
+LM_KINDS = ("causal_lm", "masked_lm")
 
 
 def task_logits(model: nn.Module, batch: Batch, task, head: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,7 +20,8 @@ def task_logits(model: nn.Module, batch: Batch, task, head: str) -> tuple[torch.
 
 @torch.no_grad()
 def evaluate_tasks(model: nn.Module, tasks: dict[str, object], head: str, batch_size: int = 256) -> dict:
-    """{dataset: {"accuracy", "loss"}} on each task's held-out split, on the device the model is on."""
+    """{dataset: {"accuracy", "loss"}} on each task's held-out split, on the device the model is on;
+    language-model tasks also get perplexity, perplexity_se and loss_se (standard errors over blocks)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -27,6 +30,8 @@ def evaluate_tasks(model: nn.Module, tasks: dict[str, object], head: str, batch_
         batches = task.test_loader(batch_size, pin_memory=device.type == "cuda")
         scores = score_batches(model, batches, head_slice(task, head), device)
         out[name] = {"accuracy": scores["accuracy"], "loss": scores["loss"]}
+        if getattr(task, "kind", None) in LM_KINDS:  # the same numbers `fipgraph perplexity` stores
+            out[name].update(loss_se=scores["loss_se"], **perplexity_of(scores["loss"], scores["loss_se"]))
     model.train(was_training)
     return out
 

@@ -56,15 +56,25 @@ class OpConfig:
 
 @dataclass
 class SparseTargetConfig(OpConfig):
-    """The target of ops that prune: sparsify, oneshot_prune, lottery."""
+    """The target of ops that prune: sparsify, oneshot_prune, lottery (which weights: ops/saliency.py)."""
 
     sparsity: float = 0.9  # target fraction p of zeros over prunable weights
-    prune_scope: str = "global"  # rank magnitudes over all prunable weights or per layer
+    prune_scope: str = "auto"  # comparison group: global (all prunable weights) | layer | row (per output row) | auto
+    saliency: str = "auto"  # magnitude: |W| | wanda: |W|·‖X‖ (input norms) | auto: wanda on transformers, else magnitude
+    calibration_size: int = 16  # wanda: memory examples whose input norms scale |W| (Wanda's paper: 128 × 2048 tokens)
+    # runs stored before saliency existed ranked |W| over all prunable weights
+    LEGACY: ClassVar[dict[str, Any]] = {"prune_scope": "global", "saliency": "magnitude"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        need(self.prune_scope in ("global", "layer"), f"prune_scope={self.prune_scope!r}; use 'global' or 'layer'")
+        need(self.prune_scope in SCOPES, f"prune_scope={self.prune_scope!r}; use one of {', '.join(SCOPES)}")
+        need(self.saliency in SALIENCIES, f"saliency={self.saliency!r}; use one of {', '.join(SALIENCIES)}")
+        need(self.calibration_size >= 1, f"calibration_size={self.calibration_size} must be >= 1, e.g. 16")
         need(0.0 <= self.sparsity < 1.0, f"sparsity={self.sparsity} is outside [0, 1); give the fraction of zeros, e.g. 0.9")
+
+
+SCOPES = ("auto", "global", "layer", "row")
+SALIENCIES = ("auto", "magnitude", "wanda")
 
 
 @dataclass

@@ -31,8 +31,8 @@ from torch import nn
 from fipgraph.errors import ConfigError, need
 from fipgraph.path.engine.evaluate import evaluate_tasks
 from fipgraph.path.ops.base import Objective, SparseTargetConfig, register_objective
-from fipgraph.path.ops.sparsity import (cubic_sparsity, distance_to_sparse, lambda_factor, magnitude_masks,
-                                        prunable_names, sparsity_of)
+from fipgraph.path.ops.saliency import SalientPruning
+from fipgraph.path.ops.sparsity import cubic_sparsity, distance_to_sparse, lambda_factor, prunable_names, sparsity_of
 
 log = logging.getLogger("fipgraph.build")
 
@@ -50,8 +50,8 @@ class SparsifyConfig(SparseTargetConfig):
     lambda_max: float = 1e6  # λ never exceeds this (λ of the run × growth is capped here)
     recovery_steps: int = 1000  # FIP steps after the projection with the mask fixed, odist to the dense start
     # runs stored before these settings existed walked toward p from step 1 with a constant λ and no recovery
-    LEGACY: ClassVar[dict[str, Any]] = {"sparsity_schedule": "constant", "lambda_schedule": "constant",
-                                        "recovery_steps": 0}
+    LEGACY: ClassVar[dict[str, Any]] = {**SparseTargetConfig.LEGACY, "sparsity_schedule": "constant",
+                                        "lambda_schedule": "constant", "recovery_steps": 0}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +73,7 @@ def _warn(msg: str) -> None:
 
 
 @register_objective("sparsify", config=SparsifyConfig)
-class Sparsify(Objective):
+class Sparsify(SalientPruning, Objective):
     """Algorithm 2 with a stop at the tolerance, then the hard projection and an optional recovery."""
 
     uses_memory = True
@@ -86,6 +86,7 @@ class Sparsify(Objective):
                 f"run {run.name!r}: no prunable parameters (prunable={run.prunable!r}); give fnmatch "
                 f"patterns of parameter names, e.g. ['*.weight']"
             )
+        self._resolve(run, model)
         self.model = model  # the live network (sparsify wraps nothing): projected in place at the walk's end
         self.relative_distance = float("inf")  # to P_target(w), measured in the last penalty
         self.start_sparsity = sparsity_of([p.detach() for p in self._params(model)])
@@ -109,6 +110,7 @@ class Sparsify(Objective):
     def prepare(self, ctx) -> None:
         """On a resume after the projection: continue the recovery (the mask is the stored zeros)."""
         super().prepare(ctx)
+        self._calibrate(ctx)
         if ctx.run_id < 0:
             return
         projected = ctx.store.first_tagged(ctx.run_id, "projection")
@@ -138,7 +140,7 @@ class Sparsify(Objective):
         if self.phase != "walk":  # recovery: odist only, the mask keeps the zeros
             return torch.zeros((), device=next(model.parameters()).device)
         params = self._params(model)
-        masks = magnitude_masks(params, self.target, self.options.prune_scope)
+        masks = self._masks(params, self.target)
         # (w - w_p) is w on the pruned entries: L is the squared norm of what projection removes
         sq = sum((p * ~m).pow(2).sum() for p, m in zip(params, masks))
         norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in params))
@@ -161,7 +163,7 @@ class Sparsify(Objective):
         # the penalty's distance is from before this step; measure afresh only when it is near the tolerance
         if not at_cap and self.relative_distance > 2 * self.options.tolerance:
             return False
-        dist = distance_to_sparse([p.detach() for p in self._params(self.model)], self.options.sparsity, self.options.prune_scope)
+        dist = self._distance(self.model)
         if dist > self.options.tolerance and not at_cap:
             return False
         self._project(dist, cap_hit=dist > self.options.tolerance)
@@ -182,7 +184,7 @@ class Sparsify(Objective):
                   f"Raise steps, or lambda_growth, to let the walk arrive")
         before = self._accuracies(self.model)
         params = self._params(self.model)
-        masks = magnitude_masks([p.detach() for p in params], opt.sparsity, opt.prune_scope)
+        masks = self._masks(params, opt.sparsity)
         with torch.no_grad():
             for p, m in zip(params, masks):
                 p.mul_(m)
@@ -194,7 +196,7 @@ class Sparsify(Objective):
     def _mask_info(self) -> dict[str, Any]:
         # the mask is the zero pattern of these parameters in this node's (bit-exact) weights
         return {"params": self.names, "rule": "weight == 0", "sparsity": sparsity_of([p.detach() for p in self._params(self.model)]),
-                "target": self.options.sparsity, "scope": self.options.prune_scope}
+                "target": self.options.sparsity, **self._scope_tags()}
 
     def _final_tags(self, recovered: bool) -> dict[str, Any]:
         tags = {**self.projection, "final_projection": True, "recovered": recovered, "sparse_mask": self._mask_info()}
@@ -218,16 +220,18 @@ class Sparsify(Objective):
         """On the walk: how far the node is from the p-sparse set and what its projection would score."""
         if self.phase != "walk":
             return {}
-        params = [p.detach() for p in self._params(model)]
-        out: dict[str, dict[str, float]] = {"prunable": {"distance_to_sparse": distance_to_sparse(params, self.options.sparsity, self.options.prune_scope)}}
+        out: dict[str, dict[str, float]] = {"prunable": {"distance_to_sparse": self._distance(model)}}
         projected = copy.deepcopy(model)
         proj_params = self._params(projected)
         with torch.no_grad():
-            for p, m in zip(proj_params, magnitude_masks([p.detach() for p in proj_params], self.options.sparsity, self.options.prune_scope)):
+            for p, m in zip(proj_params, self._masks(proj_params, self.options.sparsity)):
                 p.mul_(m)
         for ds, acc in self._accuracies(projected).items():
             out[ds] = {"projected_accuracy": acc}
         return out
+
+    def _distance(self, model: nn.Module) -> float:
+        return distance_to_sparse([p.detach() for p in self._params(model)], self.options.sparsity, self.scope, self.scales)
 
     def report(self) -> dict[str, float]:
         return {"dist": self.relative_distance, "target": self.target, "lam_x": self.factor}
@@ -237,7 +241,7 @@ class Sparsify(Objective):
         if self.phase == "done":
             return None
         self.model = model
-        dist = distance_to_sparse([p.detach() for p in self._params(model)], self.options.sparsity, self.options.prune_scope)
+        dist = self._distance(model)
         self._project(dist, cap_hit=dist > self.options.tolerance)
         self.phase = "done"
         return self._final_tags(recovered=False)

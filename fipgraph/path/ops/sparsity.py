@@ -1,4 +1,7 @@
-"""Magnitude projection onto the p-sparse set (Algorithm 2) over the prunable weights."""
+"""Projection onto the p-sparse set (Algorithm 2) over the prunable weights: which entries go.
+
+Scores are |W| (the authors' magnitude) or Wanda's |W_ij|·‖X_j‖₂ (input-activation aware); the
+comparison group is all prunable weights, each tensor, or each output row (``select_masks``)."""
 
 from __future__ import annotations
 
@@ -39,31 +42,57 @@ def _largest_remainder(sizes: list[int], p: float) -> list[int]:
     return ks
 
 
-def magnitude_masks(
-    tensors: list[torch.Tensor], p: float, scope: str = "global"
-) -> list[torch.Tensor]:
-    """Boolean keep-masks zeroing exactly round(p * n) entries of smallest magnitude.
+def saliency_scores(tensors: list[torch.Tensor], scales: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """|W|, or Wanda's |W_ij|·‖X_j‖₂ where ``scales[i]`` holds tensor i's input-feature norms (None = |W|)."""
+    scales = scales or [None] * len(tensors)
+    out = []
+    for t, s in zip(tensors, scales):
+        a = t.detach().abs()
+        out.append(a if s is None else a * s.to(a.device, a.dtype).view(1, -1, *([1] * (a.dim() - 2))))
+    return out
 
-    ``scope="global"`` ranks all entries together (the authors' choice); ``"layer"`` prunes each
-    tensor by ~p, distributing the rounding so the total is still exactly round(p * n).
+
+def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask of a flat score vector without its k smallest entries."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        keep[torch.topk(scores, k, largest=False, sorted=False).indices] = False
+    return keep
+
+
+def _row_mask(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Exactly round(p · row length) zeros in every output row (dim 0), Wanda's comparison group."""
+    rows = scores.reshape(scores.shape[0], -1) if scores.dim() > 1 else scores.reshape(1, -1)
+    k = round(p * rows.shape[1])
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, torch.topk(rows, k, dim=1, largest=False, sorted=False).indices, False)
+    return keep.view_as(scores)
+
+
+def select_masks(scores: list[torch.Tensor], p: float, scope: str = "global") -> list[torch.Tensor]:
+    """Boolean keep-masks that zero the entries of lowest score, fraction p of each comparison group.
+
+    ``"global"`` ranks all entries together (the authors' choice): exactly round(p·n) zeros;
+    ``"layer"`` prunes each tensor by ~p, the rounding spread so the total is still round(p·n);
+    ``"row"`` prunes round(p·cols) of every output row (Wanda, Sun et al. 2023).
     """
-    sizes = [t.numel() for t in tensors]
     if scope == "global":
-        flat = torch.cat([t.detach().abs().flatten() for t in tensors])
-        k = round(p * flat.numel())
-        keep = torch.ones_like(flat, dtype=torch.bool)
-        if k > 0:
-            keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
-        return [m.view_as(t) for m, t in zip(keep.split(sizes), tensors)]
+        flat = torch.cat([s.flatten() for s in scores])
+        keep = _smallest(flat, round(p * flat.numel()))
+        return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores)]
     if scope == "layer":
-        masks = []
-        for t, k in zip(tensors, _largest_remainder(sizes, p)):
-            keep = torch.ones(t.numel(), dtype=torch.bool)
-            if k > 0:
-                keep[torch.topk(t.detach().abs().flatten(), k, largest=False, sorted=False).indices] = False
-            masks.append(keep.view_as(t))
-        return masks
-    raise ValueError(f"unknown prune scope {scope!r}; use 'global' or 'layer'")
+        ks = _largest_remainder([s.numel() for s in scores], p)
+        return [_smallest(s.flatten(), k).view_as(s) for s, k in zip(scores, ks)]
+    if scope == "row":
+        return [_row_mask(s, p) for s in scores]
+    raise ValueError(f"unknown prune scope {scope!r}; use 'global', 'layer' or 'row'")
+
+
+def magnitude_masks(tensors: list[torch.Tensor], p: float, scope: str = "global",
+                    scales: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """Keep-masks by |W| (or by Wanda scores when ``scales`` gives input norms); see ``select_masks``."""
+    return select_masks(saliency_scores(tensors, scales), p, scope)
 
 
 def sparsity_of(tensors: list[torch.Tensor]) -> float:
@@ -71,10 +100,11 @@ def sparsity_of(tensors: list[torch.Tensor]) -> float:
     return sum(int((t == 0).sum()) for t in tensors) / max(n, 1)
 
 
-def distance_to_sparse(tensors: list[torch.Tensor], p: float, scope: str = "global") -> float:
+def distance_to_sparse(tensors: list[torch.Tensor], p: float, scope: str = "global",
+                       scales: list[torch.Tensor | None] | None = None) -> float:
     """‖w − P_p(w)‖ / ‖w‖: the share of the weights' norm that the projection onto p zeros removes."""
     with torch.no_grad():
-        masks = magnitude_masks(tensors, p, scope)
+        masks = magnitude_masks(tensors, p, scope, scales)
         removed = sum(float((t * ~m).pow(2).sum()) for t, m in zip(tensors, masks))
         norm = sum(float(t.pow(2).sum()) for t in tensors)
     return (removed / max(norm, 1e-24)) ** 0.5
