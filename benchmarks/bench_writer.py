@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_store, beside this script (also when imported elsewhere)
 sys.path.insert(0, str(ROOT / "tests"))  # the SeaweedFS helper the tests use
 
 import fipgraph  # noqa: E402

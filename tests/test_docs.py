@@ -168,16 +168,21 @@ def test_page_runs_as_written(page, tmp_path, monkeypatch, demo_store):
     prepare_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
-    for i, (lang, code) in enumerate(found):
-        if lang == "python":
-            exec(compile(code, f"{page.name}, block {i + 1}", "exec"), namespace)  # noqa: S102 - the docs' own code
-            continue
-        lines = shell_lines(code)
-        if any(keeps_shell_state(line) for line in lines):
-            run_shell_script(lines, tmp_path)
-            continue
-        for line in lines:
-            run_shell_line(line, tmp_path, demo_store)
+    try:
+        for i, (lang, code) in enumerate(found):
+            if lang == "python":
+                exec(compile(code, f"{page.name}, block {i + 1}", "exec"), namespace)  # noqa: S102 - the docs' own code
+                continue
+            lines = shell_lines(code)
+            if any(keeps_shell_state(line) for line in lines):
+                run_shell_script(lines, tmp_path)
+                continue
+            for line in lines:
+                run_shell_line(line, tmp_path, demo_store)
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # a page's `--executor ray` build: leave no session to later tests
+            ray.shutdown()
 
 
 def test_ci_runs_exactly_the_readme_test_command():
