@@ -67,8 +67,13 @@ def merge(store, nodes: Sequence[int], method: str = "linear", *, base: int | No
     _check_base(store, spec, ids, base)
     check_same_arch(store, ids + ([base] if base is not None else []))
     merged = Merged(spec.name, ids, w, base, opts, merge_states(store, spec, ids, w, base, opts))
+    return score_and_record(store, merged, data, record, batch_size, device)
+
+
+def score_and_record(store, merged: "Merged", data, record: bool, batch_size: int, device) -> "Merged":
+    """Score a merged network on ``data`` (if any) and store it as a node (if ``record``): merges and soups alike."""
     if data is not None:
-        merged.metrics = score_state(store, ids[0], merged.state, data, batch_size=batch_size, device=device)
+        merged.metrics = score_state(store, merged.nodes[0], merged.state, data, batch_size=batch_size, device=device)
     if record:
         if getattr(store, "mode", "a") == "r":
             raise ReadOnlyStoreError(f"store {store.root} is open read-only; open it with mode='a' to record the "

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import torch
 
-from fipgraph.errors import ConfigError, ReadOnlyStoreError
+from fipgraph.errors import ConfigError
 from fipgraph.query._common import check_same_arch, resolve_nodes
-from fipgraph.query.merging import Merged, merge_states, score_state
+from fipgraph.query.merging import Merged, merge_states, score_and_record, score_state
 from fipgraph.query.merge_methods import METHODS
 
 SOUPS = ("uniform", "greedy")
@@ -50,15 +50,7 @@ def soup(store, nodes: Sequence[int] | None = None, *, where: str | dict | None 
     merged = Merged("linear", ids, [1.0] * len(ids), None, opts, merge_states(store, linear, ids, [1.0] * len(ids),
                                                                              None, opts))
     merged.extra_tags = {"soup": info}
-    if tasks:
-        merged.metrics = score_state(store, ids[0], merged.state, tasks, batch_size=batch_size, device=device)
-    if record:
-        if getattr(store, "mode", "a") == "r":
-            raise ReadOnlyStoreError(f"store {store.root} is open read-only; pass record=False and call .save(store) "
-                                     "on a writable store")
-        merged.save(store)
-        store.flush()
-    return merged
+    return score_and_record(store, merged, tasks or None, record, batch_size, device)
 
 
 def _chosen(store, nodes, where) -> list[int]:
