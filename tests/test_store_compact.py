@@ -7,20 +7,11 @@ import torch
 import fipgraph
 from fipgraph.cli import main
 from fipgraph.storage.compact import ZSTD, compact_store, compressor_code
+from tests._chains import append_chain
 
 
 def _chain(store, n: int = 6) -> list[tuple[int, dict]]:
-    torch.manual_seed(0)
-    big, small = torch.nn.Linear(400, 300), torch.nn.Linear(10, 3)
-    out, a, b = [], None, None
-    for _ in range(n):
-        with torch.no_grad():
-            big.weight.add_(1e-3 * torch.randn_like(big.weight))
-            small.weight.add_(1e-3 * torch.randn_like(small.weight))
-        a, b = store.append(big, parent=a), store.append(small, parent=b)
-        out += [(a, {k: v.clone() for k, v in big.state_dict().items()}),
-                (b, {k: v.clone() for k, v in small.state_dict().items()})]
-    return out
+    return append_chain(store, n, big=(400, 300), small=(10, 3))
 
 
 def _chunks(root):

@@ -10,20 +10,11 @@ import fipgraph
 from fipgraph.errors import RemoteStoreError, WriterLockedError
 from fipgraph.storage.check import check_store
 from fipgraph.storage.remote import redact
+from tests._chains import append_chain
 
 
 def _chain(store, n: int) -> list[tuple[int, dict]]:
-    torch.manual_seed(0)
-    big, small = torch.nn.Linear(300, 300), torch.nn.Linear(12, 4)  # own chunk files; shared chunks
-    out, a, b = [], None, None
-    for _ in range(n):
-        with torch.no_grad():
-            big.weight.add_(1e-3 * torch.randn_like(big.weight))
-            small.weight.add_(1e-3 * torch.randn_like(small.weight))
-        a, b = store.append(big, parent=a), store.append(small, parent=b)
-        out += [(a, {k: v.clone() for k, v in big.state_dict().items()}),
-                (b, {k: v.clone() for k, v in small.state_dict().items()})]
-    return out
+    return append_chain(store, n, big=(300, 300), small=(12, 4))  # own chunk files; shared chunks
 
 
 def test_file_url_is_the_folder(tmp_path):
