@@ -46,6 +46,18 @@ def test_op_option_reaches_only_that_op_and_table_form(tmp_path):
     assert [r.seed for r in load_config(tmp_path / "c.toml", [], ["seed=7"]).runs] == [7, 7, 7]
 
 
+def test_run_of_another_op_follows_its_swept_start(tmp_path):
+    """A finetune run from a swept sparsify run is copied per value but keeps its own settings: the
+    sparsity it never had must not be applied to it (the lm_submanifold config's Co-then-CL runs)."""
+    text = (ROOT / "examples" / "sparsify.toml").read_text()
+    text += '\n[[runs]]\nname = "tuned"\nop = "finetune"\nfrom = "sparsify"\nsteps = 3\n'
+    (tmp_path / "c.toml").write_text(text)
+    config = load_config(tmp_path / "c.toml", [], ["sparsity=0.5,0.9"])
+    tuned = [r for r in config.runs if r.op == "finetune" and r.start]
+    assert [(r.name, r.start, r.steps) for r in tuned] == [
+        ("tuned[sparsity=0.5]", "sparsify[sparsity=0.5]", 3), ("tuned[sparsity=0.9]", "sparsify[sparsity=0.9]", 3)]
+
+
 def test_parse_values_and_bad_sweeps():
     assert parse_sweep("hidden=[32, 64],[128]") == ("hidden", [[32, 64], [128]])
     assert parse_sweep("optimizer=adam,sgd") == ("optimizer", ["adam", "sgd"])

@@ -109,10 +109,11 @@ def expand(raw: dict, sweep: dict[str, list]) -> dict:
 
     runs, default_op = raw.get("runs", []), raw.get("defaults", {}).get("op")
     reach: dict[str, list[str]] = {}
+    own: dict[str, set[str]] = {}
     for run in runs:
-        own = {k for k in sweep if _reaches(k, run, default_op)}
+        own[run.get("name")] = {k for k in sweep if _reaches(k, run, default_op)}
         parent = reach.get(run.get("from")) if isinstance(run.get("from"), str) else None
-        reach[run.get("name")] = [k for k in sweep if k in own or k in (parent or [])]
+        reach[run.get("name")] = [k for k in sweep if k in own[run.get("name")] or k in (parent or [])]
     for key in sweep:
         if not any(key in keys for keys in reach.values()):
             raise ConfigError(f"sweep {key}: no run has this setting (runs: {list(reach)}); "
@@ -127,7 +128,8 @@ def expand(raw: dict, sweep: dict[str, list]) -> dict:
             if label in seen:
                 continue
             seen.add(label)
-            applied = {_toml_key(k): v for k, v in values.items()}
+            # a key inherited from the start run only names this copy: its op may not have that setting
+            applied = {_toml_key(k): v for k, v in values.items() if k in own[run["name"]]}
             swept = apply_overrides({**raw, "runs": [copy.deepcopy(run)]}, applied)["runs"][0]
             swept["name"] = label
             start = run.get("from")
