@@ -31,6 +31,10 @@ def demo_store(tmp_path_factory):
     assert main(["build", "--store", str(path), "--no-progress", *BUILD]) == 0
     with fipgraph.open_store(path, mode="a") as st:
         st.add_ensemble("best3", [28, 29, 30], {"strategy": "top"})
+        # a perplexity with its standard error along the continual run, as language-model builds store them
+        ids = st.sql("SELECT node_id FROM nodes JOIN runs USING (run_id) WHERE runs.name LIKE '%/continual' ORDER BY node_id")
+        st.add_evals_many({int(n): {"wiki": {"perplexity": 50.0 + k, "perplexity_se": 1.23456 + 0.1 * k}}
+                           for k, n in enumerate(ids["node_id"])})
     return path
 
 
@@ -130,6 +134,23 @@ def test_metric_values_show_four_significant_digits_and_known_units(page):
     for (name, value), want in cases.items():
         got = page.evaluate("([n, v]) => window.graphUtil.fmtMetric(n, v)", [name, value])
         assert got == want, (name, value, got)
+
+
+def test_a_metric_with_its_standard_error_is_one_row_and_a_band(page, demo_store):
+    with fipgraph.open_store(demo_store, mode="r") as st:
+        row = st.sql("SELECT node_id, wiki_perplexity, wiki_perplexity_se FROM wide "
+                     "WHERE wiki_perplexity_se IS NOT NULL ORDER BY node_id DESC LIMIT 1").iloc[0]
+    node, ppl, se = int(row["node_id"]), float(row["wiki_perplexity"]), float(row["wiki_perplexity_se"])
+    page.evaluate(f"window.fipgraph.showNode({node})")
+    page.wait_for_selector(f"#node-panel[data-node='{node}']")
+    cell = page.locator("table.metrics tr", has_text="wiki_perplexity").locator("td.num")
+    assert cell.count() == 1  # the _se value is not a row of its own
+    assert cell.inner_text() == f"{float(f'{ppl:.4g}'):g} ± {float(f'{se:.4g}'):g} ppl"
+    js = lambda x: str(int(x)) if x.is_integer() else repr(x)  # noqa: E731  JavaScript's String(number)
+    assert cell.get_attribute("title") == f"{js(ppl)} ± {js(se)}"
+    assert page.evaluate("([n, v, e]) => window.graphUtil.fmtMetricSe(n, v, e)",
+                         ["task1_accuracy", 0.912345, 0.0123456]) == "91.23 ± 1.235 %"
+    assert page.locator(".charts canvas").count() >= 2 and page.errors == []
 
 
 def test_sql_console_shows_rows_errors_and_downloads_csv(page, demo_store):

@@ -4,7 +4,7 @@
 
 const POLL_MS = 2000;  // "within a few seconds" while a build writes; one stat() per poll on the server
 const $ = id => document.getElementById(id);
-const {fmt, fmtMetric, GLYPHS, SHAPES, viridis} = window.graphUtil;
+const {fmt, fmtMetric, fmtMetricSe, GLYPHS, SHAPES, viridis} = window.graphUtil;
 const state = {meta: null, graph: null, version: null, loading: false, node: null, sqlIds: null};
 const timings = {};
 window.fipgraph = {ready: false, timings, state};
@@ -27,6 +27,7 @@ async function api(path, body) {
 
 const view = new GraphView($("graph"), $("tooltip"));
 window.fipgraph.graph = view;
+window.fipgraph.showNode = id => showNode(id);  // for deep links and tests
 view.onSelect = id => showNode(id);
 view.describe = i => {
   const d = view.d, c = d.color;
@@ -132,9 +133,16 @@ function kvTable(obj) {
 
 // Metrics at 4 significant digits with their units; the exact value is the cell's title (shown on hover)
 // and what a copy of the table's rows puts on the clipboard.
+// A metric stored with its standard error (name_se beside name, e.g. task1_perplexity_se) is one row,
+// "value ± se"; the title keeps both exact values.
 function metricsTable(obj) {
-  return el("table", {class: "kv metrics", oncopy: copyExactRows}, Object.entries(obj).map(([k, v]) =>
-    el("tr", {}, el("td", {}, k), el("td", {class: "num", title: String(v ?? "")}, fmtMetric(k, v)))));
+  const rows = Object.entries(obj).filter(([k]) => !(k.endsWith("_se") && k.slice(0, -3) in obj));
+  return el("table", {class: "kv metrics", oncopy: copyExactRows}, rows.map(([k, v]) => {
+    const se = obj[`${k}_se`];
+    const shown = typeof se === "number" ? fmtMetricSe(k, v, se) : fmtMetric(k, v);
+    const exact = typeof se === "number" ? `${v} ± ${se}` : String(v ?? "");
+    return el("tr", {}, el("td", {}, k), el("td", {class: "num", title: exact}, shown));
+  }));
 }
 
 function copyExactRows(event) {
@@ -177,10 +185,15 @@ async function showNode(id, switchTab = true) {
     // accuracies first, then losses, then the rest; a metric that never changes along the run gets no chart
     const rank = m => (m.endsWith("accuracy") ? 0 : m.endsWith("loss") ? 1 : 2);
     const varies = m => new Set(d.curves.series[m].filter(v => v !== null)).size > 1;
-    const names = Object.keys(d.curves.series).filter(varies).sort((a, b) => rank(a) - rank(b)).slice(0, 8);
+    // a standard error (name_se) is drawn as the ±1 SE band of its metric's chart, not as a chart of its own
+    const isSe = m => m.endsWith("_se") && m.slice(0, -3) in d.curves.series;
+    const names = Object.keys(d.curves.series).filter(m => varies(m) && !isSe(m))
+      .sort((a, b) => rank(a) - rank(b)).slice(0, 8);
     for (const m of names) {
       const c = el("canvas"); charts.append(c);
-      lineChart(c, d.curves.x, d.curves.series[m], {title: m, markX: d.curves.node_x, xName: d.curves.x_name});
+      const se = d.curves.series[`${m}_se`];
+      lineChart(c, d.curves.x, d.curves.series[m], {title: se ? `${m} (± 1 SE)` : m, se,
+                                                    markX: d.curves.node_x, xName: d.curves.x_name});
     }
   }
 }

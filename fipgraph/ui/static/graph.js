@@ -57,6 +57,13 @@ function fmtMetric(name, v) {
   return unit === "%" ? `${fmt(v * 100)} %` : unit ? `${fmt(v)} ${unit}` : fmt(v);
 }
 
+// a metric with its standard error: "55.74 ± 1.21 ppl" (both at 4 significant digits, one unit)
+function fmtMetricSe(name, v, se) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return fmt(v);
+  const unit = metricUnit(name), scale = unit === "%" ? 100 : 1;
+  return `${fmt(v * scale)} ± ${fmt(se * scale)}${unit === "%" ? " %" : unit ? ` ${unit}` : ""}`;
+}
+
 function shapePath(ctx, shape, x, y, r) {
   switch (shape) {
     case "square": ctx.rect(x - r * 0.85, y - r * 0.85, r * 1.7, r * 1.7); break;
@@ -340,5 +347,5 @@ class GraphView {
 }
 
 window.GraphView = GraphView;
-window.graphUtil = {viridis, fmt, fmtMetric, metricUnit, shapePath, GLYPHS, SHAPES, NULL_COLOR};
+window.graphUtil = {viridis, fmt, fmtMetric, fmtMetricSe, metricUnit, shapePath, GLYPHS, SHAPES, NULL_COLOR};
 })();
