@@ -78,6 +78,17 @@ def test_twenty_steps_every_5_give_four_nodes_equal_to_lightnings_checkpoints(tm
     assert isinstance(rebuilt, LitDigits) and torch.equal(rebuilt.net[2].weight, states[20]["net.2.weight"])
 
 
+def test_the_final_network_is_a_node_when_steps_are_no_multiple_of_the_interval(tmp_path):
+    module = LitDigits()
+    with fipgraph.open_store(tmp_path / "s") as store:
+        fit(tmp_path, module, [FipgraphCallback(store, every_n_steps=5, run="twelve")], steps=12)
+        nodes = store.sql("SELECT node_id, step FROM nodes ORDER BY step")
+        assert nodes["step"].tolist() == [5, 10, 12]
+        final = store.state_dict(int(nodes["node_id"].iloc[-1]))
+        assert all(torch.equal(v, final[k]) for k, v in module.state_dict().items())
+        assert store.find_run("twelve")["status"] == "finished"
+
+
 def test_an_exception_fails_the_run_keeping_its_nodes(tmp_path):
     with fipgraph.open_store(tmp_path / "s") as store:
         with pytest.raises(RuntimeError, match="diverged at step 7"):

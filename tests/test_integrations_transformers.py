@@ -67,6 +67,13 @@ def test_every_n_steps_records_without_trainer_checkpoints_and_only_on_process_z
         Trainer(model=tiny_bert(), args=args, train_dataset=token_data(),
                 callbacks=[FipgraphCallback(store, every=3)]).train()
         assert store.sql("SELECT step FROM nodes ORDER BY step")["step"].tolist() == [3, 6]
+        trainer = Trainer(model=tiny_bert(), args=trainer_args(tmp_path / "out7", max_steps=7, save_strategy="no"),
+                          train_dataset=token_data(), callbacks=[FipgraphCallback(store, every=3, run="seven")])
+        trainer.train()  # 7 steps, every 3: the final network is a node too
+        last = store.sql("SELECT node_id, step FROM nodes JOIN runs USING (run_id) WHERE runs.name = 'seven' ORDER BY step")
+        assert last["step"].tolist() == [3, 6, 7]
+        final = store.state_dict(int(last["node_id"].iloc[-1]))
+        assert all(torch.equal(v, final[k]) for k, v in trainer.model.state_dict().items() if k in final)
         assert store.find_run("out")["status"] == "finished"  # named after output_dir when run is not given
         assert not list((tmp_path / "out").glob("checkpoint-*"))
     monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)  # what a rank > 0 sees

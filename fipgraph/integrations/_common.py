@@ -85,6 +85,11 @@ class CallbackRun:
         self.last_node = self.recorder.save(model, step=step, metrics=metrics)
         self.last_step = step
 
+    def save_last(self, model: Any, step: int) -> None:
+        """At the end of training: the final network too, when the step count is no multiple of the interval."""
+        if self.recorder is not None and step > 0 and step != self.last_step:
+            self.save(model, step)
+
     def metrics(self, values: Mapping[str, Any], step: int) -> None:
         values = numeric(values)
         if not values or self.store is None:  # a store the callback opened is closed after training

@@ -65,6 +65,7 @@ class FipgraphCallback(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
+            self.rec.save_last(pl_module, trainer.global_step)  # max_steps=12, every 5: nodes at 5, 10 and 12
             self.rec.end()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

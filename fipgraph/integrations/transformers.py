@@ -54,8 +54,10 @@ class FipgraphCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             self.rec.metrics(logs, state.global_step)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
+            if self.every != "save":  # every=3 over 7 steps: nodes at 3, 6 and the final 7
+                self.rec.save_last(model, state.global_step)
             self.rec.end()
 
     @property
