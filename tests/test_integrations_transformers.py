@@ -87,6 +87,25 @@ def test_every_n_steps_records_without_trainer_checkpoints_and_only_on_process_z
         assert store.find_run("by-path")["status"] == "finished" and len(store) == 2
 
 
+class Crash(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 4:
+            raise RuntimeError("diverged at step 4")
+
+
+def test_a_crashed_training_fails_its_run_and_the_nodes_before_stay(tmp_path):
+    """The Trainer has no exception event: the store's with-block ends the run that was still recording."""
+    args = trainer_args(tmp_path / "out", max_steps=8, save_strategy="no")
+    with pytest.raises(RuntimeError, match="diverged at step 4"):
+        with fipgraph.open_store(tmp_path / "s") as store:
+            Trainer(model=tiny_bert(), args=args, train_dataset=token_data(),
+                    callbacks=[FipgraphCallback(store, every=3, run="crash"), Crash()]).train()
+    with fipgraph.open_store(tmp_path / "s", mode="r") as store:
+        run = store.find_run("crash")
+        assert run["status"] == "failed" and "diverged at step 4" in run["error"]
+        assert store.sql("SELECT step FROM nodes")["step"].tolist() == [3]
+
+
 def test_bad_settings_fail_before_any_step(tmp_path):
     with fipgraph.open_store(tmp_path / "s") as store:
         with pytest.raises(FipgraphError, match="every must be 'save'.*got 0"):

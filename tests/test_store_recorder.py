@@ -76,6 +76,27 @@ def test_an_exception_marks_the_run_failed_keeps_its_nodes_and_is_reraised(tmp_p
     assert steps == [0, 1]  # default steps count from 0
 
 
+def test_a_run_whose_block_never_ended_is_not_left_running(tmp_path):
+    """A framework without an exception hook (the HF Trainer) enters a recorder and never exits it on a crash."""
+    model = TwoLayer(hidden=4)
+    store = fipgraph.open_store(tmp_path / "s")
+    rec = store.recorder(run="open").__enter__()
+    rec.save(model)
+    store.close()  # the script ended (or the exit hook closed the store) with the run still recording
+    with fipgraph.open_store(tmp_path / "s") as store:
+        assert store.find_run("open")["status"] == "interrupted"
+        with store.recorder(run="open", resume=True) as again:  # continues its chain
+            assert again.save(model) == 1 and again.last_step == 1
+        with pytest.raises(ValueError, match="bad batch"):
+            with store:  # the store's own with-block saw the error: that is why the run ended
+                store.recorder(run="raised").__enter__().save(model)
+                raise ValueError("bad batch")
+    with fipgraph.open_store(tmp_path / "s", mode="r") as store:
+        assert store.find_run("open")["status"] == "finished"
+        raised = store.find_run("raised")
+        assert raised["status"] == "failed" and raised["error"] == "ValueError: bad batch"
+
+
 def test_a_finished_name_is_refused_unless_resumed_which_continues_its_chain(tmp_path):
     model = TwoLayer(hidden=4)
     with fipgraph.open_store(tmp_path / "s") as store:

@@ -5,7 +5,8 @@
 Every checkpoint the Trainer saves (``every="save"``), or every N optimizer steps (``every=N``), becomes a node of
 one run, step = ``state.global_step``; the logged metrics (training loss, learning rate, ``eval_*``) become the
 nodes' evaluations, and the ``TrainingArguments`` (tokens dropped) the run's config. Only the world process zero
-writes. The Trainer has no exception event: a run whose training raised stays 'running'; continue it with
+writes. The Trainer has no exception event, so the store ends a run still recording: 'failed' with the error when
+``train()`` raised inside ``with open_store(...)``, else 'interrupted' when the store closes; continue it with
 ``FipgraphCallback(store, run=name, resume=True)``.
 """
 

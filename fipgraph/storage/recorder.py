@@ -22,6 +22,19 @@ from fipgraph.errors import FipgraphError, ReadOnlyStoreError
 MAX_ERROR_CHARS = 2000  # runs.error keeps the message, not a whole traceback
 
 
+def end_open_recorders(store: Any, exc: BaseException | None) -> None:
+    """Before ``store`` closes: a run whose with-block never ended (the loop raised in a framework that has no
+    exception hook, such as the HF Trainer, or the script ended inside it) ends ``failed`` with ``exc`` when
+    the store's own with-block saw one, else ``interrupted`` (resume=True continues it); never left 'running'."""
+    for rec in list(getattr(store, "_open_recorders", ())):
+        if exc is None or isinstance(exc, KeyboardInterrupt):
+            rec._open = False
+            store._open_recorders.discard(rec)
+            store.set_run_status(rec.run_id, "interrupted")
+        else:
+            rec.__exit__(type(exc), exc, None)
+
+
 class Recorder:
     """One run of a training loop in ``store``; use it as a context manager (see the module docstring).
 
@@ -74,6 +87,7 @@ class Recorder:
             self.run_id = int(self.existing["run_id"])
             self.store.set_run_status(self.run_id, "running")
         self._open = True
+        self.store._open_recorders.add(self)
         return self
 
     def save(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, step: int | None = None,
@@ -121,6 +135,7 @@ class Recorder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._open = False
+        self.store._open_recorders.discard(self)
         if exc is None:
             self.store.finish_run(self.run_id, "finished")
             self.store.flush()  # a failed background write surfaces here, inside the user's with-block

@@ -29,7 +29,7 @@ from fipgraph.storage.layout import Layout
 from fipgraph.storage.options import ENCODINGS, StoreOptions
 from fipgraph.storage.published import acquire_writer, open_catalog
 from fipgraph.storage.reader import NodeInfo, RowReader
-from fipgraph.storage.recorder import Recorder
+from fipgraph.storage.recorder import Recorder, end_open_recorders
 from fipgraph.storage.remote import RemotePath, resolve
 from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
@@ -93,6 +93,7 @@ class Store:
         self.files = StoreFiles(self.root, durable=durable)  # build log and optimizer state beside the store
         self.encoding, self.keyframe_every, self.tolerance = ENCODINGS[opts.encoding], opts.keyframe_every, float(opts.tolerance)
         self._lock, self._tmp = None, None
+        self._open_recorders: set = set()  # runs recording into this store whose with-block has not ended
         if mode == "a":
             self._lock = acquire_writer(self.root, opts.lease_ttl)
         try:
@@ -439,6 +440,7 @@ class Store:
         """Commit (and on object storage publish) what is queued, stop the writer and release the lock;
         raises WriterError if the final commit fails (the lock is released either way)."""
         if self._writer is not None:
+            end_open_recorders(self, None)  # a run still recording stopped unfinished: 'interrupted', not 'running'
             try:
                 self._writer.flush()
                 if self.remote:
@@ -462,7 +464,9 @@ class Store:
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._writer is not None:
+            end_open_recorders(self, exc)  # e.g. trainer.train() raised inside `with open_store(...)`: 'failed'
         self.close()
 
     def __repr__(self) -> str:
