@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_loses_no_committed_node(tmp_path):
         with fipgraph.open_store(path, mode="r") as store:  # the appended node reads back (the next round verifies all)
             assert len(store) == n + 1 and torch.equal(store.state_dict(n)["w"], weights(n)["w"])
         before = n + 1
-    assert verify_every_node(path) == before > 20 + 10  # the writers committed nodes of their own, not only the test's appends
+    assert verify_every_node(path) == before >= 20 + 10  # the writers committed nodes of their own (>= 1 in each even round), not only the test's appends
     repaired = check_store(path, repair=True, progress=False)
     assert repaired.ok and check_store(path, progress=False).orphans == []
 

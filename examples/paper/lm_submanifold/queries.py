@@ -1,13 +1,14 @@
 """Paper experiment 6: queries and figures of the SmolLM2 submanifold store (examples/paper/lm_submanifold/config.toml).
 
-    python examples/paper/lm_submanifold/queries.py record  --store S   # perplexity + 1/perplexity of every node as evals
+    python examples/paper/lm_submanifold/queries.py record  --store S   # perplexity ± SE and 1/perplexity as evals "wiki"/"news"
     python examples/paper/lm_submanifold/queries.py report  --store S   # markdown tables (SQL on the store), e.g. > examples/paper/lm_submanifold/report.md
     python examples/paper/lm_submanifold/queries.py scatter --store S --out examples/paper/lm_submanifold/exp14_invppl_scatter.png
 
-The per-node perplexities are the build's own evaluations (eval_all_tasks, every node): task1 = held-out
-Wikipedia, task2 = held-out news, the same 4 blocks of 64 tokens for every node; perplexity = exp(mean
-token cross-entropy). ``record`` stores them as datasets "wiki" and "news" (metrics perplexity and
-inverse_perplexity), so the wide view has wiki_inverse_perplexity etc. for `fipgraph plot graph --color`.
+The per-node perplexities are the build's own evaluations (eval_all_tasks; every 12th step and each run's last
+node): task1 = held-out Wikipedia, task2 = held-out news, the same 24 blocks of 128 tokens (3,072 tokens) per
+source for every node; perplexity = exp(mean token cross-entropy), its standard error over the 24 blocks by the
+delta method. ``record`` stores them as datasets "wiki" and "news" (metrics perplexity, perplexity_se and
+inverse_perplexity), so the wide view has wiki_perplexity etc. for SQL and `fipgraph plot graph --color`.
 """
 from __future__ import annotations
 
@@ -17,25 +18,30 @@ import math
 import fipgraph
 
 QUERIES = {"task1": "wiki", "task2": "news"}
+# run names of the config: wiki, continual, co[sparsity=p], cl_co[sparsity=p], co_cl[sparsity=p]
 BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/wiki' THEN 'pretrained (+1 wiki step)'
-  WHEN r.name LIKE '%/continual%' THEN 'CL (news)'
-  WHEN r.name LIKE '%/cl_co_%' THEN 'CL then Co'
-  WHEN r.name LIKE '%/co_cl_%' THEN 'Co then CL'
-  WHEN r.name LIKE '%/co_%' THEN 'Co (sparsify)'
+  WHEN r.name LIKE '%/continual%' THEN 'CL'
+  WHEN r.name LIKE '%/cl_co%' THEN 'CL then Co'
+  WHEN r.name LIKE '%/co_cl%' THEN 'Co then CL'
+  WHEN r.name LIKE '%/co%' THEN 'Co'
   ELSE 'other' END"""
+EVALUATED = "w.wiki_perplexity IS NOT NULL"
 
 
 def record(store_path: str) -> None:
     with fipgraph.open_store(store_path, mode="a") as store:
-        df = store.sql("SELECT node_id, dataset, value FROM evals WHERE metric = 'loss' AND dataset IN ('task1', 'task2')")
+        df = store.sql("SELECT node_id, dataset, metric, value FROM evals "
+                       "WHERE metric IN ('perplexity', 'perplexity_se') AND dataset IN ('task1', 'task2')")
         by_node: dict[int, dict] = {}
-        for n, ds, loss in zip(df["node_id"], df["dataset"], df["value"]):
-            ppl = math.exp(float(loss))
-            by_node.setdefault(int(n), {})[QUERIES[ds]] = {"perplexity": ppl, "inverse_perplexity": 1.0 / ppl}
+        for n, ds, metric, value in zip(df["node_id"], df["dataset"], df["metric"], df["value"]):
+            row = by_node.setdefault(int(n), {}).setdefault(QUERIES[ds], {})
+            row[metric] = float(value)
+            if metric == "perplexity":
+                row["inverse_perplexity"] = 1.0 / float(value)
         store.add_evals_many(by_node)
         store.flush()
-    print(f"recorded perplexity and 1/perplexity (wiki, news) for {len(by_node)} nodes")
+    print(f"recorded perplexity ± SE and 1/perplexity (wiki, news) for {len(by_node)} nodes")
 
 
 def _fmt(v) -> str:
@@ -52,49 +58,59 @@ def _md(df) -> str:
     return "\n".join(rows)
 
 
+def _pm(col: str) -> str:
+    """SQL for 'value ± se' of a perplexity column of the wide view."""
+    return f"printf('%.2f ± %.2f', {col}, {col}_se)"
+
+
 def report(store_path: str) -> None:
     with fipgraph.open_store(store_path, mode="r") as store:
+        dense = store.sql(f"""SELECT w.wiki_perplexity AS wiki, w.news_perplexity AS news FROM wide w JOIN runs r USING (run_id)
+                              WHERE r.name LIKE '%/wiki' AND {EVALUATED} ORDER BY w.step DESC LIMIT 1""").iloc[0]
+        d_wiki, d_news = float(dense["wiki"]), float(dense["news"])
+        print(f"Dense start (the wiki node): wiki {d_wiki:.2f}, news {d_news:.2f}; 2x dense = {2 * d_wiki:.2f} / {2 * d_news:.2f}.")
         runs = store.sql(f"""
-            SELECT r.name AS run, count(*) AS nodes, min(w.step) AS first_step, max(w.step) AS last_step,
+            SELECT r.name AS run, count(*) AS nodes, count(w.wiki_perplexity) AS evaluated,
                    round(max(w.prunable_sparsity), 3) AS sparsity,
-                   round(arg_max(w.wiki_perplexity, w.step), 2) AS wiki_last, round(arg_max(w.news_perplexity, w.step), 2) AS news_last,
-                   round(min(w.wiki_perplexity), 2) AS wiki_min, round(min(w.news_perplexity), 2) AS news_min
+                   arg_max({_pm('w.wiki_perplexity')}, CASE WHEN {EVALUATED} THEN w.step END) AS wiki_last,
+                   arg_max({_pm('w.news_perplexity')}, CASE WHEN {EVALUATED} THEN w.step END) AS news_last
             FROM wide w JOIN runs r USING (run_id) GROUP BY r.name, r.run_id ORDER BY r.run_id""")
-        print("## per run\n" + _md(runs))
-        branches = store.sql(f"""
-            SELECT {BRANCH_SQL} AS branch, count(*) AS nodes,
-                   round(median(w.wiki_perplexity), 2) AS wiki_median, round(min(w.wiki_perplexity), 2) AS wiki_min,
-                   round(median(w.news_perplexity), 2) AS news_median, round(min(w.news_perplexity), 2) AS news_min
-            FROM wide w JOIN runs r USING (run_id) GROUP BY 1 ORDER BY 1""")
-        print("\n## per branch\n" + _md(branches))
+        print("\n## per run (last evaluated node, perplexity ± standard error over 24 blocks)\n" + _md(runs))
+        cells = store.sql(f"""
+            WITH e AS (SELECT w.*, r.name AS run, {BRANCH_SQL} AS branch, round(w.prunable_sparsity, 1) AS sp
+                       FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED})
+            SELECT branch, sp AS sparsity, count(*) AS evaluated,
+                   round(avg(CASE WHEN wiki_perplexity <= {2 * d_wiki} OR news_perplexity <= {2 * d_news} THEN 1 ELSE 0 END), 2)
+                       AS share_within_2x,
+                   arg_min(printf('%s: node %d, %.2f ± %.2f', run, node_id, wiki_perplexity, wiki_perplexity_se), wiki_perplexity) AS best_for_wiki,
+                   arg_min(printf('%s: node %d, %.2f ± %.2f', run, node_id, news_perplexity, news_perplexity_se), news_perplexity) AS best_for_news
+            FROM e GROUP BY 1, 2 ORDER BY 2, 1""")
+        print("\n## per branch and sparsity: best node for each query; share of evaluated nodes within 2x of the dense "
+              "perplexity on at least one query set\n" + _md(cells))
         for q in ("wiki", "news"):
             best = store.sql(f"""
                 SELECT w.node_id, r.name AS run, w.step, round(w.prunable_sparsity, 3) AS sparsity,
-                       round(w.{q}_perplexity, 2) AS {q}_perplexity, {BRANCH_SQL} AS branch
-                FROM wide w JOIN runs r USING (run_id) ORDER BY w.{q}_perplexity LIMIT 5""")
+                       {_pm(f'w.{q}_perplexity')} AS {q}_perplexity, {BRANCH_SQL} AS branch
+                FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED} ORDER BY w.{q}_perplexity LIMIT 5""")
             print(f"\n## best 5 nodes for the {q} query\n" + _md(best))
-        matched = store.sql(f"""
-            SELECT round(w.prunable_sparsity, 1) AS sparsity, {BRANCH_SQL} AS branch, count(*) AS nodes,
-                   round(min(w.wiki_perplexity), 2) AS wiki_min, round(min(w.news_perplexity), 2) AS news_min
-            FROM wide w JOIN runs r USING (run_id) WHERE w.prunable_sparsity >= 0.05
-            GROUP BY 1, 2 ORDER BY 1, 2""")
-        print("\n## exactly sparse nodes (>= 5 % zeros), per sparsity and branch\n" + _md(matched))
+        for p in (0.3, 0.5):
+            best = store.sql(f"""
+                SELECT w.node_id, r.name AS run, w.step, {_pm('w.wiki_perplexity')} AS wiki, {_pm('w.news_perplexity')} AS news,
+                       {BRANCH_SQL} AS branch
+                FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED} AND round(w.prunable_sparsity, 1) = {p}
+                ORDER BY least(w.wiki_perplexity / {d_wiki}, w.news_perplexity / {d_news}) LIMIT 5""")
+            print(f"\n## best 5 exactly {p:.0%}-sparse nodes (by the lower of wiki/dense, news/dense)\n" + _md(best))
         enc = store.sql("""SELECT s.encoding, count(*) AS nodes, round(sum(s.stored_bytes) / 1e9, 2) AS stored_gb,
                                   round(avg(s.stored_bytes / (4.0 * n.n_params)), 3) AS stored_over_raw,
-                                  max(s.max_error_ratio) AS max_error_ratio, max(s.max_abs_error) AS max_abs_error,
-                                  median(s.max_abs_error) AS median_max_abs_error
+                                  max(s.max_error_ratio) AS max_error_ratio, max(s.max_abs_error) AS max_abs_error
                            FROM storage s JOIN nodes n USING (node_id) GROUP BY s.encoding ORDER BY s.encoding""")
         print("\n## storage per encoding\n" + _md(enc))
-        tags = store.sql("""SELECT r.name AS run, n.step, json_extract(n.tags, '$.lambda') AS lambda,
-                                   json_extract(n.tags, '$.projection_step') AS projection_step,
-                                   json_extract(n.tags, '$.distance_before_projection') AS distance_before,
+        tags = store.sql("""SELECT r.name AS run, n.step, json_extract(n.tags, '$.distance_before_projection') AS distance_before,
                                    json_extract(n.tags, '$.step_cap_hit') AS cap_hit
                             FROM nodes n JOIN runs r USING (run_id)
-                            -- the projection node: tagged "projection", or "final_projection" when no recovery
-                            -- steps follow it (then it is the run's last node, and projection_step = its step)
                             WHERE CAST(json_extract(n.tags, '$.projection_step') AS INTEGER) = n.step
                             ORDER BY n.node_id""")
-        print("\n## sparsify projections (stopping rule)\n" + _md(tags))
+        print("\n## sparsify projections (distance to the sparse set left when the walk stopped)\n" + _md(tags))
 
 
 def scatter(store_path: str, out: str) -> None:
@@ -104,7 +120,7 @@ def scatter(store_path: str, out: str) -> None:
 
     with fipgraph.open_store(store_path, mode="r") as store:
         df = store.sql(f"SELECT w.wiki_inverse_perplexity AS wiki, w.news_inverse_perplexity AS news, {BRANCH_SQL} AS branch "
-                       "FROM wide w JOIN runs r USING (run_id)")
+                       "FROM wide w JOIN runs r USING (run_id) WHERE " + EVALUATED)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for b, g in df.groupby("branch"):
         ax.scatter(g["wiki"], g["news"], label=f"{b} ({len(g)})", s=16)
