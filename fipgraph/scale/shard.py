@@ -7,7 +7,8 @@ which the driver pins to its own machine and which alone holds the read-write st
 shared filesystem is needed: what crosses the network per node is its weights as numpy arrays (Ray's
 object store), its metrics and tags; the run's optimizer state crosses once per batch of nodes. The
 writer assigns node ids, so they are unique and stable, and a node's parent may be any committed node
-(e.g. another run's last one).
+(e.g. another run's last one). On shared storage a worker writes its nodes' rows itself and sends only their
+catalog rows (``PrewrittenNode``, storage/prewrite.py), into rows it reserved here (``reserve_rows``).
 
 Nodes arrive in batches, each with the optimizer state of its last node; the writer appends the
 batch and keeps that state (in memory; on disk at most once a minute and at close), so a Ray retry
@@ -23,7 +24,6 @@ import os
 import socket
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 
 from fipgraph.device import HostWeights
 from fipgraph.errors import FipgraphError, NodeNotFoundError
+from fipgraph.storage.remote import as_location
 
 log = logging.getLogger("fipgraph.build")
 
@@ -93,7 +94,7 @@ class StoreWriter:
         from fipgraph.path.build import _setup_log
 
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
-        _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
+        _setup_log(as_location(store_dir))  # this process's lines (where each run ran) go to the build log too
 
     def register(self, name: str, pid: int, host: str) -> str:
         """A run's task says where it runs (logged; the tests kill that worker); returns its sender name.
@@ -142,13 +143,21 @@ class StoreWriter:
         ids, out, meta = self.pending.setdefault(sender, {}), [], {}
         for node in batch:
             meta = {**node["meta"], "parent": self._resolve(sender, node["meta"].get("parent"))}
-            ids[node["pending"]] = nid = self.store.append(from_wire(node["arrays"], node["spec"]), **meta)
+            if "written" in node:  # the worker wrote its rows to the shared store: only the catalog rows came
+                nid = self.store.append_written(node["written"], **meta)
+            else:
+                nid = self.store.append(from_wire(node["arrays"], node["spec"]), **meta)
+            ids[node["pending"]] = nid
             out.append(nid)
         if checkpoint is not None and meta.get("run") is not None:
             self._keep_state(meta["run"], out[-1], checkpoint)
         self.merge_seconds += time.perf_counter() - t0
         self.merged += len(out)
         return out
+
+    def reserve_rows(self, arch_id: str, count: int, align: int) -> int:
+        """Rows a worker on shared storage writes its nodes to (Store.reserve_rows); any caller, any order."""
+        return self.store.reserve_rows(arch_id, count, align)
 
     def call(self, sender: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
         """A store method the run engine uses (find_run, sql, ...), ``state_dict`` or ``files.*``."""
@@ -210,7 +219,8 @@ class StoreWriter:
 
 # the Store methods a worker's RemoteStore calls by name (state_dict and files.* are handled above)
 FORWARDED = {"find_run", "run_by_id", "start_run", "set_run_status", "finish_run", "last_node", "first_tagged",
-             "add_evals", "add_evals_many", "has_evals", "flush", "sql", "node", "node_tags", "arch_spec"}
+             "add_evals", "add_evals_many", "has_evals", "flush", "sql", "node", "node_tags", "arch_spec",
+             "write_settings", "chain_of"}
 
 
 def worker_identity() -> tuple[int, str]:
