@@ -19,8 +19,9 @@ Writes benchmarks/results/ray.json (every pair's times and ratio, the merge cost
 With ``--worker-writes`` (issue 23, section 2) it compares instead, saving every step, today's Ray build that ships
 raw weights to the writer actor ("before") with workers that write their own rows into a folder declared shared
 ("after"), and prints per node: the driver side's CPU (the driver process, from getrusage, plus the writer actor's
-process, from its CPU clock) and the bytes of the nodes' calls to the writer as Ray serializes them (arguments
-over 100 KiB go through Ray's object store, smaller ones inline in the call):
+process, from its CPU clock) and the bytes of the nodes' calls to the writer as Ray serializes them, the nodes and
+the optimizer state that goes with every batch's last node apart (arguments over 100 KiB go through Ray's object
+store, smaller ones inline in the call):
 
     python benchmarks/bench_ray.py --worker-writes [--steps 60] [--repeat 1]     # writes results/ray_shared.json
 """
@@ -147,11 +148,13 @@ def _driver_side(config, store_dir: Path, shared: bool) -> dict:
     log_text = result.log_path.read_text()
     line = [ln for ln in log_text.splitlines() if "nodes merged" in ln][-1]
     merged, cpu_ms = re.search(r"(\d+) nodes merged, .*\(([\d.]+) CPU-ms", line).groups()
-    runs = re.findall(r"(\d+) nodes written by the worker, (\d+) sent to the writer \((\d+) bytes", log_text)
+    runs = re.findall(r"(\d+) nodes written by the worker, (\d+) sent to the writer \((\d+) bytes of nodes, "
+                      r"(\d+) of optimizer state", log_text)
     nodes = int(merged)
     return {"seconds": seconds, "nodes": nodes, "driver_cpu_ms_per_node": 1e3 * driver_cpu / nodes,
-            "writer_cpu_ms_per_node": float(cpu_ms), "written_by_workers": sum(int(w) for w, _, _ in runs),
-            "sent_raw": sum(int(r) for _, r, _ in runs), "bytes_per_node": sum(int(b) for _, _, b in runs) / nodes}
+            "writer_cpu_ms_per_node": float(cpu_ms), "written_by_workers": sum(int(r[0]) for r in runs),
+            "sent_raw": sum(int(r[1]) for r in runs), "bytes_per_node": sum(int(r[2]) for r in runs) / nodes,
+            "optimizer_state_bytes_per_node": sum(int(r[3]) for r in runs) / nodes}
 
 
 def _worker_writes(args: argparse.Namespace, tmp: Path) -> None:
@@ -167,8 +170,9 @@ def _worker_writes(args: argparse.Namespace, tmp: Path) -> None:
             rows[which].append(m)
             print(f"[{i}] {which:6s} {m['seconds']:6.1f} s, {m['nodes']} nodes ({m['written_by_workers']} written by the "
                   f"workers, {m['sent_raw']} shipped): driver process {m['driver_cpu_ms_per_node']:.2f} CPU-ms/node, "
-                  f"writer actor {m['writer_cpu_ms_per_node']:.2f} CPU-ms/node, {m['bytes_per_node']:,.0f} bytes/node "
-                  f"to the writer (load {load:.1f})", flush=True)
+                  f"writer actor {m['writer_cpu_ms_per_node']:.2f} CPU-ms/node; to the writer per node {m['bytes_per_node']:,.0f} "
+                  f"bytes of nodes + {m['optimizer_state_bytes_per_node']:,.0f} of optimizer state (load {load:.1f})",
+                  flush=True)
     print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'before0', tmp / 'after0')}")
     args.out = args.out if args.out != RESULTS / "ray.json" else RESULTS / "ray_shared.json"
     _write(args, {"save_every": 1, **rows, "load_1min_after": os.getloadavg()[0]})

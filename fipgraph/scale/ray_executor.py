@@ -138,7 +138,7 @@ def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str,
     finally:
         store.detach()
     written = store.chain.written if store.chain is not None else 0
-    sent = "" if store.sent_bytes is None else f" ({store.sent_bytes} bytes of node calls)"
+    sent = "" if store.sent_bytes is None else f" ({store.sent_bytes} bytes of nodes, {store.state_bytes} of optimizer state)"
     writer.note.remote(f"run {plan.name}: {store.waited:.2f} s waiting for the writer; {written} nodes written by "
                        f"the worker, {store.shipped} sent to the writer{sent}")  # logged in build.log
     return result

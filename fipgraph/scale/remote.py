@@ -64,8 +64,8 @@ class RemoteStore:
     def __init__(self, actor: Any, root: str | Path, sender: str | None = None, *, shared: bool = False,
                  batch_nodes: int = BATCH_NODES, max_in_flight: int = MAX_IN_FLIGHT, max_delay: float = MAX_DELAY,
                  measure_bytes: bool = False) -> None:
-        """``measure_bytes``: count the bytes Ray serializes for the nodes' calls (``sent_bytes``; costs one more
-        serialization per batch, for benchmarks)."""
+        """``measure_bytes``: count the bytes Ray serializes for the nodes' calls (``sent_bytes``, and
+        ``state_bytes`` for the optimizer states with them; one more serialization per batch, for benchmarks)."""
         if batch_nodes < 1 or max_in_flight < 1:
             raise ConfigError(f"batch_nodes ({batch_nodes}) and max_in_flight ({max_in_flight}) must be at least 1")
         if not isinstance(shared, bool):
@@ -74,7 +74,8 @@ class RemoteStore:
         self.actor, self.root, self.shared = actor, as_location(root), shared
         self.chain: ChainWriter | None = None  # on shared storage: writes this worker's rows (made at the first append)
         self.shipped = 0  # nodes whose weights went to the writer (the others' rows were written here)
-        self.sent_bytes = 0 if measure_bytes else None  # bytes of append_many's arguments, as Ray serializes them
+        self.sent_bytes = 0 if measure_bytes else None  # bytes of append_many's nodes, as Ray serializes them
+        self.state_bytes = 0  # ... and of the optimizer states that go with them (measured with sent_bytes)
         self.sender = sender or f"anonymous:{uuid.uuid4().hex}"  # the writer's name for this worker's pending ids
         self.files = _RemoteFiles(self)
         # checkpoint_of(step): the run's optimizer state if the model is still the network saved at `step`, else None
@@ -127,7 +128,8 @@ class RemoteStore:
             import ray
 
             context = ray._private.worker.global_worker.get_serialization_context()
-            self.sent_bytes += context.serialize((self.sender, batch, checkpoint)).total_bytes
+            self.sent_bytes += context.serialize((self.sender, batch)).total_bytes
+            self.state_bytes += context.serialize(checkpoint).total_bytes
         ref = self.actor.append_many.remote(self.sender, batch, checkpoint)  # serialised now: later steps change nothing
         self._in_flight.append((ref, [node["pending"] for node in batch]))
 
