@@ -2,7 +2,7 @@
 
 Into a folder declared shared and into a SeaweedFS bucket: the same nodes (weights bit-exact), the same graph
 (lineage, distances, path lengths, norms, checksums, row encodings) as today's build that ships raw weights to
-the writer, unique ids, no node sent to the writer; a worker killed mid-run is retried with no node lost or
+the writer, unique ids, no node (nor optimizer state) sent to the writer; a worker killed mid-run is retried with no node lost or
 duplicated, and what it wrote but never committed is reported by `fipgraph check` and removed by --repair.
 
 The bucket's AWS_* environment is set before Ray starts, so the workers inherit it (no secret travels through
@@ -87,7 +87,8 @@ def _sent(log: str) -> list[str]:
 
 
 def test_folder_declared_shared_equals_the_shipped_build(tmp_path, shipped):
-    result = build_ray(_config(tmp_path), tmp_path / "shared", shared_storage=True)
+    # durable: the workers fsync their chunk files before they send the rows (the writer's setting, followed)
+    result = build_ray(_config(tmp_path), tmp_path / "shared", shared_storage=True, durable=True)
     assert result.status == "finished" and result.failed == {}
     _assert_same_nodes(shipped, tmp_path / "shared")  # names, steps, lineage, weights bit-exact
     assert _graph(shipped) == _graph(tmp_path / "shared")  # distances, path lengths, checksums, encodings too
@@ -95,6 +96,8 @@ def test_folder_declared_shared_equals_the_shipped_build(tmp_path, shipped):
     assert sorted(sent) == sorted(["5 nodes written by the worker, 0 sent to the writer"] * 2 +
                                   ["4 nodes written by the worker, 0 sent to the writer"] * 2)
     assert check_store(tmp_path / "shared", progress=False).ok  # every chunk file belongs to a committed node
+    # optimizer states went beside the store, not through Ray; the writer removed them once no retry needs them
+    assert not list((tmp_path / "shared" / "optim" / "pending").glob("*"))
     again = build_ray(_config(tmp_path), tmp_path / "shared", shared_storage=True)  # finished: nothing added
     assert again.status == "finished" and len(_graph(tmp_path / "shared")) == len(_graph(shipped))
 
@@ -136,6 +139,7 @@ def test_killed_worker_on_shared_storage_loses_and_duplicates_nothing(tmp_path):
         dup = s.sql("SELECT run_id, step FROM nodes GROUP BY run_id, step HAVING count(*) > 1")
         assert dup.empty, dup
     _assert_same_nodes(tmp_path / "local", store)  # every step once, weights bit-exact with an unbroken build
+    assert not list((store / "optim" / "pending").glob("*"))  # the killed worker's optimizer states too
     report = check_store(store, repair=True, progress=False)  # the killed worker's uncommitted chunks, if any
     assert not report.bad_nodes and report.removed == len(report.orphans)
     assert check_store(store, progress=False).ok and not check_store(store, progress=False).orphans

@@ -11,7 +11,8 @@ appended it; the worker learns the real ids with each batch's answer.
 
 On shared storage (``shared=True``: a bucket, or a folder every worker mounts) the worker encodes and writes
 its nodes' rows into the store itself (``fipgraph.storage.prewrite.ChainWriter``, rows reserved from the
-writer) just before a batch is sent, and the batch carries only each node's catalog rows and checksum.
+writer) just before a batch is sent, and the batch carries only each node's catalog rows and checksum, and the
+name of the optimizer state the worker saved beside the store (optim/pending/).
 
 Optimizer state crosses only where a resume needs it: with the last node of each batch (the writer
 keeps it beside that node), so a worker killed between batches is retried from the last node the
@@ -117,6 +118,8 @@ class RemoteStore:
             self._settle_oldest()
         last_step = self._open[-1]["meta"].get("step")
         checkpoint = self.checkpoint_of(last_step) if self.checkpoint_of is not None else None
+        if checkpoint is not None and self.chain is not None:  # beside the store: the call carries its name
+            checkpoint = self.chain.save_state(checkpoint)
         batch, self._open = self._open, []
         jobs = [node.pop("job") for node in batch if "job" in node]
         if jobs:  # rows first, then the catalog rows that make the nodes exist

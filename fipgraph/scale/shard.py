@@ -31,6 +31,7 @@ import torch
 
 from fipgraph.device import HostWeights
 from fipgraph.errors import FipgraphError, NodeNotFoundError
+from fipgraph.storage.prewrite import PendingState
 from fipgraph.storage.remote import as_location
 
 log = logging.getLogger("fipgraph.build")
@@ -180,25 +181,34 @@ class StoreWriter:
         if method == "save_optimizer_state":
             return self._keep_state(*args)
         if method == "drop_optimizer_state":
-            self.latest.pop(int(args[0]), None)
+            node_state = self.latest.pop(int(args[0]), None)
+            if node_state is not None and isinstance(node_state[1], PendingState):
+                self.store.files.drop_pending_states([node_state[1].name])
             return self.store.files.drop_optimizer_state(*args)
         raise AttributeError(f"StoreWriter does not forward files.{method!r}")
 
-    def _keep_state(self, run_id: int, node: int, state: Mapping) -> None:
-        self.latest[int(run_id)] = (int(node), dict(state))
+    def _keep_state(self, run_id: int, node: int, state: Mapping | PendingState) -> None:
+        """``state``: the optimizer state, or the name of the file a worker on shared storage saved it to."""
+        old = self.latest.get(int(run_id))
+        self.latest[int(run_id)] = (int(node), state if isinstance(state, PendingState) else dict(state))
+        if old is not None and isinstance(old[1], PendingState) and old[1] != state:
+            self.store.files.drop_pending_states([old[1].name])  # superseded: no retry resumes from it
         if time.time() - self.written.get(int(run_id), 0.0) > 60:
             self._write_state(int(run_id))
+
+    def _state(self, state: Mapping | PendingState) -> dict:
+        return self.store.files.load_pending_state(state.name) if isinstance(state, PendingState) else state
 
     def _write_state(self, run_id: int) -> None:
         node, state = self.latest[run_id]
         self.store.flush()  # the file names a committed node
-        self.store.files.save_optimizer_state(run_id, node, state)
+        self.store.files.save_optimizer_state(run_id, node, self._state(state))
         self.written[run_id] = time.time()
 
     def _latest_state(self, run_id: int) -> dict | None:
         if run_id in self.latest:
             node, state = self.latest[run_id]
-            return {"node": node, "state": state}
+            return {"node": node, "state": self._state(state)}
         return self.store.files.load_optimizer_state(run_id)
 
     def merge_cost(self) -> tuple[int, float, float]:
@@ -212,6 +222,8 @@ class StoreWriter:
         if not self.closed:
             for run_id in list(self.latest):
                 self._write_state(run_id)
+            if self.store is not None:  # every state kept is written now; the rest are a dead worker's
+                self.store.files.drop_pending_states()
             self.closed = True
         if self.store is not None:
             self.store.close()

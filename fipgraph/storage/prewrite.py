@@ -4,7 +4,8 @@ A Ray worker whose store is on shared storage (a bucket, or a folder every worke
 writes its own nodes' rows into the store's weights: delta coding, compression, statistics and checksum by
 the same ``NodeEncoder`` the store's writer uses, so the bytes are the ones the writer would have written.
 It sends the writer only a ``PrewrittenNode`` per node (its row, encoding, checksum, norms: ~0.5 KB), which
-the writer commits in order with everything else (``Store.append_written``). The catalog commit is still
+the writer commits in order with everything else (``Store.append_written``), and the name of the optimizer state
+it saved beside the store (``PendingState``) where the shipped build sent the state itself. The catalog commit is still
 what makes a node exist: a worker that dies after writing chunks leaves unreferenced chunk files, which
 ``fipgraph check`` reports and ``--repair`` removes.
 
@@ -16,6 +17,7 @@ non-finite weights, a lossy store) returns None from ``prepare`` and is shipped 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from fipgraph.storage.encoder import NodeEncoder, NodeJob
 from fipgraph.storage.inputs import check_finite, model_spec_of, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.remote import RemotePath
+from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.weights import WeightArrays, _rows_per_chunk
 
 ROWS_PER_RESERVATION = 64  # rows reserved per call to the writer (rounded up to whole chunks)
@@ -50,6 +53,14 @@ class PrewrittenNode:
     arch_spec: dict | None = None  # with a writer's first node of an architecture (new to the store)
 
 
+@dataclass(frozen=True)
+class PendingState:
+    """An optimizer state a worker saved beside the store (``StoreFiles.save_pending_state``) instead of
+    sending it: the writer keeps this name with the node it belongs to and reads the file if a retry needs it."""
+
+    name: str
+
+
 class ChainWriter:
     """Encodes and writes the rows of one worker's nodes into the store at ``root`` (see the module docstring).
 
@@ -67,6 +78,7 @@ class ChainWriter:
         self._reserve, self._chain_of, self._fetch = reserve, chain_of, fetch
         self.weights = WeightArrays(root / "weights.zarr", read_only=False, durable=bool(settings["durable"]),
                                     compressor=settings["compressor"])
+        self.files = StoreFiles(root, durable=bool(settings["durable"]))
         self.encoder = NodeEncoder(self.weights, self._read_rows, lambda node: 0.0,
                                    recent_bytes=int(settings["recent_bytes"]))
         self._chains: dict[int, tuple[str, int, int | None]] = {}  # node -> (arch, depth, parent), own nodes
@@ -109,15 +121,16 @@ class ChainWriter:
         """Encode and write the prepared nodes' rows (in order: each may be the next one's parent)."""
         if not jobs:
             return []
-        self.encoder.write_weights(jobs)
-        if self.weights.durable:  # the rows must survive a power loss before the writer may commit them
-            for job in jobs:
-                for name, (_, n) in codec.array_names(job.layout, job.encoding).items():
-                    if n:
-                        self.weights.sync_rows(job.layout.arch_id, name, job.row, job.row)
+        self.encoder.write_weights(jobs)  # durable: fsynced there, before the writer may commit them
         self.written += len(jobs)
         return [PrewrittenNode(j.layout.arch_id, j.row, j.encoding, j.chain_depth, tuple(j.storage_row),
                                j.node_row["l2_norm"], j.node_row["sparsity"], j.distance, j.arch_spec) for j in jobs]
+
+    def save_state(self, state: Mapping) -> PendingState:
+        """Write an optimizer state beside the store; the writer gets only its name."""
+        name = uuid.uuid4().hex
+        self.files.save_pending_state(name, state)
+        return PendingState(name)
 
     def close(self) -> None:
         self.weights.close()
