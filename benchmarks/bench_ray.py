@@ -15,6 +15,15 @@ printed with the numbers):
     python benchmarks/bench_ray.py [--steps 1000] [--save-every 100] [--runs 4] [--cpus 2] [--repeat 2]
 
 Writes benchmarks/results/ray.json (every pair's times and ratio, the merge cost, the load).
+
+With ``--worker-writes`` (issue 23, section 2) it compares instead, saving every step, today's Ray build that ships
+raw weights to the writer actor ("before") with workers that write their own rows into a folder declared shared
+("after"), and prints per node: the driver side's CPU (the driver process, from getrusage, plus the writer actor's
+process, from its CPU clock) and the bytes of the nodes' calls to the writer as Ray serializes them, the nodes and
+the optimizer state that goes with every batch's last node apart (arguments over 100 KiB go through Ray's object
+store, smaller ones inline in the call):
+
+    python benchmarks/bench_ray.py --worker-writes [--steps 60] [--repeat 1]     # writes results/ray_shared.json
 """
 
 from __future__ import annotations
@@ -123,6 +132,52 @@ def _ray_build(config, store_dir: Path) -> tuple[float, float, tuple]:
     return seconds, started, (int(merged), float(writer_ms), float(cpu_ms), waited)
 
 
+def _driver_side(config, store_dir: Path, shared: bool) -> dict:
+    """One Ray build saving every step: wall seconds, nodes, and per node the driver process's CPU, the writer
+    actor's process CPU and the bytes of the nodes' calls to the writer (from the workers' build-log lines)."""
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    t0, cpu0 = time.perf_counter(), cpu()
+    result = build_ray(config, store_dir, shared_storage=shared)
+    seconds, driver_cpu = time.perf_counter() - t0, cpu() - cpu0
+    assert result.status == "finished", result.failed
+    log_text = result.log_path.read_text()
+    line = [ln for ln in log_text.splitlines() if "nodes merged" in ln][-1]
+    merged, cpu_ms = re.search(r"(\d+) nodes merged, .*\(([\d.]+) CPU-ms", line).groups()
+    runs = re.findall(r"(\d+) nodes written by the worker, (\d+) sent to the writer \((\d+) bytes of nodes, "
+                      r"(\d+) of optimizer state", log_text)
+    nodes = int(merged)
+    return {"seconds": seconds, "nodes": nodes, "driver_cpu_ms_per_node": 1e3 * driver_cpu / nodes,
+            "writer_cpu_ms_per_node": float(cpu_ms), "written_by_workers": sum(int(r[0]) for r in runs),
+            "sent_raw": sum(int(r[1]) for r in runs), "bytes_per_node": sum(int(r[2]) for r in runs) / nodes,
+            "optimizer_state_bytes_per_node": sum(int(r[3]) for r in runs) / nodes}
+
+
+def _worker_writes(args: argparse.Namespace, tmp: Path) -> None:
+    """Before (weights shipped to the writer) and after (workers write their rows), alternating, saving every step."""
+    config = _config(tmp, args.runs, args.steps, 1)
+    connect(None, num_cpus=args.cpus)
+    rows: dict[str, list] = {"before": [], "after": []}
+    for i in range(args.repeat):
+        for which in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            load = os.getloadavg()[0]
+            m = _driver_side(config, tmp / f"{which}{i}", shared=which == "after")
+            m["load_1min"] = load
+            rows[which].append(m)
+            print(f"[{i}] {which:6s} {m['seconds']:6.1f} s, {m['nodes']} nodes ({m['written_by_workers']} written by the "
+                  f"workers, {m['sent_raw']} shipped): driver process {m['driver_cpu_ms_per_node']:.2f} CPU-ms/node, "
+                  f"writer actor {m['writer_cpu_ms_per_node']:.2f} CPU-ms/node; to the writer per node {m['bytes_per_node']:,.0f} "
+                  f"bytes of nodes + {m['optimizer_state_bytes_per_node']:,.0f} of optimizer state (load {load:.1f})",
+                  flush=True)
+    print(f"stores identical (names, steps, weights bit-exact): {_final_weights_equal(tmp / 'before0', tmp / 'after0')}")
+    args.out = args.out if args.out != RESULTS / "ray.json" else RESULTS / "ray_shared.json"
+    _write(args, {"save_every": 1, **rows, "load_1min_after": os.getloadavg()[0]})
+
+
 def _write(args: argparse.Namespace, result: dict) -> None:
     result = {"steps": args.steps, "save_every": args.save_every, "runs": args.runs, "cpus": args.cpus, **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +194,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="pairs of builds, alternating which goes first")
     ap.add_argument("--log", help="copy the last Ray build's build.log here (where the time went)")
     ap.add_argument("--out", type=Path, default=RESULTS / "ray.json", help="where the numbers go")
+    ap.add_argument("--worker-writes", action="store_true",
+                    help="before/after workers writing their own rows, saving every step (see the docstring)")
     args = ap.parse_args()
     import ray
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    if args.worker_writes:
+        os.environ["FIPGRAPH_RAY_BYTES"] = "1"  # before Ray starts: its workers inherit it
+        try:
+            _worker_writes(args, tmp)
+        finally:
+            ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     try:
         config = _config(tmp, args.runs, args.steps, args.save_every)
         n_params = sum(p.numel() for p in build_model({"name": "cnn5"}).parameters())

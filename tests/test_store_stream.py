@@ -140,12 +140,12 @@ def test_reading_a_chain_in_order_decodes_one_row_per_node_even_when_rows_exceed
 
 
 def test_large_rows_written_chunk_by_chunk_equal_whole_row_writes(tmp_path, small_chunks, monkeypatch):
-    from fipgraph.storage import writer
+    from fipgraph.storage import encoder, writer
 
     monkeypatch.setattr(weights, "SMALL_CHUNK_BYTES", 1)  # a chunk row per node, as large nodes have
     states = digits_walk(6)
     build(tmp_path / "whole", states)
-    monkeypatch.setattr(writer, "STREAM_BYTES", 0)  # every node takes the streamed path
+    monkeypatch.setattr(encoder, "STREAM_BYTES", 0)  # every node takes the streamed path
     calls = []
     real = writer.Writer._start_streamed
     monkeypatch.setattr(writer.Writer, "_start_streamed", lambda self, job, *a: calls.append(job.node_id) or real(self, job, *a))

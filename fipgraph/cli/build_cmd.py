@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "tasks (each run's num_cpus/num_gpus), one store as the result")
     p.add_argument("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
                    help="--executor ray: join this Ray cluster (default: start Ray on this machine)")
+    p.add_argument("--shared-store", action=argparse.BooleanOptionalAction, default=None,
+                   help="--executor ray: workers encode and write their own nodes' weights into the store (every "
+                        "worker mounts the --store folder at the same path; the default for a URL store), or "
+                        "--no-shared-store: they send them to the writer (the default for a folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # one positional list: the config file and the overrides are told apart by "=" (argparse needs
     # them side by side: `build CONFIG k=v --store S` or `build --store S CONFIG k=v`)
@@ -76,9 +80,12 @@ def run_build(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         result = _build_on_ray(config, args)
     else:
-        if args.address is not None:
-            from fipgraph.errors import ConfigError
-            raise ConfigError(f"--address {args.address} needs --executor ray")
+        ray_only = {f"--address {args.address}": args.address,
+                    "--shared-store" if args.shared_store else "--no-shared-store": args.shared_store}
+        for flag, value in ray_only.items():
+            if value is not None:
+                from fipgraph.errors import ConfigError
+                raise ConfigError(f"{flag} needs --executor ray")
         result = build(config, args.store, start=args.start, max_hours=args.max_hours, max_steps=args.max_steps,
                        progress=not args.no_progress, durable=args.durable)
     print(format_table(result))
@@ -107,4 +114,4 @@ def _build_on_ray(config, args: argparse.Namespace):
         raise ConfigError("--max-steps counts steps across runs taken in order; with --executor ray runs go in "
                           "parallel, so stop them with --max-hours instead")
     return build_ray(config, args.store, start=args.start, max_hours=args.max_hours, durable=args.durable,
-                     address=args.address, threads=args.threads)
+                     address=args.address, threads=args.threads, shared_storage=args.shared_store)

@@ -3,7 +3,9 @@
 The driver checks the whole config (as a local build does), starts the ``StoreWriter`` actor on its
 own machine, and submits every run whose ``from`` run has finished as a Ray task with the run's
 ``num_cpus``/``num_gpus``. Each task walks its run with the ordinary run engine against a
-``RemoteStore`` (``fipgraph.scale.remote``), which ships nodes without waiting for the writer. A task whose worker dies is retried by Ray and resumes
+``RemoteStore`` (``fipgraph.scale.remote``), which ships nodes without waiting for the writer. When the store
+is on shared storage (a URL, or a folder declared shared: ``shared_storage``), each worker encodes and writes its
+own nodes' rows there and ships only their catalog rows. A task whose worker dies is retried by Ray and resumes
 from its run's last committed node; a run that raises is marked failed (its dependants are not
 started) and the others go on. Rerunning the same command resumes the whole build.
 """
@@ -25,7 +27,7 @@ from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.engine.recipe import Limits, RunRecipe, RunResult
 from fipgraph.scale.remote import RemoteStore
 from fipgraph.scale.shard import StoreWriter, worker_identity
-from fipgraph.storage.remote import is_url
+from fipgraph.storage.remote import as_location, is_url
 from fipgraph.storage.sidecar import StoreFiles
 
 log = logging.getLogger("fipgraph.build")
@@ -115,10 +117,11 @@ class _RayRecipe(RunRecipe):
 
 
 def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str, resolved: dict, eval_all: bool,
-                deadline: float | None, threads: int, opened: list) -> RunResult:
+                deadline: float | None, threads: int, opened: list, shared: bool = False) -> RunResult:
     """The body of one run's Ray task (on any worker of the cluster). ``opened`` holds the ref of the writer's
     ``open`` call, awaited here (in a list, so the task starts before it): Ray orders one caller's actor
-    calls, not calls from different callers, so this worker's first call could otherwise come before it."""
+    calls, not calls from different callers, so this worker's first call could otherwise come before it.
+    ``shared``: the worker writes its nodes' rows into the store at ``store_dir`` itself."""
     import ray
     import torch
 
@@ -126,21 +129,42 @@ def walk_remote(plan: Plan, writer: Any, store_dir: str, tasks: list, head: str,
     ray.get(opened[0])
     pid, host = worker_identity()
     sender = ray.get(writer.register.remote(plan.name, pid, host))
-    store = RemoteStore(writer, store_dir, sender)
+    # FIPGRAPH_RAY_BYTES=1 (benchmarks/bench_ray.py): the build log says how many bytes the nodes' calls took
+    store = RemoteStore(writer, store_dir, sender, shared=shared, measure_bytes=os.environ.get("FIPGRAPH_RAY_BYTES") == "1")
     limits = Limits(deadline=deadline, max_steps=None, progress=False)
-    result = _RayRecipe(plan, store, Path(store_dir), tasks, head, limits, resolved, eval_all, StopSignal()).run()
-    writer.note.remote(f"run {plan.name}: {store.waited:.2f} s waiting for the writer")  # logged in build.log
+    try:
+        result = _RayRecipe(plan, store, as_location(store_dir), tasks, head, limits, resolved, eval_all,
+                            StopSignal()).run()
+    finally:
+        store.detach()
+    written = store.chain.written if store.chain is not None else 0
+    sent = "" if store.sent_bytes is None else f" ({store.sent_bytes} bytes of nodes, {store.state_bytes} of optimizer state)"
+    writer.note.remote(f"run {plan.name}: {store.waited:.2f} s waiting for the writer; {written} nodes written by "
+                       f"the worker, {store.shipped} sent to the writer{sent}")  # logged in build.log
     return result
+
+
+def shared_storage_of(store_dir: str | Path, shared_storage: bool | None) -> bool:
+    """Whether workers write their own rows: a URL store is shared; a folder only when the user says so."""
+    if shared_storage not in (None, True, False):
+        raise ConfigError(f"shared_storage={shared_storage!r}: give True (every worker mounts the store at the same "
+                          "path, or it is a URL), False (workers send their weights to the writer) or None (True for "
+                          "a URL, False for a folder)")
+    if is_url(store_dir) and str(store_dir).startswith("memory://"):
+        raise ConfigError(f"--store {store_dir}: a memory:// store lives inside one process, so Ray's workers and "
+                          "writer cannot share it; use a folder or a bucket (s3://...)")
+    return is_url(store_dir) if shared_storage is None else shared_storage
 
 
 def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: int | None = None,
               max_hours: float | None = None, durable: bool = False, address: str | None = None,
-              threads: int = 1, num_cpus: int | None = None) -> BuildResult:
-    """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address``."""
-    if is_url(store_dir):  # workers writing their own chunks to a bucket is not built yet (issue 23, section 2)
-        raise ConfigError(f"--executor ray with a store on object storage ({store_dir}) is not supported yet; build "
-                          "with the local executor, or into a folder and `fipgraph store push` it afterwards")
-    store_dir = Path(store_dir)
+              threads: int = 1, num_cpus: int | None = None, shared_storage: bool | None = None) -> BuildResult:
+    """``build`` with every run as a Ray task (see the module docstring); same arguments plus ``address`` and
+    ``shared_storage`` (None: workers write their own rows when the store is a URL; True: also into a folder
+    that every worker mounts at the same path; False: they send their weights to the writer)."""
+    shared = shared_storage_of(store_dir, shared_storage)
+    store_dir = as_location(store_dir)  # a URL stays a string
+    where = store_dir if is_url(store_dir) else str(store_dir.resolve())  # as the writer and the workers open it
     if config.store:  # the writer actor opens the store with the defaults: say so rather than write other rows
         raise ConfigError(f"[store] {config.store} is not supported with --executor ray yet; build with the "
                           "local executor, or drop the [store] table (lossless rows)")
@@ -148,7 +172,7 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     # the config's checks (it takes seconds)
     ray = connect(address, num_cpus) if address is not None else _import_ray()
     # joined already: the writer's process and the workers' imports (seconds each) start beside the checks
-    writer = _start_early(ray, store_dir, len(config.runs)) if ray.is_initialized() else None
+    writer = _start_early(ray, where, len(config.runs)) if ray.is_initialized() else None
     try:
         with _open_when_free(store_dir, durable) as store:  # checks, then handed to the writer
             tasks, plans = _prepare(config, store, start)
@@ -158,12 +182,14 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
         if writer is not None:  # it never opened the store
             ray.kill(writer)
         raise
-    writer = writer or _start_writer(ray, store_dir)
+    writer = writer or _start_writer(ray, where)
     handler = _setup_log(store_dir)
     try:
         deadline = None if max_hours is None else time.time() + 3600 * max_hours
-        opened = writer.open.remote(str(store_dir.resolve()), durable)  # after the driver let the store go
-        results, failed = _schedule(ray, config, plans, writer, store_dir, ray.put(tasks), deadline, threads, opened)
+        opened = writer.open.remote(where, durable)  # after the driver let the store go
+        log.info("build %s: %s", config.name, "workers write their nodes' rows to the store themselves" if shared
+                 else "workers send their nodes' weights to the writer")
+        results, failed = _schedule(ray, config, plans, writer, where, ray.put(tasks), deadline, threads, opened, shared)
         ray.get(writer.call.remote(None, "flush"))
         merged, seconds, cpu = ray.get(writer.merge_cost.remote())
         log.info("build %s: %d nodes merged, %.2f ms each on the writer (%.2f CPU-ms each in the writer's process)",
@@ -182,7 +208,7 @@ def build_ray(config: BuildConfig, store_dir: str | Path = "store", *, start: in
     return BuildResult(status, results, accuracy, StoreFiles(store_dir).build_log, failed)
 
 
-def _open_when_free(store_dir: Path, durable: bool, wait: float = 60.0):
+def _open_when_free(store_dir: str | Path, durable: bool, wait: float = 60.0):
     """Open the store for writing; a killed driver's writer actor may hold it for some seconds more
     while Ray tears its job down, so a lock is waited for (up to ``wait`` s) before it is an error."""
     end = time.time() + wait
@@ -197,10 +223,10 @@ def _open_when_free(store_dir: Path, durable: bool, wait: float = 60.0):
 
 def writer_name(store_dir: str | Path) -> str:
     """The writer actor's name (``ray.get_actor(name).who.remote()``: which worker walks which run)."""
-    return f"fipgraph-writer:{Path(store_dir).resolve()}"
+    return f"fipgraph-writer:{store_dir if is_url(store_dir) else Path(store_dir).resolve()}"
 
 
-def _start_writer(ray: Any, store_dir: Path) -> Any:
+def _start_writer(ray: Any, store_dir: str) -> Any:
     """The writer actor, pinned to this (the driver's) machine: the store lives on its disk. It imports
     what the store needs at once and opens the store when asked (``open``), once the driver lets it go."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -217,7 +243,7 @@ def _warm_up() -> None:
     that comes to it starts at once."""
 
 
-def _start_early(ray: Any, store_dir: Path, runs: int) -> Any:
+def _start_early(ray: Any, store_dir: str, runs: int) -> Any:
     """The writer actor, and one warm-up task per run that can start at once (at most one per CPU): a fresh
     worker process spends seconds importing torch and fipgraph, which then overlap the driver's checks."""
     writer = _start_writer(ray, store_dir)
@@ -241,8 +267,8 @@ def _fits(ray: Any, running: list[Plan], plan: Plan) -> bool:
     return True
 
 
-def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: Path, tasks_ref: Any,
-              deadline: float | None, threads: int, opened: Any) -> tuple[list[RunResult], dict[str, str]]:
+def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, store_dir: str, tasks_ref: Any,
+              deadline: float | None, threads: int, opened: Any, shared: bool) -> tuple[list[RunResult], dict[str, str]]:
     """Submit each run once its ``from`` run has finished and the cluster has room for it; collect results
     as they come. ``opened`` (the ref of the writer's ``open``) is awaited after the first runs are
     submitted (both start at once)."""
@@ -262,8 +288,8 @@ def _schedule(ray: Any, config: BuildConfig, plans: list[Plan], writer: Any, sto
                 start_node = done[dep].last_node if dep else plan.start
                 ref = remote.options(num_cpus=plan.run.num_cpus, num_gpus=plan.run.num_gpus, max_retries=MAX_RETRIES,
                                      retry_exceptions=False, name=f"fipgraph:{plan.name}").remote(
-                    plan, writer, str(store_dir.resolve()), tasks_ref, config.data.head,
-                    resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads, [opened])
+                    plan, writer, store_dir, tasks_ref, config.data.head,
+                    resolved_config(config, plan, start_node), config.eval_all_tasks, deadline, threads, [opened], shared)
                 running[ref], _ = plan, waiting.remove(plan)
         if writer_ready is not None:
             ray.get(writer_ready)  # the store is open in the writer (or its error surfaces here)

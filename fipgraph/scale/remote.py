@@ -9,6 +9,11 @@ node of an optimizer state): the writer replaces it with the real id, which it k
 caller's actor calls run in the order they were sent. A node is committed when the writer has
 appended it; the worker learns the real ids with each batch's answer.
 
+On shared storage (``shared=True``: a bucket, or a folder every worker mounts) the worker encodes and writes
+its nodes' rows into the store itself (``fipgraph.storage.prewrite.ChainWriter``, rows reserved from the
+writer) just before a batch is sent, and the batch carries only each node's catalog rows and checksum, and the
+name of the optimizer state the worker saved beside the store (optim/pending/).
+
 Optimizer state crosses only where a resume needs it: with the last node of each batch (the writer
 keeps it beside that node), so a worker killed between batches is retried from the last node the
 writer holds, with that node's optimizer state (bit-exact resume). Every other call (run status,
@@ -28,6 +33,8 @@ import torch
 
 from fipgraph.errors import ConfigError
 from fipgraph.scale.shard import PendingNode, from_wire, to_wire
+from fipgraph.storage.prewrite import ChainWriter
+from fipgraph.storage.remote import as_location, resolve
 from fipgraph.storage.sql import NodeAt
 
 BATCH_NODES = 4  # nodes per actor call: one call's fixed cost (scheduling, a task spec) shared by several nodes
@@ -55,11 +62,21 @@ class RemoteStore:
     """What a worker's run engine sees as its store (see the module docstring): it satisfies
     ``fipgraph.storage.protocol.EngineStore``, each method a call on the writer's Store."""
 
-    def __init__(self, actor: Any, root: str | Path, sender: str | None = None, *, batch_nodes: int = BATCH_NODES,
-                 max_in_flight: int = MAX_IN_FLIGHT, max_delay: float = MAX_DELAY) -> None:
+    def __init__(self, actor: Any, root: str | Path, sender: str | None = None, *, shared: bool = False,
+                 batch_nodes: int = BATCH_NODES, max_in_flight: int = MAX_IN_FLIGHT, max_delay: float = MAX_DELAY,
+                 measure_bytes: bool = False) -> None:
+        """``measure_bytes``: count the bytes Ray serializes for the nodes' calls (``sent_bytes``, and
+        ``state_bytes`` for the optimizer states with them; one more serialization per batch, for benchmarks)."""
         if batch_nodes < 1 or max_in_flight < 1:
             raise ConfigError(f"batch_nodes ({batch_nodes}) and max_in_flight ({max_in_flight}) must be at least 1")
-        self.actor, self.root = actor, Path(root)
+        if not isinstance(shared, bool):
+            raise ConfigError(f"shared={shared!r}: True when this worker sees the store at {root} (then it writes "
+                              "its own nodes' rows there), False to send them to the writer")
+        self.actor, self.root, self.shared = actor, as_location(root), shared
+        self.chain: ChainWriter | None = None  # on shared storage: writes this worker's rows (made at the first append)
+        self.shipped = 0  # nodes whose weights went to the writer (the others' rows were written here)
+        self.sent_bytes = 0 if measure_bytes else None  # bytes of append_many's nodes, as Ray serializes them
+        self.state_bytes = 0  # ... and of the optimizer states that go with them (measured with sent_bytes)
         self.sender = sender or f"anonymous:{uuid.uuid4().hex}"  # the writer's name for this worker's pending ids
         self.files = _RemoteFiles(self)
         # checkpoint_of(step): the run's optimizer state if the model is still the network saved at `step`, else None
@@ -75,14 +92,20 @@ class RemoteStore:
     # -- nodes ------------------------------------------------------------------------------------
     def append(self, weights: Any, **meta: Any) -> PendingNode:
         """Queue a node for the writer and return its pending id at once (see the module docstring)."""
-        arrays, spec = to_wire(weights)
-        # copies: the model's own memory (a CPU module's numpy views) changes with the next step
-        arrays = {k: v.clone() if isinstance(v, torch.Tensor) else np.array(v) for k, v in arrays.items()}
         pending = PendingNode(self._next_pending)
         self._next_pending -= 1
+        job = self._chain_writer().prepare(pending, weights, meta) if self.shared else None  # a snapshot
+        if job is not None:
+            node = {"pending": pending, "job": job, "meta": meta}
+        else:
+            arrays, spec = to_wire(weights)
+            # copies: the model's own memory (a CPU module's numpy views) changes with the next step
+            arrays = {k: v.clone() if isinstance(v, torch.Tensor) else np.array(v) for k, v in arrays.items()}
+            node = {"pending": pending, "arrays": arrays, "spec": spec, "meta": meta}
+            self.shipped += 1
         if not self._open:
             self._opened_at = time.monotonic()
-        self._open.append({"pending": pending, "arrays": arrays, "spec": spec, "meta": meta})
+        self._open.append(node)
         if len(self._open) >= self.batch_nodes or time.monotonic() - self._opened_at >= self.max_delay:
             self._send()
         return pending
@@ -95,7 +118,21 @@ class RemoteStore:
             self._settle_oldest()
         last_step = self._open[-1]["meta"].get("step")
         checkpoint = self.checkpoint_of(last_step) if self.checkpoint_of is not None else None
+        if checkpoint is not None and self.chain is not None:  # beside the store: the call carries its name
+            checkpoint = self.chain.save_state(checkpoint)
         batch, self._open = self._open, []
+        jobs = [node.pop("job") for node in batch if "job" in node]
+        if jobs:  # rows first, then the catalog rows that make the nodes exist
+            written = iter(self.chain.write(jobs))
+            for node in batch:
+                if "arrays" not in node:
+                    node["written"] = next(written)
+        if self.sent_bytes is not None:
+            import ray
+
+            context = ray._private.worker.global_worker.get_serialization_context()
+            self.sent_bytes += context.serialize((self.sender, batch)).total_bytes
+            self.state_bytes += context.serialize(checkpoint).total_bytes
         ref = self.actor.append_many.remote(self.sender, batch, checkpoint)  # serialised now: later steps change nothing
         self._in_flight.append((ref, [node["pending"] for node in batch]))
 
@@ -129,6 +166,26 @@ class RemoteStore:
         if node not in self._real:
             self.settle()
         return self._real[node]
+
+    def _chain_writer(self) -> ChainWriter:
+        if self.chain is None:
+            self.chain = ChainWriter(resolve(self.root), self._call("write_settings"), reserve=self._reserve,
+                                     chain_of=lambda node: self._call("chain_of", node), fetch=self.state_dict)
+        return self.chain
+
+    def _reserve(self, arch_id: str, count: int, align: int) -> int:
+        import ray
+
+        t0 = time.perf_counter()
+        try:
+            return ray.get(self.actor.reserve_rows.remote(arch_id, count, align))
+        finally:
+            self.waited += time.perf_counter() - t0
+
+    def detach(self) -> None:
+        """Close this worker's connection to the shared store (after ``settle``; the writer's store stays open)."""
+        if self.chain is not None:
+            self.chain.close()
 
     # -- every other call -------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:

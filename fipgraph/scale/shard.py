@@ -7,7 +7,8 @@ which the driver pins to its own machine and which alone holds the read-write st
 shared filesystem is needed: what crosses the network per node is its weights as numpy arrays (Ray's
 object store), its metrics and tags; the run's optimizer state crosses once per batch of nodes. The
 writer assigns node ids, so they are unique and stable, and a node's parent may be any committed node
-(e.g. another run's last one).
+(e.g. another run's last one). On shared storage a worker writes its nodes' rows itself and sends only their
+catalog rows (``PrewrittenNode``, storage/prewrite.py), into rows it reserved here (``reserve_rows``).
 
 Nodes arrive in batches, each with the optimizer state of its last node; the writer appends the
 batch and keeps that state (in memory; on disk at most once a minute and at close), so a Ray retry
@@ -23,7 +24,6 @@ import os
 import socket
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,6 +31,8 @@ import torch
 
 from fipgraph.device import HostWeights
 from fipgraph.errors import FipgraphError, NodeNotFoundError
+from fipgraph.storage.prewrite import PendingState
+from fipgraph.storage.remote import as_location
 
 log = logging.getLogger("fipgraph.build")
 
@@ -93,7 +95,7 @@ class StoreWriter:
         from fipgraph.path.build import _setup_log
 
         self.store = fipgraph.open_store(store_dir, mode="a", durable=durable)
-        _setup_log(Path(store_dir))  # this process's lines (where each run ran) go to the build log too
+        _setup_log(as_location(store_dir))  # this process's lines (where each run ran) go to the build log too
 
     def register(self, name: str, pid: int, host: str) -> str:
         """A run's task says where it runs (logged; the tests kill that worker); returns its sender name.
@@ -142,13 +144,21 @@ class StoreWriter:
         ids, out, meta = self.pending.setdefault(sender, {}), [], {}
         for node in batch:
             meta = {**node["meta"], "parent": self._resolve(sender, node["meta"].get("parent"))}
-            ids[node["pending"]] = nid = self.store.append(from_wire(node["arrays"], node["spec"]), **meta)
+            if "written" in node:  # the worker wrote its rows to the shared store: only the catalog rows came
+                nid = self.store.append_written(node["written"], **meta)
+            else:
+                nid = self.store.append(from_wire(node["arrays"], node["spec"]), **meta)
+            ids[node["pending"]] = nid
             out.append(nid)
         if checkpoint is not None and meta.get("run") is not None:
             self._keep_state(meta["run"], out[-1], checkpoint)
         self.merge_seconds += time.perf_counter() - t0
         self.merged += len(out)
         return out
+
+    def reserve_rows(self, arch_id: str, count: int, align: int) -> int:
+        """Rows a worker on shared storage writes its nodes to (Store.reserve_rows); any caller, any order."""
+        return self.store.reserve_rows(arch_id, count, align)
 
     def call(self, sender: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
         """A store method the run engine uses (find_run, sql, ...), ``state_dict`` or ``files.*``."""
@@ -171,25 +181,34 @@ class StoreWriter:
         if method == "save_optimizer_state":
             return self._keep_state(*args)
         if method == "drop_optimizer_state":
-            self.latest.pop(int(args[0]), None)
+            node_state = self.latest.pop(int(args[0]), None)
+            if node_state is not None and isinstance(node_state[1], PendingState):
+                self.store.files.drop_pending_states([node_state[1].name])
             return self.store.files.drop_optimizer_state(*args)
         raise AttributeError(f"StoreWriter does not forward files.{method!r}")
 
-    def _keep_state(self, run_id: int, node: int, state: Mapping) -> None:
-        self.latest[int(run_id)] = (int(node), dict(state))
+    def _keep_state(self, run_id: int, node: int, state: Mapping | PendingState) -> None:
+        """``state``: the optimizer state, or the name of the file a worker on shared storage saved it to."""
+        old = self.latest.get(int(run_id))
+        self.latest[int(run_id)] = (int(node), state if isinstance(state, PendingState) else dict(state))
+        if old is not None and isinstance(old[1], PendingState) and old[1] != state:
+            self.store.files.drop_pending_states([old[1].name])  # superseded: no retry resumes from it
         if time.time() - self.written.get(int(run_id), 0.0) > 60:
             self._write_state(int(run_id))
+
+    def _state(self, state: Mapping | PendingState) -> dict:
+        return self.store.files.load_pending_state(state.name) if isinstance(state, PendingState) else state
 
     def _write_state(self, run_id: int) -> None:
         node, state = self.latest[run_id]
         self.store.flush()  # the file names a committed node
-        self.store.files.save_optimizer_state(run_id, node, state)
+        self.store.files.save_optimizer_state(run_id, node, self._state(state))
         self.written[run_id] = time.time()
 
     def _latest_state(self, run_id: int) -> dict | None:
         if run_id in self.latest:
             node, state = self.latest[run_id]
-            return {"node": node, "state": state}
+            return {"node": node, "state": self._state(state)}
         return self.store.files.load_optimizer_state(run_id)
 
     def merge_cost(self) -> tuple[int, float, float]:
@@ -203,6 +222,8 @@ class StoreWriter:
         if not self.closed:
             for run_id in list(self.latest):
                 self._write_state(run_id)
+            if self.store is not None:  # every state kept is written now; the rest are a dead worker's
+                self.store.files.drop_pending_states()
             self.closed = True
         if self.store is not None:
             self.store.close()
@@ -210,7 +231,8 @@ class StoreWriter:
 
 # the Store methods a worker's RemoteStore calls by name (state_dict and files.* are handled above)
 FORWARDED = {"find_run", "run_by_id", "start_run", "set_run_status", "finish_run", "last_node", "first_tagged",
-             "add_evals", "add_evals_many", "has_evals", "flush", "sql", "node", "node_tags", "arch_spec"}
+             "add_evals", "add_evals_many", "has_evals", "flush", "sql", "node", "node_tags", "arch_spec",
+             "write_settings", "chain_of"}
 
 
 def worker_identity() -> tuple[int, str]:

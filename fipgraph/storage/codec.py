@@ -54,6 +54,18 @@ def lossless_encoding(chain_depth: int) -> str:
     return "key" if chain_depth == 0 else "diff" if chain_depth == 1 else "pred"
 
 
+def row_encoding(family: str, depth: int, two_rows_fit: bool) -> str:
+    """The row encoding of a node ``depth`` rows after its chain's keyframe, in a store of encoding ``family``
+    ("lossless", "q8" or "bnd"). Predicting from parent and grandparent ("pred", "bndp": 10 % fewer bytes than
+    from the parent alone) needs both rows in the writer's memory: only when ``two_rows_fit`` (recent_bytes)."""
+    if depth and family == "q8":
+        return "q8"
+    if depth and family == "bnd":
+        return "bndp" if depth > 1 and two_rows_fit else "bnd"
+    encoding = lossless_encoding(depth)
+    return "diff" if encoding == "pred" and not two_rows_fit else encoding
+
+
 def _residual(words: np.ndarray, parent: np.ndarray, grandparent: np.ndarray | None,
               out: np.ndarray | None = None) -> np.ndarray:
     """Zig-zag coded ``words - prediction`` (sign folded into the low bit, so small residuals of

@@ -22,6 +22,7 @@ from fipgraph.storage.remote import RemotePath, cache_dir, is_url
 
 BUILD_LOG = "build.log"
 OPTIM_DIR = "optim"
+PENDING_DIR = "pending"  # optim/pending/<name>.pt: states Ray workers on shared storage wrote for the writer
 
 
 class StoreFiles:
@@ -45,15 +46,46 @@ class StoreFiles:
     def save_optimizer_state(self, run_id: int, node: int, state: Mapping[str, Any]) -> Path:
         """Keep ``state`` (an optimizer's state_dict) as belonging to ``node``; atomic: a crash leaves
         the previous file or the new one."""
+        return self._save(self.optimizer_state_path(run_id), {"node": int(node), "state": dict(state)})
+
+    def load_optimizer_state(self, run_id: int) -> dict | None:
+        """{"node": id, "state": state_dict} saved for the run, or None if there is none."""
         path = self.optimizer_state_path(run_id)
+        return self._load(path) if path.exists() else None
+
+    # -- optimizer states a Ray worker on shared storage wrote for the writer (scale/remote.py) ------
+    def pending_state_path(self, name: str) -> Path:
+        return self.root / OPTIM_DIR / PENDING_DIR / f"{name}.pt"
+
+    def save_pending_state(self, name: str, state: Mapping[str, Any]) -> None:
+        """A worker's optimizer state for the writer, who learns which node it belongs to from the worker's call."""
+        self._save(self.pending_state_path(name), {"node": -1, "state": dict(state)})
+
+    def load_pending_state(self, name: str) -> dict:
+        return self._load(self.pending_state_path(name))["state"]
+
+    def drop_pending_states(self, names: list[str] | None = None) -> None:
+        """Remove these pending states (all of them when None: at the end of a build, none is needed any more)."""
+        if names is not None:
+            for name in names:
+                self.pending_state_path(name).unlink(missing_ok=True)
+            return
+        folder = self.root / OPTIM_DIR / PENDING_DIR
+        if isinstance(folder, RemotePath):
+            folder.remove_tree()
+        elif folder.exists():
+            for f in folder.iterdir():
+                f.unlink(missing_ok=True)
+
+    def _save(self, path: Path | RemotePath, payload: dict) -> Path:
         if isinstance(path, RemotePath):  # one PUT: the old object or the new one
             buf = io.BytesIO()
-            torch.save({"node": int(node), "state": dict(state)}, buf)
+            torch.save(payload, buf)
             path.write_bytes(buf.getvalue())
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"node": int(node), "state": dict(state)}, tmp)
+        torch.save(payload, tmp)
         if self.durable:
             fsync_path(tmp)
         os.replace(tmp, path)
@@ -61,11 +93,8 @@ class StoreFiles:
             fsync_path(path.parent)
         return path
 
-    def load_optimizer_state(self, run_id: int) -> dict | None:
-        """{"node": id, "state": state_dict} saved for the run, or None if there is none."""
-        path = self.optimizer_state_path(run_id)
-        if not path.exists():
-            return None
+    @staticmethod
+    def _load(path: Path | RemotePath) -> dict:
         try:
             source = io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path
             saved = torch.load(source, weights_only=True, map_location="cpu")

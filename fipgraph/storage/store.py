@@ -13,18 +13,18 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
 
-from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError,
-                             NonFiniteWeightsError, QueryError, ReadOnlyStoreError, StoreNotFoundError)
+from fipgraph.errors import (FipgraphError, FormatVersionError, NodeNotFoundError, QueryError,
+                             ReadOnlyStoreError, StoreNotFoundError)
 from fipgraph.storage import codec, exit_hook, stream
 from fipgraph.storage.catalog import CatalogOp, to_json
-from fipgraph.storage.inputs import model_spec_of, normalise_evals, state_dict_of
+from fipgraph.storage.inputs import check_finite, model_spec_of, normalise_evals, state_dict_of
 from fipgraph.storage.layout import Layout
 from fipgraph.storage.options import ENCODINGS, StoreOptions
 from fipgraph.storage.published import acquire_writer, open_catalog
@@ -35,6 +35,9 @@ from fipgraph.storage.sidecar import StoreFiles
 from fipgraph.storage.sql import FIRST_TAGGED, LAST_NODE_OF_RUN_ID, NodeAt, decode_tags, tag_path
 from fipgraph.storage.weights import WeightArrays
 from fipgraph.storage.writer import EvalJob, NodeJob, OpJob, Writer
+
+if TYPE_CHECKING:
+    from fipgraph.storage.prewrite import PrewrittenNode
 
 FORMAT_VERSION = 1
 MARKER = "fipgraph.json"
@@ -64,18 +67,6 @@ def default_writer_threads() -> int:
     import os
 
     return max(1, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
-
-
-def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
-    """Raise NonFiniteWeightsError naming the first parameter with NaN/Inf values. A sum is finite unless
-    some element is NaN/Inf (or it overflows): one fast reduction, the elementwise count (3.5 ms per 1M
-    floats) only when the sum is not finite."""
-    for name, t in state.items():
-        if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t.sum()).all():
-            bad = int(t.numel() - torch.isfinite(t).sum())
-            if bad:
-                raise NonFiniteWeightsError(f"parameter {name!r} has {bad} NaN/Inf values of {t.numel()}; "
-                                            "nothing was stored. Pass allow_nonfinite=True to store it anyway")
 
 
 class Store:
@@ -119,6 +110,7 @@ class Store:
             self._next_run = int(self.catalog.query("SELECT coalesce(max(run_id), -1) AS m FROM runs")["m"][0]) + 1
             rows = self.catalog.query("SELECT arch_id, max(row) AS r FROM storage GROUP BY arch_id")
             self._next_row = dict(zip(rows["arch_id"], rows["r"].astype(int) + 1))
+            self._archs = set(self._next_row)  # architectures in the catalog or queued (their archs row written)
             self._pending: set[int] = set()
             self._writer = Writer(self.catalog, self.weights, self._decode, self._path_length, self._committed, pairs,
                                   commit_interval=opts.commit_interval, max_pending_bytes=opts.max_pending_bytes,
@@ -221,40 +213,109 @@ class Store:
         state, layout, same_arch = self._layout_against_parent(state, parent_info)
         if parent_info is not None and not same_arch and not allow_arch_change:
             layout.check_matches(self.layout(parent_info.arch_id), f"parent node {parent}")
-        if run is not None and int(run) not in self._run_names.values():
-            raise FipgraphError(f"no run {run} in store {self.root}; create it with store.start_run(name, op, config)")
+        self._check_run(run)
         if not allow_nonfinite:
-            _check_finite(state)
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        evals = [(ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
-        tags_json = to_json(dict(tags)) if tags is not None else None
+            check_finite(state)
+        node_id = self._next_id
+        node_row, evals = self._catalog_rows(node_id, parent, run, op, step, layout, metrics, tags)
         arch_spec = None
-        if layout.arch_id not in self._next_row:
+        if layout.arch_id not in self._archs:
             arch_spec = {"params": layout.to_spec(), "model": model_spec_of(weights)}
             if layout.ties:
                 arch_spec["ties"] = layout.ties_spec()
         writer.wait_for_room(sum(g.n_words * np.dtype(g.word).itemsize for g in layout.groups))
         rows = layout.pack(state, take=writer.buffers.take)
 
-        node_id = self._next_id
         depth = parent_info.chain_depth + 1 if same_arch and parent_info.chain_depth + 1 < self.keyframe_every else 0
         encoding = self._encoding_at(depth, row_bytes=sum(a.nbytes for a in rows.values()))
-        row = self._next_row.get(layout.arch_id, 0)
-        node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
-                        arch_id=layout.arch_id, n_params=layout.n_params, tags=tags_json)
         grandparent = parent_info.parent_id if codec.uses_grandparent(encoding) else None
-        job = NodeJob(node_id, parent, grandparent, layout, rows, row, encoding, depth, same_arch, node_row,
-                      [(node_id, *e) for e in evals], output_distance, arch_spec,
+        job = NodeJob(node_id, parent, grandparent, layout, rows, self._next_row.get(layout.arch_id, 0), encoding, depth,
+                      same_arch, node_row, evals, output_distance, arch_spec,
                       nbytes=int(sum(a.nbytes for a in rows.values())), tolerance=self.tolerance,
                       parent_rows=[(node_id, *r) for r in parent_rows],
                       other_parents=[p for p, _w, pos in parent_rows
                                      if pos and self._index[p].arch_id == layout.arch_id])
-        self._layouts[layout.arch_id] = layout
+        return self._enqueue(writer, job)
+
+    def _check_run(self, run: int | None) -> None:
+        if run is not None and int(run) not in self._run_names.values():
+            raise FipgraphError(f"no run {run} in store {self.root}; create it with store.start_run(name, op, config)")
+
+    def _catalog_rows(self, node_id: int, parent: int | None, run: int | None, op: str | None, step: int | None,
+                      layout: Layout, metrics: Mapping | None, tags: Mapping | None) -> tuple[dict, list]:
+        """The node's ``nodes`` columns known at append time, and its ``evals`` rows."""
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        evals = [(node_id, ds, m, v, now) for ds, m, v in normalise_evals(metrics)]
+        node_row = dict(node_id=node_id, parent_id=parent, run_id=run, op=op, step=step, created_at=now,
+                        arch_id=layout.arch_id, n_params=layout.n_params,
+                        tags=to_json(dict(tags)) if tags is not None else None)
+        return node_row, evals
+
+    def _enqueue(self, writer: Writer, job: NodeJob) -> int:
+        arch_id = job.layout.arch_id
+        self._layouts[arch_id] = job.layout
+        self._archs.add(arch_id)
         writer.put(job)
-        self._next_id, self._next_row[layout.arch_id] = node_id + 1, row + 1
-        self._index[node_id] = NodeInfo(parent, layout.arch_id, row, encoding, depth, None)
-        self._pending.add(node_id)
-        return node_id
+        self._next_id = job.node_id + 1
+        self._next_row[arch_id] = max(self._next_row.get(arch_id, 0), job.row + 1)
+        self._index[job.node_id] = NodeInfo(job.parent_id, arch_id, job.row, job.encoding, job.chain_depth, None)
+        self._pending.add(job.node_id)
+        return job.node_id
+
+    # -- nodes written by other processes (Ray workers on shared storage: storage/prewrite.py) ------
+    def write_settings(self) -> dict:
+        """How this store encodes rows: what a process writing rows for it (append_written) must follow."""
+        self._writable()
+        return {"encoding": self.encoding, "keyframe_every": self.keyframe_every, "compressor": self.options.compressor,
+                "recent_bytes": self._writer.recent_bytes, "durable": self.options.durable and not self.remote}
+
+    def reserve_rows(self, arch_id: str, count: int, align: int = 1) -> int:
+        """Reserve ``count`` rows of an architecture's arrays for another process to write (append_written), the
+        first a multiple of ``align`` and ``count`` rounded up to one: rows that share a chunk file then never
+        belong to two writers. Returns the first row; rows never committed are simply unused."""
+        self._writable()
+        if not all(isinstance(v, int) and v >= 1 for v in (count, align)):
+            raise FipgraphError(f"reserve_rows: count ({count!r}) and align ({align!r}) must be integers >= 1")
+        first = -(-self._next_row.get(arch_id, 0) // align) * align
+        self._next_row[arch_id] = first + -(-count // align) * align
+        return first
+
+    def chain_of(self, node_id: int) -> tuple[str, int, int | None]:
+        """(architecture, chain depth, parent) of a node: what a child encoded elsewhere is encoded against."""
+        info = self._info(node_id)
+        return info.arch_id, int(info.chain_depth), info.parent_id
+
+    def append_written(self, node: PrewrittenNode, *, parent: int | None = None, run: int | None = None,
+                       op: str | None = None, step: int | None = None, metrics: Mapping | None = None,
+                       tags: Mapping | None = None, output_distance: float | None = None) -> int:
+        """Append a node whose rows another process has already encoded and written into this store's weights,
+        in a row it reserved (``reserve_rows``): only its catalog rows are queued, in order with every other
+        append, and it exists once they commit, as any node. Returns its id."""
+        writer = self._writable()
+        parent_info = None if parent is None else self._info(parent)
+        same_arch = parent_info is not None and parent_info.arch_id == node.arch_id
+        if node.chain_depth and not same_arch:
+            raise FipgraphError(f"a written node at chain depth {node.chain_depth} needs a parent of architecture "
+                                f"{node.arch_id}, got parent {parent!r}; write it as a keyframe (depth 0)")
+        self._check_run(run)
+        layout = self._written_layout(node)
+        node_id = self._next_id
+        node_row, evals = self._catalog_rows(node_id, parent, run, op, step, layout, metrics, tags)
+        job = NodeJob(node_id, parent, None, layout, None, node.row, node.encoding, node.chain_depth, same_arch,
+                      node_row, evals, output_distance, None if layout.arch_id in self._archs else node.arch_spec,
+                      written=node)
+        return self._enqueue(writer, job)
+
+    def _written_layout(self, node: PrewrittenNode) -> Layout:
+        if node.arch_id in self._archs:
+            return self.layout(node.arch_id)
+        if node.arch_spec is None:
+            raise FipgraphError(f"architecture {node.arch_id} is new to store {self.root}: the first written node "
+                                "of it must carry its arch_spec")
+        layout = Layout.from_spec(node.arch_spec["params"], node.arch_spec.get("ties"))
+        if layout.arch_id != node.arch_id:
+            raise FipgraphError(f"a written node says architecture {node.arch_id} but its arch_spec is {layout.arch_id}")
+        return layout
 
     def _several_parents(self, parent: int | None, parents) -> tuple[int | None, list[tuple]]:
         """(primary parent, node_parents rows (parent_id, weight, position)) of an append; no rows for one parent."""
@@ -290,18 +351,10 @@ class Store:
         return state, layout, False
 
     def _encoding_at(self, depth: int, row_bytes: int) -> str:
-        """The row encoding of a node ``depth`` rows after its chain's keyframe, under the store's encoding.
-        Predicting from parent and grandparent ("pred", "bndp": 10 % fewer bytes than from the parent alone)
-        needs both rows in the writer's memory: only when they fit in ``recent_bytes``. Larger rows (e.g.
-        SmolLM2's 538 MB at the default 512 MiB) are encoded against the parent, so a build holds one row
-        less (measured in benchmarks/RESULTS.md, issue 14)."""
-        two_rows_fit = 2 * row_bytes <= self._writer.recent_bytes
-        if depth and self.encoding == "q8":
-            return "q8"
-        if depth and self.encoding == "bnd":
-            return "bndp" if depth > 1 and two_rows_fit else "bnd"
-        encoding = codec.lossless_encoding(depth)
-        return "diff" if encoding == "pred" and not two_rows_fit else encoding
+        """The row encoding of a node ``depth`` rows after its chain's keyframe (codec.row_encoding). Rows
+        whose two newest do not fit in recent_bytes (e.g. SmolLM2's 538 MB at the default 512 MiB) are encoded
+        against the parent, so a build holds one row less (measured in benchmarks/RESULTS.md, issue 14)."""
+        return codec.row_encoding(self.encoding, depth, 2 * row_bytes <= self._writer.recent_bytes)
 
     def _committed(self, jobs: list[NodeJob]) -> None:
         for job in jobs:

@@ -104,29 +104,39 @@ class WeightArrays:
         key = (arch_id, name)
         if key not in self._arrays:
             import zarr
-            from zarr.codecs import BloscCodec
+            import zarr.errors
 
             if self._store is None:
                 self._store = self._zarr_store()
             if self.has_array(arch_id, name) or n_words is None:
                 self._arrays[key] = zarr.open_array(self._store, path=f"{arch_id}/{name}", mode="r" if self.read_only else "r+")
             else:
-                rows_per_chunk = _rows_per_chunk(n_words * np.dtype(dtype).itemsize)
-                self._arrays[key] = zarr.create_array(
-                    self._store,
-                    name=f"{arch_id}/{name}",
-                    shape=(MAX_ROWS, n_words),
-                    chunks=(rows_per_chunk, _chunk_len(n_words)),
-                    dtype=dtype,
-                    fill_value=0,
-                    # byte shuffle groups the (mostly zero) high bytes of the deltas together for zstd;
-                    # level 1: levels 3 and 9 were 1-4 % smaller but 1.6x and 30x slower here
-                    compressors=BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle",
-                                           blocksize=BLOSC_BLOCK_BYTES if rows_per_chunk == 1 else 0),
-                    config={"write_empty_chunks": True},  # an all-zero delta is still a committed row
-                )
+                try:
+                    self._arrays[key] = self._create(arch_id, name, dtype, n_words)
+                except zarr.errors.ContainsArrayError:  # another writer (a Ray worker on shared storage) was first
+                    self._arrays[key] = zarr.open_array(self._store, path=f"{arch_id}/{name}", mode="r+")
         self._known.add(key)
         return self._arrays[key]
+
+    def _create(self, arch_id: str, name: str, dtype, n_words: int) -> zarr.Array:
+        """A new array of one row per node (rows of n_words words), chunked and compressed as fipgraph reads it."""
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        rows_per_chunk = _rows_per_chunk(n_words * np.dtype(dtype).itemsize)
+        return zarr.create_array(
+            self._store,
+            name=f"{arch_id}/{name}",
+            shape=(MAX_ROWS, n_words),
+            chunks=(rows_per_chunk, _chunk_len(n_words)),
+            dtype=dtype,
+            fill_value=0,
+            # byte shuffle groups the (mostly zero) high bytes of the deltas together for zstd;
+            # level 1: levels 3 and 9 were 1-4 % smaller but 1.6x and 30x slower here
+            compressors=BloscCodec(cname="zstd", clevel=self.clevel, shuffle="shuffle",
+                                   blocksize=BLOSC_BLOCK_BYTES if rows_per_chunk == 1 else 0),
+            config={"write_empty_chunks": True},  # an all-zero delta is still a committed row
+        )
 
     def _zarr_store(self):
         """Zarr's own store for this location: LocalStore, or FsspecStore on an object store."""
