@@ -17,7 +17,8 @@ import math
 
 import fipgraph
 
-QUERIES = {"task1": "wiki", "task2": "news"}
+# the build's evaluations (datasets task1/task2) and `fipgraph perplexity`'s, named after the data's tasks
+QUERIES = {"task1": "wiki", "task2": "news", "wiki/causal": "wiki", "lee/causal": "news"}
 # run names of the config: wiki, continual, co[sparsity=p], cl_co[sparsity=p], co_cl[sparsity=p]
 BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/wiki' THEN 'pretrained (+1 wiki step)'
@@ -27,12 +28,25 @@ BRANCH_SQL = """CASE
   WHEN r.name LIKE '%/co%' THEN 'Co'
   ELSE 'other' END"""
 EVALUATED = "w.wiki_perplexity IS NOT NULL"
+# every node with its run and branch; a node scored after the build has no 'prunable' eval: a sparsify run's mask
+# is fixed after its projection, so its last node has the run's (maximal) sparsity
+NODES = f"""(SELECT w.*, r.name AS run, {BRANCH_SQL} AS branch,
+                    coalesce(w.prunable_sparsity, max(w.prunable_sparsity) OVER (PARTITION BY w.run_id)) AS prunable
+             FROM wide w JOIN runs r USING (run_id))"""
 
 
 def record(store_path: str) -> None:
     with fipgraph.open_store(store_path, mode="a") as store:
+        # a run's last node the build stored without its evaluation (stopped while evaluating) is scored here
+        # on the same held-out blocks, recorded as the build would have (datasets task1/task2)
+        missing = store.sql("""SELECT w.node_id FROM wide w JOIN runs r USING (run_id)
+                               WHERE w.task1_perplexity IS NULL
+                                 AND w.step = (SELECT max(step) FROM nodes n WHERE n.run_id = w.run_id)""")["node_id"]
+        if len(missing):
+            from fipgraph.query import perplexity
+            perplexity(store, [int(n) for n in missing], batch_size=8, device="cpu")
         df = store.sql("SELECT node_id, dataset, metric, value FROM evals "
-                       "WHERE metric IN ('perplexity', 'perplexity_se') AND dataset IN ('task1', 'task2')")
+                       "WHERE metric IN ('perplexity', 'perplexity_se') AND dataset IN ?", [list(QUERIES)])
         by_node: dict[int, dict] = {}
         for n, ds, metric, value in zip(df["node_id"], df["dataset"], df["metric"], df["value"]):
             row = by_node.setdefault(int(n), {}).setdefault(QUERIES[ds], {})
@@ -70,15 +84,14 @@ def report(store_path: str) -> None:
         d_wiki, d_news = float(dense["wiki"]), float(dense["news"])
         print(f"Dense start (the wiki node): wiki {d_wiki:.2f}, news {d_news:.2f}; 2x dense = {2 * d_wiki:.2f} / {2 * d_news:.2f}.")
         runs = store.sql(f"""
-            SELECT r.name AS run, count(*) AS nodes, count(w.wiki_perplexity) AS evaluated,
-                   round(max(w.prunable_sparsity), 3) AS sparsity,
+            SELECT w.run, count(*) AS nodes, count(w.wiki_perplexity) AS evaluated,
+                   round(max(w.prunable), 3) AS sparsity,
                    arg_max({_pm('w.wiki_perplexity')}, CASE WHEN {EVALUATED} THEN w.step END) AS wiki_last,
                    arg_max({_pm('w.news_perplexity')}, CASE WHEN {EVALUATED} THEN w.step END) AS news_last
-            FROM wide w JOIN runs r USING (run_id) GROUP BY r.name, r.run_id ORDER BY r.run_id""")
+            FROM {NODES} w GROUP BY w.run, w.run_id ORDER BY w.run_id""")
         print("\n## per run (last evaluated node, perplexity ± standard error over 24 blocks)\n" + _md(runs))
         cells = store.sql(f"""
-            WITH e AS (SELECT w.*, r.name AS run, {BRANCH_SQL} AS branch, round(w.prunable_sparsity, 1) AS sp
-                       FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED})
+            WITH e AS (SELECT w.*, round(w.prunable, 1) AS sp FROM {NODES} w WHERE {EVALUATED})
             SELECT branch, sp AS sparsity, count(*) AS evaluated,
                    round(avg(CASE WHEN wiki_perplexity <= {2 * d_wiki} OR news_perplexity <= {2 * d_news} THEN 1 ELSE 0 END), 2)
                        AS share_within_2x,
@@ -89,15 +102,15 @@ def report(store_path: str) -> None:
               "perplexity on at least one query set\n" + _md(cells))
         for q in ("wiki", "news"):
             best = store.sql(f"""
-                SELECT w.node_id, r.name AS run, w.step, round(w.prunable_sparsity, 3) AS sparsity,
-                       {_pm(f'w.{q}_perplexity')} AS {q}_perplexity, {BRANCH_SQL} AS branch
-                FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED} ORDER BY w.{q}_perplexity LIMIT 5""")
+                SELECT w.node_id, w.run, w.step, round(w.prunable, 3) AS sparsity,
+                       {_pm(f'w.{q}_perplexity')} AS {q}_perplexity, w.branch
+                FROM {NODES} w WHERE {EVALUATED} ORDER BY w.{q}_perplexity LIMIT 5""")
             print(f"\n## best 5 nodes for the {q} query\n" + _md(best))
         for p in (0.3, 0.5):
             best = store.sql(f"""
-                SELECT w.node_id, r.name AS run, w.step, {_pm('w.wiki_perplexity')} AS wiki, {_pm('w.news_perplexity')} AS news,
-                       {BRANCH_SQL} AS branch
-                FROM wide w JOIN runs r USING (run_id) WHERE {EVALUATED} AND round(w.prunable_sparsity, 1) = {p}
+                SELECT w.node_id, w.run, w.step, {_pm('w.wiki_perplexity')} AS wiki, {_pm('w.news_perplexity')} AS news,
+                       w.branch
+                FROM {NODES} w WHERE {EVALUATED} AND round(w.prunable, 1) = {p}
                 ORDER BY least(w.wiki_perplexity / {d_wiki}, w.news_perplexity / {d_news}) LIMIT 5""")
             print(f"\n## best 5 exactly {p:.0%}-sparse nodes (by the lower of wiki/dense, news/dense)\n" + _md(best))
         enc = store.sql("""SELECT s.encoding, count(*) AS nodes, round(sum(s.stored_bytes) / 1e9, 2) AS stored_gb,
