@@ -279,8 +279,11 @@ def test_vader_appended_head_blocks(tmp_path, monkeypatch, tiny_tokenizer):
     assert sorted(set(y1.tolist())) == [0, 1, 2, 3, 4] and t1.n_train + t1.n_test == 11  # neutral kept
     assert set(t2.train["labels"].tolist()) == {0, 1} and t2.n_train + t2.n_test == 10
     assert t1.meta["rating_binning"] == "quantile" and len(t1.meta["rating_edges"]) == 4
-    with pytest.raises(ConfigError, match='use head = "per_task"'):
-        make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, rating_classes=[5, 2])
+    s1, s2 = make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, test_size=0.45,
+                        rating_classes=[5, 2])  # single head: class-incremental, task 2's labels follow task 1's
+    assert (s1.classes, s2.classes, s2.n_classes, s2.label_offset) == ([0, 1, 2, 3, 4], [5, 6], 7, 5)
+    assert set(s2.train["labels"].tolist()) == {5, 6} and head_slice(s2, "single") == slice(None)
+    assert torch.equal(s2.test["labels"] - 5, t2.test["labels"]) and torch.equal(s1.test["labels"], t1.test["labels"])
     with pytest.raises(ConfigError, match="one entry per domain"):
         make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, head="per_task", rating_classes=[5])
 

@@ -148,17 +148,17 @@ def vader_tasks(domains: Sequence[str] | None, tokenizer: Any, *, seed: int = 0,
     """One sentiment task per domain: binary by default (domain-incremental: one 2-way head).
 
     ``rating_classes``: per domain, 2 (sign of the rating) or k >= 3 ordered rating bins
-    (``rating_binning``); tasks with different class counts need head="per_task", whose blocks
-    follow each other (e.g. [5, 2]: task 1 on outputs 0-4, task 2 on 5-6, the paper's appended head)."""
+    (``rating_binning``). With different class counts each task's outputs follow the previous task's
+    (e.g. [5, 2]: task 1 on outputs 0-4, task 2 on 5-6, the paper's appended head): head="per_task"
+    trains and scores a task on its own block; head="single" labels task 2's classes 5 and 6 and
+    trains and scores over all 7 outputs (class-incremental, as chained image sources)."""
     from sklearn.model_selection import train_test_split
 
     domains = list(domains or VADER_DOMAINS)
     ks = list(rating_classes) if rating_classes is not None else [2] * len(domains)
     if len(ks) != len(domains):
         raise ConfigError(f"rating_classes={ks} needs one entry per domain {domains}")
-    if head == "single" and len(set(ks)) > 1:
-        raise ConfigError(f"rating_classes={ks} gives the tasks different label spaces, which one shared head cannot "
-                          "hold; use head = \"per_task\" (each task's outputs appended after the previous task's)")
+    stacked = head == "single" and len(set(ks)) > 1  # class-incremental, as chained image sources: labels follow on
     tasks, offset = [], 0
     for i, (domain, k) in enumerate(zip(domains, ks)):
         texts, ratings = load_vader_ratings(domain, archive)
@@ -167,13 +167,15 @@ def vader_tasks(domains: Sequence[str] | None, tokenizer: Any, *, seed: int = 0,
         texts, labels, edges = rating_labels(texts, ratings, k, rating_binning)
         tr_x, te_x, tr_y, te_y = train_test_split(texts, labels, test_size=test_size, random_state=seed,
                                                   stratify=labels)
-        train = {**tokenize_texts(tr_x, tokenizer, max_length), "labels": torch.tensor(tr_y)}
-        test = {**tokenize_texts(te_x, tokenizer, max_length), "labels": torch.tensor(te_y)}
+        shift = offset if stacked else 0
+        train = {**tokenize_texts(tr_x, tokenizer, max_length), "labels": torch.tensor(tr_y) + shift}
+        test = {**tokenize_texts(te_x, tokenizer, max_length), "labels": torch.tensor(te_y) + shift}
         meta = {"source": "vader", "domain": domain, "head": head, "index": i}
         if k > 2:
             meta.update(rating_binning=rating_binning, rating_edges=[round(e, 4) for e in edges])
-        tasks.append(Task(name=f"vader/{domain}", classes=list(range(k)), n_classes=k,
-                          label_offset=0 if head == "single" else offset, train=train, test=test, meta=meta))
+        tasks.append(Task(name=f"vader/{domain}", classes=list(range(shift, shift + k)),
+                          n_classes=sum(ks) if stacked else k, label_offset=0 if head == "single" and not stacked
+                          else offset, train=train, test=test, meta=meta))
         offset += k
     return tasks
 

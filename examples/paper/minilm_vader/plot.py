@@ -98,8 +98,8 @@ def figure(store_dir: str, out: str) -> None:
         ax.set_title(title, fontsize=10), ax.set_xlabel("task-2 step (batch 8)"), ax.grid(alpha=.3)
     axes[0].set_ylabel("accuracy (%)"), axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"MiniLM, VADER movie (5 classes) -> Amazon (binary), one 7-output head "
-                 f"({store_dir.rstrip('/').rsplit('/', 1)[-1]}); step 0 = the task-1 node; "
-                 "LoRA / EWC evaluated at start and end only; dotted: chance / majority", fontsize=8)
+                 f"({store_dir.rstrip('/').rsplit('/', 1)[-1]})\nstep 0 = the task-1 node; "
+                 "LoRA / EWC evaluated at start and end only; dotted: chance (20 %) / majority (59 %)", fontsize=8)
     fig.tight_layout(), fig.savefig(out, dpi=120)
     print("wrote", out)
 
