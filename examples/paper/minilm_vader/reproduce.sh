@@ -16,6 +16,6 @@ for S in 1 2; do   # later seeds: every run evaluated at its last node only
     --store "$STORES/vader_s$S" "${B[@]}"
 done
 python "$HERE/plot.py" cells "$STORES"/vader_s{0,1,2}
-python "$HERE/plot.py" whole "$STORES"/vader_s{0,1,2}
+python "$HERE/plot.py" whole "$STORES/vader_s0"
 python "$HERE/plot.py" dist "$STORES/vader_s0"
 python "$HERE/plot.py" figure "$STORES/vader_s0" "$HERE/exp5_minilm_vader_seed0.png"
