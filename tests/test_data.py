@@ -208,7 +208,7 @@ def tiny_tokenizer(tmp_path_factory):
     return BertTokenizerFast(vocab_file=str(path))
 
 
-def _fake_vader_sdist(folder):
+def _fake_vader_sdist(folder, files=("tweets_GroundTruth.txt",)):
     """The real layout: an sdist whose additional_resources/ holds a second tarball."""
     import io
     import tarfile
@@ -227,7 +227,7 @@ def _fake_vader_sdist(folder):
                 tar.addfile(info, io.BytesIO(data))
         return buf.getvalue()
 
-    inner = tar_bytes({"hutto_ICWSM_2014/tweets_GroundTruth.txt": "".join(rows).encode()})
+    inner = tar_bytes({f"hutto_ICWSM_2014/{f}": "".join(rows).encode() for f in files})
     (folder / text.VADER_SDIST).write_bytes(tar_bytes({text.VADER_INNER: inner}))
 
 
@@ -248,6 +248,44 @@ def test_vader_tasks_from_the_sdist(tmp_path, monkeypatch, tiny_tokenizer):
     assert ids in rows or ids in [r[m.bool()].tolist() for r, m in zip(task.test["input_ids"], task.test["attention_mask"])]
     with pytest.raises(ConfigError, match="unknown VADER domain 'imdb'"):
         make_tasks("vader", split=["imdb"], tokenizer=tiny_tokenizer)
+
+
+def test_rating_bins_quantile_and_width():
+    from fipgraph.data import text
+    ratings = [-3.5, -3.0, -2.0, -1.5, -0.5, 0.0, 0.5, 1.5, 2.0, 3.0]
+    edges = text.rating_bins(ratings, 5, "quantile")
+    assert edges == pytest.approx([-2.2, -0.9, 0.2, 1.6])  # numpy's linear quantiles of the 10 ratings
+    texts, labels, _ = text.rating_labels([str(r) for r in ratings], ratings, 5)
+    assert len(texts) == 10 and labels == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # equal counts, 0.0 kept
+    assert text.rating_bins(ratings, 5, "width") == pytest.approx([-2.4, -0.8, 0.8, 2.4])
+    _, up, _ = text.rating_labels(["a", "b"], [-0.8, 2.4], 5, "width")
+    assert up == [2, 4]  # a rating on an edge goes to the upper class
+    texts, labels, _ = text.rating_labels([str(r) for r in ratings], ratings, 2)
+    assert "0.0" not in texts and labels == [0] * 5 + [1] * 4  # binary: the sign, neutral dropped
+    with pytest.raises(ConfigError, match="rating_binning must be one of"):
+        text.rating_bins(ratings, 5, "kmeans")
+
+
+def test_vader_appended_head_blocks(tmp_path, monkeypatch, tiny_tokenizer):
+    """rating_classes=[5, 2] with per_task heads: task 1 on outputs 0-4, task 2 on outputs 5-6 (the paper's layout)."""
+    from fipgraph.query.scoring import head_slice
+    _fake_vader_sdist(tmp_path, files=("tweets_GroundTruth.txt", "amazonReviewSnippets_GroundTruth.txt"))
+    monkeypatch.setenv("FIPGRAPH_DATA", str(tmp_path))
+    t1, t2 = make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, test_size=0.45, seed=0,
+                        head="per_task", rating_classes=[5, 2])
+    assert (t1.n_classes, t1.label_offset, t2.n_classes, t2.label_offset) == (5, 0, 2, 5)
+    assert head_slice(t1, "per_task") == slice(0, 5) and head_slice(t2, "per_task") == slice(5, 7)
+    y1 = torch.cat([t1.train["labels"], t1.test["labels"]])
+    assert sorted(set(y1.tolist())) == [0, 1, 2, 3, 4] and t1.n_train + t1.n_test == 11  # neutral kept
+    assert set(t2.train["labels"].tolist()) == {0, 1} and t2.n_train + t2.n_test == 10
+    assert t1.meta["rating_binning"] == "quantile" and len(t1.meta["rating_edges"]) == 4
+    s1, s2 = make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, test_size=0.45,
+                        rating_classes=[5, 2])  # single head: class-incremental, task 2's labels follow task 1's
+    assert (s1.classes, s2.classes, s2.n_classes, s2.label_offset) == ([0, 1, 2, 3, 4], [5, 6], 7, 5)
+    assert set(s2.train["labels"].tolist()) == {5, 6} and head_slice(s2, "single") == slice(None)
+    assert torch.equal(s2.test["labels"] - 5, t2.test["labels"]) and torch.equal(s1.test["labels"], t1.test["labels"])
+    with pytest.raises(ConfigError, match="one entry per domain"):
+        make_tasks("vader", split=["tweets", "amazon"], tokenizer=tiny_tokenizer, head="per_task", rating_classes=[5])
 
 
 def test_missing_text_sources_say_how_to_get_them(tmp_path, monkeypatch, tiny_tokenizer):

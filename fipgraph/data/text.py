@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from fipgraph.data.seeds import derive_seed
@@ -28,6 +29,8 @@ VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz
 GENSIM_INSTALL = "pip install gensim"
 LM_OBJECTIVES = ("mlm", "causal")
 LM_SOURCES = ("wiki", "lee")
+RATING_SCALE = (-4.0, 4.0)  # VADER's raters scored each sentence from -4 to 4
+RATING_BINNINGS = ("quantile", "width")
 
 
 def cache_dir() -> Path:
@@ -84,8 +87,8 @@ def find_vader(archive: str | Path | None = None) -> Path:
                       f"vaderSentiment==3.3.2 -d {d}   (or set FIPGRAPH_DATA to the folder holding {VADER_SDIST})")
 
 
-def load_vader(domain: str, archive: str | Path | None = None) -> tuple[list[str], list[int]]:
-    """Sentences and labels (1 = mean rating > 0, 0 = < 0; neutral 0.0 dropped) of one domain."""
+def load_vader_ratings(domain: str, archive: str | Path | None = None) -> tuple[list[str], list[float]]:
+    """Sentences and their mean human rating (-4..4, the mean of about ten raters) of one domain."""
     if domain not in VADER_DOMAINS:
         raise ConfigError(f"unknown VADER domain {domain!r}; choose from {list(VADER_DOMAINS)}")
     path = find_vader(archive)
@@ -98,36 +101,82 @@ def load_vader(domain: str, archive: str | Path | None = None) -> tuple[list[str
             if member is None:
                 raise ConfigError(f"{path} has no {fname}; is it the vaderSentiment 3.3.2 source archive?")
             raw = tar.extractfile(member).read()
-    texts, labels = [], []
+    texts, ratings = [], []
     for line in raw.decode("utf-8", errors="replace").splitlines():
         parts = line.split("\t", 2)
-        if len(parts) != 3:
-            continue
-        rating = float(parts[1])
-        if rating != 0.0:
+        if len(parts) == 3:
             texts.append(parts[2].strip())
-            labels.append(int(rating > 0))
+            ratings.append(float(parts[1]))
+    return texts, ratings
+
+
+def load_vader(domain: str, archive: str | Path | None = None) -> tuple[list[str], list[int]]:
+    """Sentences and labels (1 = mean rating > 0, 0 = < 0; neutral 0.0 dropped) of one domain."""
+    texts, labels, _ = rating_labels(*load_vader_ratings(domain, archive), k=2)
     return texts, labels
+
+
+def rating_bins(ratings: Sequence[float], k: int, binning: str = "quantile") -> list[float]:
+    """The k - 1 inner edges of k ordered rating classes (class c: edge[c-1] <= rating < edge[c]).
+
+    quantile: equal-count bins of these ratings (balanced classes, like Yelp's five-star set with
+    its equal count per star); width: equal-width bins over VADER's rating scale [-4, 4]."""
+    if binning not in RATING_BINNINGS:
+        raise ConfigError(f"rating_binning must be one of {RATING_BINNINGS}, got {binning!r}")
+    if binning == "width":
+        return [round(RATING_SCALE[0] + (RATING_SCALE[1] - RATING_SCALE[0]) * c / k, 6) for c in range(1, k)]  # -0.8, not -0.7999…
+    return [float(q) for q in np.quantile(np.asarray(ratings, dtype=float), [c / k for c in range(1, k)])]
+
+
+def rating_labels(texts: Sequence[str], ratings: Sequence[float], k: int, binning: str = "quantile"
+                  ) -> tuple[list[str], list[int], list[float]]:
+    """(texts, labels, edges): k = 2 is the sign of the mean rating (0.0 dropped, as VADER's binary
+    use); k >= 3 is k ordered bins of the rating (every sentence kept, see ``rating_bins``)."""
+    if k < 2:
+        raise ConfigError(f"rating_classes entries must be >= 2, got {k}")
+    if k == 2:
+        kept = [(t, int(r > 0)) for t, r in zip(texts, ratings) if r != 0.0]
+        return [t for t, _ in kept], [y for _, y in kept], [0.0]
+    edges = rating_bins(ratings, k, binning)
+    return list(texts), np.searchsorted(edges, ratings, side="right").tolist(), edges
 
 
 def vader_tasks(domains: Sequence[str] | None, tokenizer: Any, *, seed: int = 0, test_size: float = 0.2,
                 max_length: int = 64, head: str = "single", archive: str | Path | None = None,
-                limit: int | None = None) -> list[Task]:
-    """One binary sentiment task per domain (domain-incremental: one 2-way head by default)."""
+                limit: int | None = None, rating_classes: Sequence[int] | None = None,
+                rating_binning: str = "quantile") -> list[Task]:
+    """One sentiment task per domain: binary by default (domain-incremental: one 2-way head).
+
+    ``rating_classes``: per domain, 2 (sign of the rating) or k >= 3 ordered rating bins
+    (``rating_binning``). With different class counts each task's outputs follow the previous task's
+    (e.g. [5, 2]: task 1 on outputs 0-4, task 2 on 5-6, the paper's appended head): head="per_task"
+    trains and scores a task on its own block; head="single" labels task 2's classes 5 and 6 and
+    trains and scores over all 7 outputs (class-incremental, as chained image sources)."""
     from sklearn.model_selection import train_test_split
 
-    tasks = []
-    for i, domain in enumerate(domains or list(VADER_DOMAINS)):
-        texts, labels = load_vader(domain, archive)
+    domains = list(domains or VADER_DOMAINS)
+    ks = list(rating_classes) if rating_classes is not None else [2] * len(domains)
+    if len(ks) != len(domains):
+        raise ConfigError(f"rating_classes={ks} needs one entry per domain {domains}")
+    stacked = head == "single" and len(set(ks)) > 1  # class-incremental, as chained image sources: labels follow on
+    tasks, offset = [], 0
+    for i, (domain, k) in enumerate(zip(domains, ks)):
+        texts, ratings = load_vader_ratings(domain, archive)
         if limit is not None:  # a fixed, seed-independent prefix keeps small experiments comparable
-            texts, labels = texts[:limit], labels[:limit]
+            texts, ratings = texts[:limit], ratings[:limit]
+        texts, labels, edges = rating_labels(texts, ratings, k, rating_binning)
         tr_x, te_x, tr_y, te_y = train_test_split(texts, labels, test_size=test_size, random_state=seed,
                                                   stratify=labels)
-        train = {**tokenize_texts(tr_x, tokenizer, max_length), "labels": torch.tensor(tr_y)}
-        test = {**tokenize_texts(te_x, tokenizer, max_length), "labels": torch.tensor(te_y)}
-        tasks.append(Task(name=f"vader/{domain}", classes=[0, 1], n_classes=2,
-                          label_offset=0 if head == "single" else 2 * i, train=train, test=test,
-                          meta={"source": "vader", "domain": domain, "head": head, "index": i}))
+        shift = offset if stacked else 0
+        train = {**tokenize_texts(tr_x, tokenizer, max_length), "labels": torch.tensor(tr_y) + shift}
+        test = {**tokenize_texts(te_x, tokenizer, max_length), "labels": torch.tensor(te_y) + shift}
+        meta = {"source": "vader", "domain": domain, "head": head, "index": i}
+        if k > 2:
+            meta.update(rating_binning=rating_binning, rating_edges=[round(e, 4) for e in edges])
+        tasks.append(Task(name=f"vader/{domain}", classes=list(range(shift, shift + k)),
+                          n_classes=sum(ks) if stacked else k, label_offset=0 if head == "single" and not stacked
+                          else offset, train=train, test=test, meta=meta))
+        offset += k
     return tasks
 
 
