@@ -67,3 +67,21 @@ def test_a_failing_pool_task_surfaces_as_writer_error(tmp_path, monkeypatch):
             store.close()
     with fipgraph.open_store(tmp_path / "s", mode="r") as reader:
         assert len(reader) == 0  # nothing committed
+
+
+def test_a_pool_thread_that_finishes_first_loses_nothing(tmp_path, monkeypatch):
+    """A pooled node's thread may write it (and drop its rows) before the writer thread goes on: run every
+    pooled task at once, inside submit, to make that order certain (it once failed 1 CI run in ~10)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def submit_now(self, fn, *args, **kwargs):
+        done = Future()
+        done.set_result(fn(*args, **kwargs))
+        return done
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit_now)
+    with fipgraph.open_store(tmp_path / "s", writer_threads=3, keyframe_every=8) as store:
+        kept = _chain(store, 12)
+    with fipgraph.open_store(tmp_path / "s", mode="r") as reader:
+        for node, state in kept:
+            assert all(torch.equal(reader.state_dict(node)[k], v) for k, v in state.items()), node

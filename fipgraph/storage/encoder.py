@@ -143,9 +143,10 @@ class NodeEncoder:
             immediate = not streamed and job.nbytes >= IMMEDIATE_BYTES and job.encoding in codec.LOSSLESS
             if immediate and self._pool is not None and not job.other_parents:  # a merge reads other parents: here
                 self._create_arrays(job)  # here, so no two pool threads race to create an array
-                self._unwritten[job.node_id] = job.rows
+                # the rows are taken before the pool sees the job: its thread drops job.rows when written
+                self._unwritten[job.node_id] = rows = job.rows
+                self._keep_recent(job.node_id, rows, recyclable=True)
                 pooled.append(self._pool.submit(self._encode_and_write, job, parent, grandparent))
-                self._keep_recent(job.node_id, job.rows, recyclable=True)
                 continue
             if streamed:  # decoded == the snapshot; the residual is made and written a few chunks at a time
                 enc = codec.Encoded({}, job.rows, 0.0)
