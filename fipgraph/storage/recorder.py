@@ -26,13 +26,9 @@ def end_open_recorders(store: Any, exc: BaseException | None) -> None:
     """Before ``store`` closes: a run whose with-block never ended (the loop raised in a framework that has no
     exception hook, such as the HF Trainer, or the script ended inside it) ends ``failed`` with ``exc`` when
     the store's own with-block saw one, else ``interrupted`` (resume=True continues it); never left 'running'."""
+    stop = exc if exc is not None else KeyboardInterrupt()  # no error seen: stopped unfinished, as a Ctrl-C
     for rec in list(getattr(store, "_open_recorders", ())):
-        if exc is None or isinstance(exc, KeyboardInterrupt):
-            rec._open = False
-            store._open_recorders.discard(rec)
-            store.set_run_status(rec.run_id, "interrupted")
-        else:
-            rec.__exit__(type(exc), exc, None)
+        rec.__exit__(type(stop), stop, None)
 
 
 class Recorder:
