@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ QUERIES = {"task1": "wiki", "task2": "news"}  # task 1 = gensim's enwiki, task 2
 SQL = """
 select r.name as run, n.node_id, n.step, n.tags, e.dataset, e.metric, e.value
 from nodes n join runs r using (run_id) join evals e using (node_id)
-where e.metric in ('perplexity', 'perplexity_se', 'loss', 'loss_se') or e.metric = 'sparsity'
+where e.metric in ('perplexity', 'perplexity_se', 'loss', 'loss_se', 'sparsity', 'distance_to_sparse')
 """
 
 
@@ -34,7 +35,8 @@ def read_store(path: Path) -> pd.DataFrame:
 
 
 ORDER = ["pretrained", "dense", "oneshot_magnitude_30", "oneshot_wanda_30", "fip_30 projection", "fip_30",
-         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50", "fip_50_r90 projection", "fip_50_r90"]
+         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50", "fip_50_r90 projection", "fip_50_r90",
+         "fip_50_walk projection", "fip_50_walk"]
 
 
 def last_nodes(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,7 +84,7 @@ def curves(df: pd.DataFrame, out: Path) -> None:
     start = last[last["run"] == "dense"].iloc[0]  # every run's step 0 is the dense start node
     lines = {"dense": ("k", "-"), "oneshot_wanda_30": ("C0", "--"), "oneshot_wanda_50": ("C1", "--"),
              "oneshot_magnitude_30": ("C0", ":"), "oneshot_magnitude_50": ("C1", ":")}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharex=True)
     for ax, q in zip(axes, QUERIES.values()):
         for i, (run, g) in enumerate(df[df["run"].str.startswith("fip")].groupby("run")):
             g = pd.concat([start.to_frame().T.assign(step=0), g]).sort_values("step").dropna(subset=[f"{q}_perplexity"])
@@ -98,8 +100,27 @@ def curves(df: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel(f"{q} perplexity (3,048 held-out tokens)")
         ax.set_title(q)
     axes[0].legend(fontsize=7)
+    distance_panel(df, axes[2])
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+
+
+def distance_panel(df: pd.DataFrame, ax) -> None:
+    """How far each FIP walk was from its sparse set: evaluated walk nodes, and the distance it projected from."""
+    fip = df[df["run"].str.startswith("fip")]
+    for i, (run, g) in enumerate(fip.groupby("run")):
+        walk = g.dropna(subset=["prunable_distance_to_sparse"]) if "prunable_distance_to_sparse" in g else g.iloc[:0]
+        proj = g[g["tags"].fillna("").str.contains('"projection": true')]
+        steps = list(walk["step"].astype(int)) + [int(t["projection_step"]) for t in proj["tags"].map(json.loads)]
+        dist = list(walk["prunable_distance_to_sparse"]) if len(walk) else []
+        dist += [float(t["distance_before_projection"]) for t in proj["tags"].map(json.loads)]
+        ax.plot(steps, [100 * d for d in dist], marker="o", ms=4, color=f"C{2 + i}", label=f"{run} (last point: projection)")
+    ax.axhline(0.5, color="k", ls=":", lw=1, label="tolerance 0.5 %")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("‖w − P(w)‖ / ‖w‖ (%)")
+    ax.set_title("distance to the run's sparse set (30 or 50 %)")
+    ax.legend(fontsize=7)
 
 
 def write_report(stores: list[Path], out: Path) -> None:

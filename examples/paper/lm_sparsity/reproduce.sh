@@ -9,7 +9,7 @@ if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,6p' "$0" | sed 's/
 HERE=$(dirname "$0"); STORES=${1:-paper-stores/lm_sparsity}; mkdir -p "$STORES"
 python "$HERE/run.py" build --store "$STORES/a" --runs fip_50 fip_50_r90 > "$STORES.a.log" 2>&1 &
 python "$HERE/run.py" build --store "$STORES/b" --runs oneshot_magnitude_30 oneshot_wanda_30 oneshot_magnitude_50 \
-  oneshot_wanda_50 fip_30 > "$STORES.b.log" 2>&1 &
+  oneshot_wanda_50 fip_30 fip_50_walk fip_30_walk > "$STORES.b.log" 2>&1 &
 wait
 python "$HERE/run.py" report --store "$STORES/a" "$STORES/b" --out "$HERE"
 python "$HERE/calibration.py" --store "$STORES/a" --node 2    # node 2 = fip_50's step-10 walk node
