@@ -78,6 +78,35 @@ def test_continual_from_a_stored_node_keeps_task1_while_learning_task2(tmp_path)
     assert type(rebuilt) is TwoLayer
 
 
+def test_replicas_walk_batched_from_one_stored_node_and_equal_walks_of_each_seed(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fipgraph.build")
+    net, first = trained(tmp_path)
+    common = dict(op="undirected", parent=first.last_node, steps=12, save_every=4, test=TESTS, **FAST)
+    walks = fipgraph.walk(net, TASK1, store=tmp_path / "s", run="ens", replicas=3, seed=5, **common)
+    assert "3 replicas walk batched" in caplog.text
+    assert [w.run for w in walks] == ["ens/s5", "ens/s6", "ens/s7"] and {w.status for w in walks} == {"finished"}
+    assert all(len(w.nodes) == 3 and w.evaluations["task1"]["accuracy"] > 0.8 for w in walks)  # steps 4, 8, 12
+    alone = fipgraph.walk(net, TASK1, store=tmp_path / "s", run="alone", seed=6, **common)  # the oracle
+    with fipgraph.open_store(tmp_path / "s", "r") as store:
+        assert all(store.node(w.nodes[0])["parent_id"] == first.last_node for w in walks)  # all from the given node
+        last = [store.state_dict(w.last_node) for w in walks]
+        oracle = store.state_dict(alone.last_node)
+    rel = max(float((last[1][k] - oracle[k]).norm() / oracle[k].norm()) for k in oracle)
+    assert rel <= 1e-5, rel  # batched (vmap) sums in another order than one walk: float rounding only
+    spread = float((last[0]["head.weight"] - last[2]["head.weight"]).norm() / last[0]["head.weight"].norm())
+    assert spread > 1e-3  # each seed walked its own way (a broken stacking would copy one walk)
+    with pytest.raises(ConfigError, match="replicas=0"):
+        fipgraph.walk(net, TASK1, store=tmp_path / "s", replicas=0, **common)
+
+
+def test_replicas_with_a_forward_of_your_own_walk_one_at_a_time(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fipgraph.build")
+    walks = fipgraph.walk(TupleOut(), TASK1, op="finetune", store=tmp_path / "s", steps=4, save_every=2, replicas=2,
+                          forward=lambda m, b: m(b["x"])[0], **FAST)
+    assert len(walks) == 2 and {w.status for w in walks} == {"finished"}
+    assert "walk one at a time: a forward or loss of your own" in caplog.text
+
+
 class Stream(IterableDataset):
     """Yields dict examples one by one and counts them: a stream must be read, never materialised."""
 

@@ -10,6 +10,10 @@ Where the data goes, by op: ``continual`` / ``replay`` / ``ewc`` learn ``data`` 
 (the earlier task's examples); ``sparsify`` / ``undirected`` / ``travel`` hold the outputs on ``memory``
 (default: ``data``); ``finetune`` and the pruning baselines learn ``data``. ``test`` names held-out sets
 evaluated at saved nodes (``{"task1": ..., "task2": ...}``).
+
+``replicas=K`` (or ``seeds=[...]``) walks K copies of the network with seeds ``seed``, ``seed+1``, … as runs
+``<run>/s<seed>``, batched into one stacked step when the op, optimizer and network allow (as a build's
+``replicas = K``), and returns one ``WalkResult`` per walk.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from fipgraph.path.build import Plan, _setup_log
 from fipgraph.path.config.schema import RunConfig
 from fipgraph.path.engine.interrupt import StopSignal
 from fipgraph.path.engine.recipe import Limits, RunRecipe, UserCode
+from fipgraph.path.engine.replicas import replica_runs, walk_replicas
 from fipgraph.path.ops import OBJECTIVES
 from fipgraph.storage.inputs import model_spec_of
 
@@ -53,7 +58,7 @@ class WalkResult:
 def walk(model: nn.Module, data: Any = None, *, op: str, store: Any = "store", memory: Any = None, test: Any = None,
          parent: int | None = None, run: str | None = None, forward: Callable | None = None, loss: Callable | None = None,
          model_kwargs: dict | None = None, progress: bool = True, max_steps: int | None = None,
-         **settings: Any) -> WalkResult:
+         **settings: Any) -> WalkResult | list[WalkResult]:
     """Walk ``model`` with ``op`` into ``store`` (a path or an open store) and return what was stored.
 
     ``settings`` are the run's settings as in a TOML ``[[runs]]`` entry (``steps``, ``epochs``, ``lr``,
@@ -61,34 +66,41 @@ def walk(model: nn.Module, data: Any = None, *, op: str, store: Any = "store", m
     ``odist``, ``memory_size``, …) and the op's own (e.g. ``sparsity`` for sparsify). ``parent``: a stored node to
     start from (its weights are loaded into ``model``). ``forward(model, batch)`` returns logits (or
     ``(logits, labels)``); ``loss(logits, labels)`` replaces cross-entropy. ``model_kwargs``: the init arguments
-    of ``model``'s class, so ``model_from_node`` can rebuild its nodes in another process."""
-    plan, tasks, seen = _plan(model, data, op, memory, test, parent, run, forward, loss, model_kwargs, settings)
+    of ``model``'s class, so ``model_from_node`` can rebuild its nodes in another process. ``replicas=K``:
+    K walks, a list of K results."""
+    plans, tasks, seen = _plan(model, data, op, memory, test, parent, run, forward, loss, model_kwargs, settings)
     own = not hasattr(store, "append")
     if own:
         import fipgraph
 
         store = fipgraph.open_store(store, mode="a")
     try:
-        return _walk(plan, store, tasks, seen, Limits(max_steps=max_steps, progress=progress))
+        results = _walk(plans, store, tasks, seen, Limits(max_steps=max_steps, progress=progress))
+        return results if plans[0].group is not None else results[0]
     finally:
         if own:
             store.close()
 
 
-def _walk(plan: Plan, store, tasks: list, seen: dict, limits: Limits) -> WalkResult:
+def _walk(plans: list[Plan], store, tasks: list, seen: dict, limits: Limits) -> list[WalkResult]:
     if getattr(store, "mode", "a") == "r":
         raise FipgraphError(f"the store at {store.root} is open read-only; open it with mode='a' to walk into it")
-    resolved = {"build": None, "data": {"source": "python", **{t.name: repr(t) for t in tasks}}, "eval_all_tasks": False,
-                "model": plan.spec, "run": plan.run.to_dict(), "start_node": plan.start}
+    data = {"source": "python", **{t.name: repr(t) for t in tasks}}
+    resolved = [{"build": None, "data": data, "eval_all_tasks": False, "model": p.spec, "run": p.run.to_dict(),
+                 "start_node": p.start} for p in plans]
     handler = _setup_log(store.root)
     try:
         with StopSignal() as stop:
-            result = RunRecipe(plan, store, store.root, tasks, "single", limits, resolved, stop=stop, seen=seen).run()
+            if plans[0].group is None:
+                results = [RunRecipe(plans[0], store, store.root, tasks, "single", limits, resolved[0], stop=stop,
+                                     seen=seen).run()]
+            else:
+                results = walk_replicas(plans, store, store.root, tasks, "single", limits, resolved, stop=stop, seen=seen)
     finally:
         log.removeHandler(handler)
         handler.close()
     store.flush()
-    return _result(store, result)
+    return [_result(store, r) for r in results]
 
 
 def _result(store, result) -> WalkResult:
@@ -101,7 +113,7 @@ def _result(store, result) -> WalkResult:
                       int(result.last_node), result.steps_done, evaluations)
 
 
-def _plan(model, data, op, memory, test, parent, run, forward, loss, model_kwargs, settings) -> tuple[Plan, list, dict]:
+def _plan(model, data, op, memory, test, parent, run, forward, loss, model_kwargs, settings) -> tuple[list[Plan], list, dict]:
     """Everything checked before the store is touched: the op, its settings, the data, one forward."""
     if not isinstance(model, nn.Module):
         raise FipgraphError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -111,13 +123,13 @@ def _plan(model, data, op, memory, test, parent, run, forward, loss, model_kwarg
     cls = OBJECTIVES[op]
     tasks, task_no = _tasks(cls, op, module, data, memory)
     seen = _test_sets(test, causal=model_kind(module) == "causal_lm")
-    if settings.get("replicas", 1) != 1 or settings.get("seeds"):
-        raise ConfigError("replicas are walked by `fipgraph build` (a [[runs]] entry with replicas = K); "
-                          "fipgraph.walk takes one walk: call it once per seed with seed=...")
     cfg = _run_config(run or f"{op}-{type(module).__name__}", op, task_no, parent, tasks[task_no - 1], settings)
     _check_forward(module, tasks, forward, loss)
-    spec = _spec(module, model_kwargs)
-    return Plan(cfg, cfg.name, spec, parent, user=UserCode(module, forward, loss)), tasks, seen
+    spec, user = _spec(module, model_kwargs), UserCode(module, forward, loss)
+    if cfg.replica_seeds() is None:
+        return [Plan(cfg, cfg.name, spec, parent, user=user)], tasks, seen
+    # K walks from the same network (or stored node), each with its own seed: batches, noise, memory
+    return [Plan(r, r.name, spec, parent, group=cfg.name, user=user) for r, _ in replica_runs(cfg, parent, {})], tasks, seen
 
 
 def _spec(module: nn.Module, model_kwargs: dict | None) -> dict:

@@ -106,7 +106,10 @@ def static_reason(plan) -> str | None:
         return f"optimizer {cfg.optimizer!r} normalises by each walk's own gradient norm"
     if cfg.precision == "fp16":
         return "fp16's gradient scaler would skip a step for all walks when one overflows"
-    model = build_model(plan.spec)
+    user = getattr(plan, "user", None)
+    if user is not None and (user.forward is not None or user.loss is not None):
+        return "a forward or loss of your own is called once per walk"
+    model = user.module if user is not None else build_model(plan.spec)
     if model_kind(model) != "classifier":
         return f"a {model_kind(model)} takes padded text batches"
     if any(True for _ in model.buffers()):
@@ -128,10 +131,12 @@ class ReplicaRun(RunRecipe):
 
 
 def walk_replicas(plans: list, store, store_dir, tasks: list, head: str, limits, resolved: list[dict],
-                  eval_all: bool = False, stop=None, settings: ReplicaSettings | None = None) -> list[RunResult]:
-    """Walk (or resume) the K replica runs of one config run: batched when they can be, else one by one."""
+                  eval_all: bool = False, stop=None, settings: ReplicaSettings | None = None,
+                  seen: dict | None = None) -> list[RunResult]:
+    """Walk (or resume) the K replica runs of one config run: batched when they can be, else one by one.
+    ``seen``: named test sets (``fipgraph.walk``) instead of the build's numbered tasks."""
     settings = settings or ReplicaSettings()
-    recipes = [ReplicaRun(p, store, store_dir, tasks, head, limits, r, eval_all, stop) for p, r in zip(plans, resolved)]
+    recipes = [ReplicaRun(p, store, store_dir, tasks, head, limits, r, eval_all, stop, seen) for p, r in zip(plans, resolved)]
     reason = static_reason(plans[0]) if settings.batch else "batching is switched off (ReplicaSettings.batch = False)"
     if reason is not None:
         log.info("%s: %d replicas walk one at a time: %s", plans[0].group, len(plans), reason)
