@@ -170,3 +170,16 @@ def test_decoupled_penalty_step_arrives_where_adam_on_the_loss_cannot(tmp_path, 
         dense = float(s.sql("SELECT task1_accuracy AS a FROM wide w JOIN runs r USING (run_id) WHERE r.name = "
                             "'sparse/dense' ORDER BY step DESC LIMIT 1")["a"][0])
     assert nodes[-1]["acc"] >= dense - 0.03
+
+
+def test_decoupled_walk_resumed_mid_walk_equals_the_uninterrupted_one(tmp_path):
+    cfg = SMALL_LR + ["runs.sparsify.penalty_step=decoupled"]
+    assert build(_config(cfg), tmp_path / "whole", progress=False).status == "finished"
+    first = build(_config(cfg), tmp_path / "cut", max_steps=300 + 90, progress=False)  # dense, then 90 walk steps
+    assert first.status == "interrupted"
+    assert build(_config(cfg), tmp_path / "cut", progress=False).status == "finished"
+    whole, cut = _nodes(tmp_path / "whole"), _nodes(tmp_path / "cut")
+    assert whole[-1]["step"] == cut[-1]["step"] and whole[-1]["tags"]["projection_step"] == cut[-1]["tags"]["projection_step"]
+    with fipgraph.open_store(tmp_path / "whole", "r") as a, fipgraph.open_store(tmp_path / "cut", "r") as b:
+        wa, wb = a.state_dict(whole[-1]["node_id"]), b.state_dict(cut[-1]["node_id"])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the shrink is a function of the step: bit-exact
