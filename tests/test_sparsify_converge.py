@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def test_decoupled_penalty_step_arrives_where_adam_on_the_loss_cannot(tmp_path, 
     assert tags["step_cap_hit"] is False and tags["distance_before_projection"] <= 1e-3
     assert 50 < tags["projection_step"] < 180  # after the ramp (measured: 165), λ doubling every 10 steps
     walk = [n["dist"] for n in nodes if n["dist"] == n["dist"]]
-    assert walk[0] > 0.3 and all(a >= b for a, b in zip(walk, walk[1:]))  # it shrinks toward the set step by step
+    assert walk[0] > 0.3 and all(a >= b for a, b in itertools.pairwise(walk))  # it shrinks toward the set step by step
     # the odist held the function while half the walk was the shrink: the projection costs little
     assert abs(tags["accuracy_before_projection"]["task1"] - nodes[-1]["acc"]) < 0.01
     with fipgraph.open_store(tmp_path, "r") as s:
