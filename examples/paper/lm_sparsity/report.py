@@ -35,7 +35,7 @@ def read_store(path: Path) -> pd.DataFrame:
 
 
 ORDER = ["pretrained", "dense", "oneshot_magnitude_30", "oneshot_wanda_30", "fip_30 projection", "fip_30",
-         "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50", "fip_50_r90 projection", "fip_50_r90",
+         "fip_30_walk projection", "fip_30_walk", "oneshot_magnitude_50", "oneshot_wanda_50", "fip_50 projection", "fip_50", "fip_50_r90 projection", "fip_50_r90",
          "fip_50_walk projection", "fip_50_walk"]
 
 
@@ -109,11 +109,11 @@ def distance_panel(df: pd.DataFrame, ax) -> None:
     """How far each FIP walk was from its sparse set: evaluated walk nodes, and the distance it projected from."""
     fip = df[df["run"].str.startswith("fip")]
     for i, (run, g) in enumerate(fip.groupby("run")):
-        walk = g.dropna(subset=["prunable_distance_to_sparse"]) if "prunable_distance_to_sparse" in g else g.iloc[:0]
-        proj = g[g["tags"].fillna("").str.contains('"projection": true')]
-        steps = list(walk["step"].astype(int)) + [int(t["projection_step"]) for t in proj["tags"].map(json.loads)]
-        dist = list(walk["prunable_distance_to_sparse"]) if len(walk) else []
-        dist += [float(t["distance_before_projection"]) for t in proj["tags"].map(json.loads)]
+        col = "prunable_distance_to_sparse"  # absent from stores whose walks no evaluation reached
+        walk = g.dropna(subset=[col]) if col in g else g.iloc[:0].assign(**{col: []})
+        proj = [json.loads(t) for t in g["tags"].dropna() if '"projection": true' in t]
+        steps = list(walk["step"].astype(int)) + [int(t["projection_step"]) for t in proj]
+        dist = list(walk[col]) + [float(t["distance_before_projection"]) for t in proj]
         ax.plot(steps, [100 * d for d in dist], marker="o", ms=4, color=f"C{2 + i}", label=f"{run} (last point: projection)")
     ax.axhline(0.5, color="k", ls=":", lw=1, label="tolerance 0.5 %")
     ax.set_yscale("log")
